@@ -1,0 +1,22 @@
+"""The PyTorch front of snapset: constraints, transforms and layers.
+
+Example:
+    >>> import torch, snapset, snapset.torch as st
+    >>> model = st.constrain_(torch.nn.Linear(16, 4), snapset.Sign())
+    >>> bool(model.weight.abs().eq(1).all())
+    True
+"""
+
+from ._constrain import constrain as constrain
+from ._constrain import constrain_ as constrain_
+from ._constrain import harden_ as harden_
+from ._constrain import named_constraints as named_constraints
+from ._constrain import set_temperature as set_temperature
+from ._functional import ESTIMATORS as ESTIMATORS
+from ._functional import estimator_grad as estimator_grad
+from ._layers import Multiplier as Multiplier
+from ._methods import METHODS as METHODS
+from ._methods import STE as STE
+from ._methods import Constraint as Constraint
+from ._methods import GumbelSoftmax as GumbelSoftmax
+from ._methods import StochasticRounding as StochasticRounding

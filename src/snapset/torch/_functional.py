@@ -1,0 +1,148 @@
+"""Tensor-level maths of the PyTorch front: exact projections and surrogate gradients.
+
+Every function here takes plain tensors, so the parametrizations in ``_methods`` stay thin and
+the maths can be tested against closed forms on its own.
+
+Exactness: a forward value is always *looked up* (or summed from steps proven exact for the
+dtype), never computed as ``w + (q - w).detach()``, which rounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+ESTIMATORS = ("inward", "clip", "identity")
+"""Surrogate derivatives of the rounding, on the latent scale where the set spans [-1, 1]."""
+
+
+def nearest(latent: Tensor, thresholds: Tensor, table: Tensor, steps: Tensor | None) -> Tensor:
+    """Exact nearest values of ``latent``; a latent exactly on a threshold goes up.
+
+    ``thresholds`` are the sorted decision boundaries on the latent scale and ``table`` the
+    values in the latent's dtype. ``steps`` (the gaps between neighbouring values) may be given
+    when summing them is exact in this dtype: ``table[0] + sum(steps[j] * (latent >= thr[j]))``
+    runs as a few elementwise passes, several times faster on CPU than ``bucketize``.
+    """
+    if steps is None:
+        return table[torch.bucketize(latent, thresholds, right=True)]
+    out = (latent >= thresholds[0]).to(latent.dtype).mul_(steps[0])
+    for j in range(1, thresholds.numel()):
+        out.add_((latent >= thresholds[j]).to(latent.dtype).mul_(steps[j]))
+    return out.add_(table[0])
+
+
+def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor) -> Tensor:
+    """Round at random to one of the two neighbouring values, unbiased on the latent scale.
+
+    ``levels`` are the values on the latent scale (``-1 .. 1``). A latent ``t`` between levels
+    ``l_j <= t < l_{j+1}`` becomes value ``j + 1`` with probability ``(t - l_j) / (l_{j+1} - l_j)``
+    and value ``j`` otherwise; latents outside ``[-1, 1]`` are clamped first.
+    """
+    t = latent.clamp(-1.0, 1.0)
+    low = (torch.bucketize(t, levels, right=True) - 1).clamp_(0, levels.numel() - 2)
+    below, above = levels[low], levels[low + 1]
+    p_up = (t - below) / (above - below)
+    up = torch.rand_like(t) < p_up
+    return table[low + up]
+
+
+def estimator_grad(estimator: str, latent: Tensor, grad: Tensor, scale: float) -> Tensor:
+    """Surrogate derivative of the rounding, applied to an incoming gradient.
+
+    On the latent scale the set spans ``[-1, 1]`` and the straight-through derivative is
+    ``scale`` (the set's half range, the slope of value against latent). Outside ``[-1, 1]``:
+
+    * ``"inward"`` (default): only gradients that move the latent back towards the range pass,
+      so a latent can overshoot by at most an optimizer step or two and never starves;
+    * ``"clip"``: nothing passes (the classic clipped straight-through estimator of
+      Courbariaux et al., 2016, and larq's ``ste_sign``); a latent that leaves never returns;
+    * ``"identity"``: everything passes (the plain straight-through estimator of Bengio et al.,
+      2013); a latent may drift far and take long to come back.
+    """
+    if estimator == "identity":
+        out = grad
+    elif estimator == "clip":
+        out = grad * (latent.abs() <= 1.0)
+    else:
+        # Gradient descent moves the latent by -grad: outward when it has the sign of the
+        # latent's distance beyond the range.
+        outward = (latent - latent.clamp(-1.0, 1.0)) * grad < 0
+        out = grad.masked_fill(outward, 0.0)
+    return out if scale == 1.0 else out * scale
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the exact ``hard`` values. Backward: the estimator's derivative w.r.t. latent."""
+
+    @staticmethod
+    def forward(latent: Tensor, hard: Tensor, scale: float, estimator: str) -> Tensor:
+        return hard
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        latent, _, scale, estimator = inputs
+        ctx.save_for_backward(latent)
+        ctx.scale, ctx.estimator = scale, estimator
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        (latent,) = ctx.saved_tensors
+        return estimator_grad(ctx.estimator, latent, grad, ctx.scale), None, None, None
+
+
+def straight_through(latent: Tensor, hard: Tensor, scale: float, estimator: str) -> Tensor:
+    """Return ``hard`` (exactly) with the estimator's gradient flowing to ``latent``."""
+    return _StraightThrough.apply(latent, hard, scale, estimator)  # type: ignore[no-untyped-call, no-any-return]
+
+
+def argmax_ties_up(scores: Tensor) -> Tensor:
+    """Index of the largest score along the last dim; ties go to the larger index (value)."""
+    last = scores.shape[-1] - 1
+    return last - scores.flip(-1).argmax(-1)
+
+
+class _GumbelStraightThrough(torch.autograd.Function):
+    """Forward: the value of the sampled category. Backward: through the softmax expectation."""
+
+    @staticmethod
+    def forward(noisy_logits: Tensor, table: Tensor, temperature: float) -> Tensor:
+        return table[argmax_ties_up(noisy_logits)]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        noisy_logits, table, temperature = inputs
+        ctx.save_for_backward(noisy_logits, table)
+        ctx.temperature = temperature
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        noisy_logits, table = ctx.saved_tensors
+        return gumbel_expectation_grad(noisy_logits, table, ctx.temperature, grad), None, None
+
+
+def gumbel_expectation_grad(
+    noisy_logits: Tensor, table: Tensor, temperature: float, grad: Tensor
+) -> Tensor:
+    """Gradient of ``E = sum_j softmax(y / tau)_j v_j`` w.r.t. ``y``, times ``grad``.
+
+    Closed form: ``dE/dy_i = s_i (v_i - E) / tau`` with ``s = softmax(y / tau)``.
+    """
+    probs = torch.softmax(noisy_logits / temperature, dim=-1)
+    expectation = probs @ table
+    return grad.unsqueeze(-1) * probs * (table - expectation.unsqueeze(-1)) / temperature
+
+
+def gumbel_sample(logits: Tensor, table: Tensor, temperature: float) -> Tensor:
+    """Straight-through Gumbel-softmax (Jang et al., 2017; Maddison et al., 2017).
+
+    Draws one category per entry from ``softmax(logits)`` with the Gumbel-max trick and returns
+    its exact value; the gradient is that of the expected value under
+    ``softmax((logits + gumbel_noise) / temperature)``.
+    """
+    info = torch.finfo(logits.dtype)
+    uniform = torch.rand_like(logits).clamp_(info.tiny, 1.0 - info.eps)
+    noisy = logits - torch.log(-torch.log(uniform))
+    return _GumbelStraightThrough.apply(noisy, table, temperature)  # type: ignore[no-untyped-call, no-any-return]
