@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -26,6 +27,7 @@ def constrain(
     *,
     estimator: str | None = None,
     temperature: float | None = None,
+    latent_range: float | None = None,
     init: str = "spread",
 ) -> ModuleT:
     """Restrict ``module.<name>`` to the values of a set; return ``module``.
@@ -34,13 +36,16 @@ def constrain(
     dtype), in training and in eval. The parameter object keeps its identity, so an optimizer
     built before or after this call trains it. What it stores depends on the method:
 
-    * ``"ste"``: a float latent on the scale where the set spans ``[-1, 1]``; nearest value
-      forward, straight-through gradient (``estimator``: ``"inward"`` (default), ``"clip"``,
-      ``"identity"``);
+    * ``"ste"``: a float latent; nearest value forward, straight-through gradient
+      (``estimator``: ``"inward"`` (default), ``"clip"``, ``"identity"``);
     * ``"stochastic"``: the same latent; random rounding to a neighbouring value while
       training, nearest in eval;
     * ``"gumbel"``: logits over the set for each entry; straight-through Gumbel-softmax with a
       ``temperature`` (default 1.0) that :func:`set_temperature` anneals; argmax in eval.
+
+    Latents live on a scale where the set's range is ``[-latent_range, latent_range]``
+    (default 0.1, the scale of a fresh float layer's weights), so Adam's usual learning rates
+    (1e-3 to 1e-2) suit every set and the float parameters beside it alike.
 
     ``init`` says how the current (freshly initialised) tensor becomes the starting point:
     ``"spread"`` (default) keeps the entries' order but spreads them over the set so that each
@@ -55,10 +60,12 @@ def constrain(
         >>> sorted(layer.weight.unique().tolist())
         [-1.0, 0.0, 1.0]
     """
-    _validate_method_options(method, estimator, temperature, init)
+    options = _method_options(
+        method, init, estimator=estimator, temperature=temperature, latent_range=latent_range
+    )
     value_set = ValueSet(values)
     param = _constrainable_parameter(module, name)
-    constraint = _make_constraint(method, value_set, param, estimator, temperature)
+    constraint = METHODS[method](value_set, param, **options)
     _register(module, name, param, constraint, init)
     return module
 
@@ -71,6 +78,7 @@ def constrain_(
     filter_fn: FilterFn | None = None,
     estimator: str | None = None,
     temperature: float | None = None,
+    latent_range: float | None = None,
     init: str = "spread",
 ) -> ModuleT:
     """Constrain the ``weight`` of every chosen submodule of ``model``, in place; return it.
@@ -89,7 +97,9 @@ def constrain_(
         >>> [name for name, _ in st.named_constraints(model)]
         ['0.weight']
     """
-    _validate_method_options(method, estimator, temperature, init)
+    options = _method_options(
+        method, init, estimator=estimator, temperature=temperature, latent_range=latent_range
+    )
     value_set = ValueSet(values)
     chosen = filter_fn if filter_fn is not None else _is_linear_or_conv
     plan = []
@@ -97,7 +107,7 @@ def constrain_(
         if chosen(module, qualified_name):
             try:
                 param = _constrainable_parameter(module, "weight")
-                constraint = _make_constraint(method, value_set, param, estimator, temperature)
+                constraint = METHODS[method](value_set, param, **options)
             except (ValueError, TypeError) as error:
                 where = f"'{qualified_name}'" if qualified_name else "the model itself"
                 raise type(error)(f"constrain_ chose {where}: {error}") from None
@@ -192,19 +202,23 @@ def _is_linear_or_conv(module: nn.Module, qualified_name: str) -> bool:
     return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
 
 
-def _validate_method_options(
-    method: str, estimator: str | None, temperature: float | None, init: str
-) -> None:
+def _method_options(method: str, init: str, **given: Any) -> dict[str, Any]:
+    """The options given (not None), checked against what ``method``'s class accepts."""
     if method not in METHODS:
         raise ValueError(
             f"Unknown method {method!r}; valid methods: " + ", ".join(repr(m) for m in METHODS)
         )
-    if estimator is not None and method not in ("ste", "stochastic"):
-        raise ValueError(f"estimator applies to methods 'ste' and 'stochastic', not {method!r}")
-    if temperature is not None and method != "gumbel":
-        raise ValueError(f"temperature applies to method 'gumbel' only, not {method!r}")
     if init not in INITS:
         raise ValueError(f"Unknown init {init!r}; valid inits: " + ", ".join(map(repr, INITS)))
+    accepted = list(inspect.signature(METHODS[method]).parameters)[2:]  # after values, like
+    options = {name: value for name, value in given.items() if value is not None}
+    for name in options:
+        if name not in accepted:
+            raise ValueError(
+                f"Option {name!r} does not apply to method {method!r}; its options are "
+                + (", ".join(repr(a) for a in accepted) or "none")
+            )
+    return options
 
 
 def _module_name(module: nn.Module) -> str:
@@ -248,21 +262,6 @@ def _constrainable_parameter(module: nn.Module, name: str) -> nn.Parameter:
             "parameters only"
         )
     return param
-
-
-def _make_constraint(
-    method: str,
-    values: ValueSet,
-    param: torch.Tensor,
-    estimator: str | None,
-    temperature: float | None,
-) -> Constraint:
-    options: dict[str, Any] = {}
-    if estimator is not None:
-        options["estimator"] = estimator
-    if temperature is not None:
-        options["temperature"] = temperature
-    return METHODS[method](values, param, **options)
 
 
 def _register(

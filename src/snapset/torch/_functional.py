@@ -41,7 +41,7 @@ def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor) -> Tensor:
     ``l_j <= t < l_{j+1}`` becomes value ``j + 1`` with probability ``(t - l_j) / (l_{j+1} - l_j)``
     and value ``j`` otherwise; latents outside ``[-1, 1]`` are clamped first.
     """
-    t = latent.clamp(-1.0, 1.0)
+    t = latent.clamp(levels[0], levels[-1])
     low = (torch.bucketize(t, levels, right=True) - 1).clamp_(0, levels.numel() - 2)
     below, above = levels[low], levels[low + 1]
     p_up = (t - below) / (above - below)
@@ -49,7 +49,9 @@ def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor) -> Tensor:
     return table[low + up]
 
 
-def estimator_grad(estimator: str, latent: Tensor, grad: Tensor, scale: float) -> Tensor:
+def estimator_grad(
+    estimator: str, latent: Tensor, grad: Tensor, scale: float, bound: float
+) -> Tensor:
     """Surrogate derivative of the rounding, applied to an incoming gradient.
 
     On the latent scale the set spans ``[-1, 1]`` and the straight-through derivative is
@@ -65,11 +67,11 @@ def estimator_grad(estimator: str, latent: Tensor, grad: Tensor, scale: float) -
     if estimator == "identity":
         out = grad
     elif estimator == "clip":
-        out = grad * (latent.abs() <= 1.0)
+        out = grad * (latent.abs() <= bound)
     else:
         # Gradient descent moves the latent by -grad: outward when it has the sign of the
         # latent's distance beyond the range.
-        outward = (latent - latent.clamp(-1.0, 1.0)) * grad < 0
+        outward = (latent - latent.clamp(-bound, bound)) * grad < 0
         out = grad.masked_fill(outward, 0.0)
     return out if scale == 1.0 else out * scale
 
@@ -78,24 +80,27 @@ class _StraightThrough(torch.autograd.Function):
     """Forward: the exact ``hard`` values. Backward: the estimator's derivative w.r.t. latent."""
 
     @staticmethod
-    def forward(latent: Tensor, hard: Tensor, scale: float, estimator: str) -> Tensor:
+    def forward(latent: Tensor, hard: Tensor, scale: float, bound: float, estimator: str) -> Tensor:
         return hard
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        latent, _, scale, estimator = inputs
+        latent, _, scale, bound, estimator = inputs
         ctx.save_for_backward(latent)
-        ctx.scale, ctx.estimator = scale, estimator
+        ctx.scale, ctx.bound, ctx.estimator = scale, bound, estimator
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         (latent,) = ctx.saved_tensors
-        return estimator_grad(ctx.estimator, latent, grad, ctx.scale), None, None, None
+        grad_latent = estimator_grad(ctx.estimator, latent, grad, ctx.scale, ctx.bound)
+        return grad_latent, None, None, None, None
 
 
-def straight_through(latent: Tensor, hard: Tensor, scale: float, estimator: str) -> Tensor:
+def straight_through(
+    latent: Tensor, hard: Tensor, scale: float, bound: float, estimator: str
+) -> Tensor:
     """Return ``hard`` (exactly) with the estimator's gradient flowing to ``latent``."""
-    return _StraightThrough.apply(latent, hard, scale, estimator)  # type: ignore[no-untyped-call, no-any-return]
+    return _StraightThrough.apply(latent, hard, scale, bound, estimator)  # type: ignore[no-untyped-call, no-any-return]
 
 
 def argmax_ties_up(scores: Tensor) -> Tensor:

@@ -28,9 +28,6 @@ class Constraint(nn.Module):
 
     method: ClassVar[str]
     table: Tensor
-    thresholds: Tensor
-    levels: Tensor
-    steps: Tensor | None
 
     def __init__(self, values: ValueSet, like: Tensor) -> None:
         super().__init__()
@@ -42,24 +39,12 @@ class Constraint(nn.Module):
         raise NotImplementedError
 
     def _build(self, dtype: torch.dtype, device: torch.device) -> None:
-        vs = self.values
-        levels64 = torch.tensor(vs.to_latent(vs.values), dtype=torch.float64)
-        thresholds64 = torch.tensor(vs.to_latent(vs.midpoints), dtype=torch.float64)
-        table = torch.tensor(vs.values, dtype=torch.float64).to(dtype)
-        levels, thresholds = levels64.to(dtype), thresholds64.to(dtype)
-        _check_distinguishable(vs, dtype, table, levels, thresholds)
-        table, levels, thresholds = table.to(device), levels.to(device), thresholds.to(device)
-        steps: Tensor | None = table.diff()
-        # The fast summed projection is used only where it reproduces every value exactly.
-        if not torch.equal(F.nearest(levels, thresholds, table, steps), table):
-            steps = None
-        for name, tensor in [
-            ("table", table),
-            ("levels", levels),
-            ("thresholds", thresholds),
-            ("steps", steps),
-        ]:
-            self.register_buffer(name, tensor, persistent=False)
+        """(Re)derive the buffers for ``dtype``; refuse a dtype that merges two values."""
+        table = torch.tensor(self.values.values, dtype=torch.float64).to(dtype)
+        if not bool(table.isfinite().all()):
+            raise ValueError(f"{self.values!r} does not fit in {dtype}: a value overflows")
+        _check_increasing(self.values, dtype, table)
+        self.register_buffer("table", table.to(device), persistent=False)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Constraint:
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
@@ -71,38 +56,74 @@ class Constraint(nn.Module):
 
 
 class _LatentConstraint(Constraint):
-    """Stores a float latent on the scale where the set's range is ``[-1, 1]``."""
+    """Stores a float latent ``u`` on a scale where the set's range is ``[-r, r]``.
 
-    def __init__(self, values: ValueSet, like: Tensor, estimator: str = "inward") -> None:
+    ``w = centre + half_range * u / r`` with ``r = latent_range`` (default 0.1, the scale of a
+    freshly initialised float layer's weights). So a learning rate means the same for any set
+    (``{0, 1}``, ``{-1, 1}`` or ``[0, 100]``) and for the float parameters beside it: with Adam
+    at lr 1e-3, a latent crosses its whole range in about ``2r / lr = 200`` consistent steps.
+    """
+
+    levels: Tensor
+    thresholds: Tensor
+    steps: Tensor | None
+
+    def __init__(
+        self,
+        values: ValueSet,
+        like: Tensor,
+        estimator: str = "inward",
+        latent_range: float = 0.1,
+    ) -> None:
         if estimator not in F.ESTIMATORS:
             raise ValueError(
                 f"Unknown estimator {estimator!r}; valid estimators: "
                 + ", ".join(repr(e) for e in F.ESTIMATORS)
             )
-        super().__init__(values, like)
+        if not latent_range > 0:
+            raise ValueError(f"Invalid latent_range: {latent_range} (must be > 0)")
         self.estimator = estimator
-        self.scale = values.half_range
+        self.latent_range = float(latent_range)
+        # Slope of value against latent: the straight-through derivative inside the range.
+        self.scale = values.half_range / self.latent_range
+        super().__init__(values, like)
+
+    def _build(self, dtype: torch.dtype, device: torch.device) -> None:
+        super()._build(dtype, device)
+        vs, r = self.values, self.latent_range
+        levels = torch.tensor(vs.to_latent(vs.values) * r, dtype=torch.float64).to(dtype)
+        thresholds = torch.tensor(vs.to_latent(vs.midpoints) * r, dtype=torch.float64).to(dtype)
+        _check_increasing(vs, dtype, torch.stack([levels[:-1], thresholds, levels[1:]], 1))
+        levels, thresholds = levels.to(device), thresholds.to(device)
+        steps: Tensor | None = self.table.diff()
+        # The fast summed projection is used only where it reproduces every value exactly.
+        if not torch.equal(F.nearest(levels, thresholds, self.table, steps), self.table):
+            steps = None
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("thresholds", thresholds, persistent=False)
+        self.register_buffer("steps", steps, persistent=False)
 
     def hard(self, stored: Tensor) -> Tensor:
         return F.nearest(stored, self.thresholds, self.table, self.steps)
 
     def right_inverse(self, value: Tensor) -> Tensor:
-        """Latent of an assigned value: ``(value - centre) / half_range``."""
-        return (value - self.values.center) / self.values.half_range
+        """Latent of an assigned value: ``(value - centre) / half_range * latent_range``."""
+        return (value - self.values.center) * (self.latent_range / self.values.half_range)
 
     def extra_repr(self) -> str:
-        return f"{self.values!r}, estimator={self.estimator!r}"
+        return f"{self.values!r}, estimator={self.estimator!r}, latent_range={self.latent_range}"
 
 
 class STE(_LatentConstraint):
     r"""Nearest value forward, straight-through gradient to a float latent.
 
-    Stores a latent ``t`` on the scale where the set's range ``[min, max]`` is ``[-1, 1]``:
-    ``w = centre + half_range * t``. Forward, in training and eval alike:
+    Stores a latent ``u`` (see ``latent_range``): ``w = centre + half_range * u / r``.
+    Forward, in training and eval alike, the nearest value of the set (a tie goes to the larger
+    value):
 
-    .. math:: q = \mathrm{nearest}(w) \in V \quad(\text{ties go to the larger value})
+    .. math:: q = \mathrm{nearest}(w) \in V
 
-    Backward: ``dq/dt = half_range`` inside ``[-1, 1]``, shaped outside by the estimator
+    Backward: ``dq/du = half_range / r`` inside ``[-r, r]``, shaped outside by the estimator
     (see :func:`snapset.torch.estimator_grad`). Courbariaux et al., 2016, "Binarized Neural
     Networks"; Bengio et al., 2013, "Estimating or Propagating Gradients Through Stochastic
     Neurons".
@@ -111,7 +132,8 @@ class STE(_LatentConstraint):
     method = "ste"
 
     def forward(self, latent: Tensor) -> Tensor:
-        return F.straight_through(latent, self.hard(latent), self.scale, self.estimator)
+        hard = self.hard(latent)
+        return F.straight_through(latent, hard, self.scale, self.latent_range, self.estimator)
 
 
 class StochasticRounding(_LatentConstraint):
@@ -130,27 +152,35 @@ class StochasticRounding(_LatentConstraint):
             hard = F.stochastic_round(latent, self.levels, self.table)
         else:
             hard = self.hard(latent)
-        return F.straight_through(latent, hard, self.scale, self.estimator)
+        return F.straight_through(latent, hard, self.scale, self.latent_range, self.estimator)
 
 
 class GumbelSoftmax(Constraint):
     r"""A categorical distribution over the set for every entry, trained by Gumbel-softmax.
 
-    Stores logits of shape ``(*shape, len(values))``. While training, each entry draws
-    ``j = argmax(logits + g)`` with Gumbel noise ``g`` and takes the exact value ``v_j``; the
-    gradient is that of ``E = sum_j softmax((logits + g) / tau)_j v_j``. In eval the entry takes
-    the value of its largest logit (ties go to the larger value). Anneal ``temperature`` (tau)
-    with :func:`snapset.torch.set_temperature`. Jang et al., 2017, "Categorical
-    Reparameterization with Gumbel-Softmax"; Maddison et al., 2017, "The Concrete Distribution".
+    Stores ``u = logits * r`` of shape ``(*shape, len(values))``, with ``r = latent_range``
+    (default 0.1) for the reason given in :class:`STE`: the same learning rate suits every
+    method. While training, each entry draws ``j = argmax(logits + g)`` with Gumbel noise ``g``
+    and takes the exact value ``v_j``; the gradient is that of
+    ``E = sum_j softmax((logits + g) / tau)_j v_j``. In eval the entry takes the value of its
+    largest logit (ties go to the larger value). Anneal ``temperature`` (tau) with
+    :func:`snapset.torch.set_temperature`. Jang et al., 2017, "Categorical Reparameterization
+    with Gumbel-Softmax"; Maddison et al., 2017, "The Concrete Distribution".
     """
 
     method = "gumbel"
-    #: Sharpness of the logits stored for an assigned value: ``-SHARPNESS * ((w - v_j) / h)^2``.
-    SHARPNESS = 2.0
+    #: Logits of an assigned value ``w``: ``-SHARPNESS * ((w - v_j) / half_range)^2``, so a
+    #: member of ``{-1, 1}`` starts with a logit lead of 2 (a sample agrees about 80% of the time).
+    SHARPNESS = 0.5
 
-    def __init__(self, values: ValueSet, like: Tensor, temperature: float = 1.0) -> None:
+    def __init__(
+        self, values: ValueSet, like: Tensor, temperature: float = 1.0, latent_range: float = 0.1
+    ) -> None:
+        if not latent_range > 0:
+            raise ValueError(f"Invalid latent_range: {latent_range} (must be > 0)")
         super().__init__(values, like)
         self.temperature = temperature
+        self.latent_range = float(latent_range)
 
     @property
     def temperature(self) -> float:
@@ -166,18 +196,18 @@ class GumbelSoftmax(Constraint):
     def hard(self, stored: Tensor) -> Tensor:
         return self.table[F.argmax_ties_up(stored)]
 
-    def forward(self, logits: Tensor) -> Tensor:
+    def forward(self, stored: Tensor) -> Tensor:
         if self.training:
-            return F.gumbel_sample(logits, self.table, self.temperature)
-        return self.hard(logits)
+            return F.gumbel_sample(stored / self.latent_range, self.table, self.temperature)
+        return self.hard(stored)
 
     def right_inverse(self, value: Tensor) -> Tensor:
-        """Logits peaked at each assigned value: ``-2 ((value - v_j) / half_range)^2``."""
+        """Stored logits peaked at each assigned value (see ``SHARPNESS``)."""
         distance = (value.unsqueeze(-1) - self.table) / self.values.half_range
-        return distance.square().mul_(-self.SHARPNESS)
+        return distance.square().mul_(-self.SHARPNESS * self.latent_range)
 
     def extra_repr(self) -> str:
-        return f"{self.values!r}, temperature={self.temperature}"
+        return f"{self.values!r}, temperature={self.temperature}, latent_range={self.latent_range}"
 
 
 METHODS: dict[str, type[Constraint]] = {
@@ -209,14 +239,16 @@ def spread(weight: Tensor, values: ValueSet) -> Tensor:
     return spread_values.reshape(weight.shape).to(weight.dtype)
 
 
-def _check_distinguishable(
-    vs: ValueSet, dtype: torch.dtype, table: Tensor, levels: Tensor, thresholds: Tensor
-) -> None:
-    if not bool(table.isfinite().all()):
-        raise ValueError(f"{vs!r} does not fit in {dtype}: a value overflows to infinity")
-    apart = (table.diff() > 0) & (thresholds > levels[:-1]) & (thresholds < levels[1:])
-    if not bool(apart.all()):
-        i = int((~apart).nonzero()[0])
+def _check_increasing(vs: ValueSet, dtype: torch.dtype, sequence: Tensor) -> None:
+    """Refuse a dtype in which two neighbouring values (or their boundary) merge.
+
+    ``sequence`` is the values, or one row ``(value_i, boundary_i, value_i+1)`` per neighbour
+    pair; each must increase strictly.
+    """
+    rows = sequence if sequence.dim() == 2 else sequence.unfold(0, 2, 1)
+    merged = ~(rows.diff(dim=-1) > 0).all(dim=-1)
+    if bool(merged.any()):
+        i = int(merged.nonzero()[0])
         raise ValueError(
             f"{vs!r} cannot be told apart in {dtype}: {vs.values[i]} and {vs.values[i + 1]} "
             "round together. Use a wider dtype (torch.float32 or torch.float64) or values "

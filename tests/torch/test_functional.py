@@ -1,0 +1,111 @@
+"""The maths of the PyTorch front against closed forms and slow references."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+import snapset
+import snapset.torch as st
+from snapset.torch import _functional as F
+
+value_sets = hst.lists(
+    hst.floats(-100, 100, allow_nan=False, allow_subnormal=False).map(lambda v: round(v, 3)),
+    min_size=2,
+    max_size=7,
+    unique=True,
+).map(snapset.ValueSet)
+
+
+def constrained_vector(values, method="ste", n=64, **options):
+    module = torch.nn.Module()
+    module.weight = torch.nn.Parameter(torch.linspace(-1, 1, n, dtype=torch.float64))
+    return st.constrain(module, "weight", values, method, **options)
+
+
+def closed_form_estimator(estimator, u, g, scale, r):
+    """The estimators' definitions, one entry at a time."""
+    out = torch.empty_like(g)
+    for i, (ui, gi) in enumerate(zip(u.tolist(), g.tolist(), strict=True)):
+        inside = -r <= ui <= r
+        if estimator == "identity" or inside:
+            passes = True
+        elif estimator == "clip":
+            passes = False
+        else:  # inward: descent moves u by -g; it may only head back into [-r, r]
+            passes = (ui > r and gi > 0) or (ui < -r and gi < 0)
+        out[i] = gi * scale if passes else 0.0
+    return out
+
+
+@pytest.mark.parametrize("estimator", F.ESTIMATORS)
+@pytest.mark.parametrize("method", ["ste", "stochastic"])
+def test_surrogate_gradient_matches_closed_form(estimator, method):
+    values = snapset.ValueSet([0, 2, 3, 10])  # half range 5
+    module = constrained_vector(values, method, estimator=estimator)
+    latent = module.parametrizations.weight.original
+    with torch.no_grad():  # put some latents outside [-r, r] on both sides
+        latent.copy_(torch.linspace(-0.3, 0.3, latent.numel(), dtype=latent.dtype))
+    g = torch.randn(latent.shape, dtype=latent.dtype, generator=torch.Generator().manual_seed(0))
+    (module.weight * g).sum().backward()
+    expected = closed_form_estimator(estimator, latent.detach(), g, scale=5 / 0.1, r=0.1)
+    assert torch.equal(latent.grad, expected)
+
+
+def test_gumbel_gradient_matches_autograd_of_the_soft_expectation():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    table = torch.tensor([-1.0, -0.5, 0.5, 1.0], dtype=torch.float64)
+    g = torch.randn(5, dtype=torch.float64)
+    for tau in (1.0, 0.3):
+        soft = torch.softmax(logits / tau, dim=-1) @ table
+        (expected,) = torch.autograd.grad((soft * g).sum(), logits)
+        got = F.gumbel_expectation_grad(logits.detach(), table, tau, g)
+        assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(value_sets, hst.integers(0, 2**31))
+def test_summed_and_bucketized_projections_agree(values, seed):
+    constraint = constrained_vector(values).parametrizations.weight[0]
+    latent = torch.randn(257, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    latent = torch.cat([latent * 0.15, constraint.thresholds, constraint.levels])
+    bucketized = F.nearest(latent, constraint.thresholds, constraint.table, None)
+    if constraint.steps is not None:
+        summed = F.nearest(latent, constraint.thresholds, constraint.table, constraint.steps)
+        assert torch.equal(summed, bucketized)
+    reference = torch.tensor(values.project(values.from_latent(latent.numpy() / 0.1)))
+    far_from_boundaries = (latent[:, None] - constraint.thresholds).abs().min(dim=1).values > 1e-9
+    assert torch.equal(bucketized[far_from_boundaries], reference[far_from_boundaries])
+    on_boundary = bucketized[257 : 257 + len(values) - 1]
+    assert on_boundary.tolist() == list(values.values[1:])  # ties go to the larger value
+
+
+def test_summed_projection_is_refused_where_it_would_round():
+    exact = constrained_vector(snapset.Ternary()).parametrizations.weight[0]
+    assert exact.steps is not None
+    inexact = constrained_vector([-0.3, 0.1, 0.7]).parametrizations.weight[0]
+    assert (0.1 - -0.3) + -0.3 != 0.1  # the summed path rounds in float64
+    assert inexact.steps is None
+    assert torch.equal(inexact.hard(inexact.levels), inexact.table)
+
+
+def test_stochastic_rounding_is_unbiased_and_picks_neighbours():
+    torch.manual_seed(0)
+    module = constrained_vector([-1, 0, 2], "stochastic", n=4)
+    latent = module.parametrizations.weight.original
+    with torch.no_grad():  # values -0.4, 0.5, 1.25 and one above the range
+        latent.copy_(torch.tensor([-0.4, 0.5, 1.25, 9.0]) * 0.1 / 1.5 - 0.5 * 0.1 / 1.5)
+    point = torch.tensor([-0.4, 0.5, 1.25, 2.0], dtype=torch.float64)
+    draws = torch.stack([module.weight.detach() for _ in range(20000)])
+    assert set(draws[:, 0].unique().tolist()) == {-1.0, 0.0}
+    assert set(draws[:, 1].unique().tolist()) == {0.0, 2.0}
+    assert draws[:, 3].unique().tolist() == [2.0]
+    assert torch.allclose(draws.mean(0), point, atol=0.03)
+    module.eval()
+    assert module.weight.tolist() == [0.0, 0.0, 2.0, 2.0]
+
+
+def test_argmax_ties_go_to_the_larger_index():
+    scores = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [5.0, 1.0, 1.0, 1.0]])
+    assert F.argmax_ties_up(scores).tolist() == [2, 3, 0]
