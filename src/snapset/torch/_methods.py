@@ -47,7 +47,7 @@ class Constraint(nn.Module):
         self.register_buffer("table", table.to(device), persistent=False)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Constraint:
-        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        super()._apply(fn, recurse)
         self._build(self.table.dtype, self.table.device)
         return self
 
