@@ -7,16 +7,26 @@ Example:
     True
 """
 
+from . import optim as optim
 from ._constrain import constrain as constrain
 from ._constrain import constrain_ as constrain_
 from ._constrain import harden_ as harden_
 from ._constrain import named_constraints as named_constraints
 from ._constrain import set_temperature as set_temperature
+from ._diagnostics import FlipTracker as FlipTracker
+from ._diagnostics import Summary as Summary
+from ._diagnostics import SummaryRow as SummaryRow
+from ._diagnostics import summary as summary
 from ._functional import ESTIMATORS as ESTIMATORS
 from ._functional import estimator_grad as estimator_grad
+from ._groups import ParamGroups as ParamGroups
+from ._groups import param_groups as param_groups
 from ._layers import Multiplier as Multiplier
 from ._methods import METHODS as METHODS
 from ._methods import STE as STE
 from ._methods import Constraint as Constraint
+from ._methods import Flip as Flip
 from ._methods import GumbelSoftmax as GumbelSoftmax
 from ._methods import StochasticRounding as StochasticRounding
+from ._plot import plot_training as plot_training
+from .optim import Bop as Bop

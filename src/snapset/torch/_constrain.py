@@ -11,7 +11,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .._sets import ValueSet
-from ._methods import METHODS, Constraint, GumbelSoftmax, spread
+from ._flip import bind_flip
+from ._methods import METHODS, Constraint, Flip, GumbelSoftmax, spread
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 FilterFn = Callable[[nn.Module, str], bool]
@@ -92,8 +93,8 @@ def constrain_(
         >>> import torch, snapset, snapset.torch as st
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
         ...                             torch.nn.Linear(8, 2))
-        >>> model = st.constrain_(model, snapset.Sign(),
-        ...                       filter_fn=lambda module, name: name != "2")
+        >>> keep_last_float = lambda m, name: isinstance(m, torch.nn.Linear) and name != "2"
+        >>> model = st.constrain_(model, snapset.Sign(), filter_fn=keep_last_float)
         >>> [name for name, _ in st.named_constraints(model)]
         ['0.weight']
     """
@@ -278,3 +279,5 @@ def _register(
         with torch.no_grad():
             param.set_(before)  # type: ignore[call-overload]
         raise
+    if isinstance(constraint, Flip):
+        bind_flip(module, name)  # so that Bop finds the value set from the parameter alone

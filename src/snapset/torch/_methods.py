@@ -210,8 +210,43 @@ class GumbelSoftmax(Constraint):
         return f"{self.values!r}, temperature={self.temperature}, latent_range={self.latent_range}"
 
 
+class Flip(Constraint):
+    r"""No latent weight: the stored tensor *is* the set value, moved only by a flip optimizer.
+
+    Forward is the identity, ``w = s`` with ``s`` exact members of the set, and the gradient
+    reaches the stored tensor unchanged (``dL/ds = dL/dw``). Nothing here moves a value: a flip
+    optimizer (:class:`snapset.torch.Bop`) reads the gradient and moves an entry to a
+    neighbouring value of the set. A gradient optimizer (SGD, Adam) would push the values off
+    the set, so route flip parameters with :func:`snapset.torch.param_groups`. An assigned value
+    is stored as its nearest member of the set (ties go to the larger value). Helwegen et al.,
+    2019, "Latent Weights Do Not Exist: Rethinking Binarized Neural Network Optimization".
+    """
+
+    method = "flip"
+    midpoints: Tensor
+
+    def _build(self, dtype: torch.dtype, device: torch.device) -> None:
+        super()._build(dtype, device)
+        midpoints = torch.tensor(self.values.midpoints, dtype=torch.float64).to(dtype)
+        rows = torch.stack([self.table[:-1].cpu(), midpoints, self.table[1:].cpu()], 1)
+        _check_increasing(self.values, dtype, rows)
+        self.register_buffer("midpoints", midpoints.to(device), persistent=False)
+
+    def hard(self, stored: Tensor) -> Tensor:
+        return stored
+
+    def forward(self, stored: Tensor) -> Tensor:
+        return stored
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        """The nearest member of the set for each assigned entry (ties go up)."""
+        if bool(value.isnan().any()):
+            raise ValueError(f"cannot store NaN in a parameter constrained to {self.values!r}")
+        return self.table[torch.bucketize(value, self.midpoints, right=True)]
+
+
 METHODS: dict[str, type[Constraint]] = {
-    cls.method: cls for cls in (STE, StochasticRounding, GumbelSoftmax)
+    cls.method: cls for cls in (STE, StochasticRounding, GumbelSoftmax, Flip)
 }
 
 

@@ -1,0 +1,359 @@
+"""Diagnostics: flip ratios and value histograms over training, and a model summary."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor, nn
+
+from .._sets import ValueSet
+from . import _functional as F
+from ._constrain import _constrained_tensors
+from ._methods import Constraint, Flip, GumbelSoftmax
+
+# ----- codes ---------------------------------------------------------------------------------
+
+
+def value_codes(constraint: Constraint, stored: Tensor, out: Tensor | None = None) -> Tensor:
+    """Index (into the sorted set) of each entry's deterministic value, from the stored tensor.
+
+    The indices come from the same comparisons that choose the values, without building the
+    values: one byte an entry (a bool for two-value sets), so keeping the previous step's codes
+    costs a quarter of a float32 copy or less. ``out``, a tensor of the codes' shape and dtype
+    from an earlier call, is reused when given.
+    """
+    with torch.no_grad():
+        if isinstance(constraint, GumbelSoftmax):
+            return _narrow(F.argmax_ties_up(stored), len(constraint.values))
+        if isinstance(constraint, Flip):
+            return _count_at_least(stored, constraint.midpoints, out)
+        thresholds = getattr(constraint, "thresholds", None)
+        if isinstance(thresholds, Tensor):  # a latent: value j where thresholds[j-1] <= u
+            return _count_at_least(stored, thresholds, out)
+        hard = constraint.hard(stored)
+        midpoints = torch.tensor(constraint.values.midpoints, dtype=torch.float64)
+        return _count_at_least(hard, midpoints.to(hard.dtype).to(hard.device), out)
+
+
+def _count_at_least(x: Tensor, boundaries: Tensor, out: Tensor | None) -> Tensor:
+    if boundaries.numel() == 1:
+        return torch.ge(x, boundaries[0], out=out)
+    if boundaries.numel() > 16:
+        return _narrow(torch.bucketize(x, boundaries, right=True), boundaries.numel() + 1)
+    codes = out if out is not None else torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    codes.copy_(x.ge(boundaries[0]))
+    for j in range(1, boundaries.numel()):
+        codes.add_(x.ge(boundaries[j]))
+    return codes
+
+
+def _narrow(codes: Tensor, k: int) -> Tensor:
+    return codes.to(torch.bool if k == 2 else torch.uint8 if k <= 256 else torch.int16)
+
+
+def _histogram(codes: Tensor, k: int) -> Tensor:
+    if codes.dtype == torch.bool:
+        ones = torch.count_nonzero(codes)
+        return torch.stack([codes.numel() - ones, ones])
+    return torch.bincount(codes.reshape(-1).to(torch.int64 if k > 256 else codes.dtype), None, k)
+
+
+# ----- flip tracker --------------------------------------------------------------------------
+
+
+@dataclass
+class _Tracked:
+    name: str
+    module: nn.Module
+    tensor_name: str
+    constraint: Constraint
+    previous: Tensor
+    spare: Tensor | None
+    flips: list[Tensor]
+    histograms: list[Tensor]
+
+    def stored(self) -> Tensor:
+        return cast(Tensor, self.module.parametrizations[self.tensor_name].original)  # type: ignore[index, union-attr]
+
+
+class FlipTracker:
+    """Flip ratio and value histogram of every constrained tensor of a model, over training.
+
+    Call :meth:`update` after each optimizer step (or every ``n`` steps). For each tensor
+    constrained by snapset, whatever its method (a flip parameter or a latent one), it
+    records the fraction of entries whose exact value changed since the previous update (the
+    flip ratio, as larq's ``FlipRatio`` metric) and how many entries hold each value of the set.
+    Between updates it keeps only the entries' value indices (one byte each, one bit's worth
+    for two-value sets), never a float copy; the counts stay on the tensors' device until read.
+
+    Example:
+        >>> import torch, snapset, snapset.torch as st
+        >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), "flip")
+        >>> layer.weight = torch.tensor([[1.0, 1, -1, -1], [1, -1, 1, -1]])
+        >>> tracker = st.FlipTracker(layer)
+        >>> layer.weight = torch.tensor([[-1.0, -1, -1, -1], [1, -1, 1, -1]])  # two flips of 8
+        >>> tracker.update()
+        >>> tracker.flip_ratios()
+        {'weight': [0.25]}
+        >>> tracker.histograms()["weight"].tolist()   # rows: updates (and the start)
+        [[4, 4], [6, 2]]
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        prefixes = {id(module): prefix for prefix, module in model.named_modules()}
+        self._tracked: list[_Tracked] = []
+        for module, name, index, constraint in _constrained_tensors(model):
+            if index != 0:
+                continue
+            prefix = prefixes[id(module)]
+            entry = _Tracked(
+                name=f"{prefix}.{name}" if prefix else name,
+                module=module,
+                tensor_name=name,
+                constraint=constraint,
+                previous=torch.empty(0),
+                spare=None,
+                flips=[],
+                histograms=[],
+            )
+            entry.previous = value_codes(constraint, entry.stored())
+            entry.histograms.append(_histogram(entry.previous, len(constraint.values)))
+            self._tracked.append(entry)
+        if not self._tracked:
+            raise ValueError(
+                f"{type(model).__name__} has no tensor constrained by snapset; constrain one "
+                "with snapset.torch.constrain or constrain_ first"
+            )
+
+    @property
+    def names(self) -> list[str]:
+        """Qualified names of the tracked tensors (as :func:`named_constraints` gives them)."""
+        return [entry.name for entry in self._tracked]
+
+    @property
+    def value_sets(self) -> dict[str, ValueSet]:
+        """The value set of each tracked tensor."""
+        return {entry.name: entry.constraint.values for entry in self._tracked}
+
+    def update(self) -> None:
+        """Record the flips since the last update and the current histograms."""
+        for entry in self._tracked:
+            # Two code buffers take turns, so an update allocates nothing of the tensor's size:
+            # the previous codes, once compared, are overwritten by the comparison.
+            codes = value_codes(entry.constraint, entry.stored(), entry.spare)
+            if codes.dtype == torch.bool:
+                changed = entry.previous.logical_xor_(codes)
+            else:
+                changed = entry.previous.sub_(codes)  # nonzero exactly where the codes differ
+            entry.flips.append(torch.count_nonzero(changed))
+            entry.histograms.append(_histogram(codes, len(entry.constraint.values)))
+            entry.previous, entry.spare = codes, entry.previous
+
+    def flip_ratios(self) -> dict[str, list[float]]:
+        """Fraction of entries whose value changed, per tensor, one number per update."""
+        return {
+            entry.name: [int(f) / entry.previous.numel() for f in entry.flips]
+            for entry in self._tracked
+        }
+
+    def histograms(self) -> dict[str, npt.NDArray[np.int64]]:
+        """Entries per value, per tensor: an array of shape ``(updates + 1, len(set))``.
+
+        Row 0 is the state when the tracker was made; columns follow the sorted set.
+        """
+        return {
+            entry.name: torch.stack(entry.histograms).cpu().numpy().astype(np.int64)
+            for entry in self._tracked
+        }
+
+    def plot(self, path: str | Path, max_tensors: int = 8) -> Path:
+        """Draw flip ratios and value shares over training to a PNG; needs matplotlib.
+
+        See :func:`snapset.torch.plot_training`.
+        """
+        from ._plot import plot_training
+
+        return plot_training(self, path, max_tensors=max_tensors)
+
+
+# ----- summary ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One parameter tensor of a :class:`Summary`."""
+
+    name: str
+    #: The value set, or None for a plain (float) parameter.
+    values: ValueSet | None
+    #: The snapset method, or ``"-"`` for a plain parameter.
+    method: str
+    #: Number of weights (for ``gumbel``, entries of the value, not of the stored logits).
+    count: int
+    #: Bits a weight needs when packed: ``ceil(log2(len(set)))``, or the dtype's width.
+    bits: int
+
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of the packed codes (``ceil(count * bits / 8)``), or of the plain tensor."""
+        return math.ceil(self.count * self.bits / 8)
+
+    @property
+    def float32_bytes(self) -> int:
+        """Bytes of the same weights in float32."""
+        return 4 * self.count
+
+    @property
+    def compression(self) -> float:
+        """``float32_bytes / packed_bytes``."""
+        return self.float32_bytes / self.packed_bytes if self.packed_bytes else 1.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Per-tensor table of a model's parameters: set, method, count, bits and sizes.
+
+    ``str(summary)`` is a markdown table with a totals line; :attr:`rows` holds the numbers.
+    """
+
+    rows: tuple[SummaryRow, ...]
+
+    @property
+    def count(self) -> int:
+        """All parameters (weights) of the model."""
+        return sum(row.count for row in self.rows)
+
+    @property
+    def constrained_count(self) -> int:
+        """The weights restricted to a value set."""
+        return sum(row.count for row in self.rows if row.values is not None)
+
+    @property
+    def packed_bytes(self) -> int:
+        """The model's size with set-valued weights packed and the others as they are."""
+        return sum(row.packed_bytes for row in self.rows)
+
+    @property
+    def float32_bytes(self) -> int:
+        """The model's size in float32."""
+        return sum(row.float32_bytes for row in self.rows)
+
+    @property
+    def compression(self) -> float:
+        """``float32_bytes / packed_bytes``."""
+        return self.float32_bytes / self.packed_bytes if self.packed_bytes else 1.0
+
+    def __str__(self) -> str:
+        header = ["tensor", "set", "method", "count", "bits/weight", "packed", "float32", "ratio"]
+        lines = [
+            [
+                row.name,
+                _set_text(row.values),
+                row.method,
+                f"{row.count:,}",
+                str(row.bits),
+                _size(row.packed_bytes),
+                _size(row.float32_bytes),
+                f"{row.compression:.2f}x",
+            ]
+            for row in self.rows
+        ]
+        lines.append(
+            [
+                "total",
+                "",
+                "",
+                f"{self.count:,}",
+                "",
+                _size(self.packed_bytes),
+                _size(self.float32_bytes),
+                f"{self.compression:.2f}x",
+            ]
+        )
+        widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
+        right = {3, 4, 5, 6, 7}
+
+        def render(cells: list[str]) -> str:
+            padded = [
+                c.rjust(w) if i in right else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ]
+            return "| " + " | ".join(padded) + " |"
+
+        rule = (
+            "|"
+            + "|".join(
+                ("-" * (w + 1) + ":" if i in right else "-" * (w + 2)) for i, w in enumerate(widths)
+            )
+            + "|"
+        )
+        share = self.constrained_count / self.count if self.count else 0.0
+        footer = (
+            f"{self.constrained_count:,} of {self.count:,} weights ({share:.1%}) in a value "
+            f"set; {_size(self.packed_bytes)} packed, {self.compression:.2f}x smaller than float32."
+        )
+        return "\n".join([render(header), rule, *(render(cells) for cells in lines), footer])
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def summary(model: nn.Module) -> Summary:
+    """A per-tensor table of ``model``'s parameters: set, method, count, bits, packed size.
+
+    Every parameter appears once. A constrained tensor shows its set and method, the bits a
+    weight needs once packed (``ceil(log2(len(set)))``) and its packed size,
+    ``ceil(count * bits / 8)`` bytes; a plain parameter shows its actual size. Compression is
+    against float32. The totals line gives the model's packed size, as larq's
+    ``models.summary`` does for Keras 2.
+
+    Example:
+        >>> import torch, snapset, snapset.torch as st
+        >>> layer = st.constrain(torch.nn.Linear(4, 3), "weight", snapset.Binary(), "flip")
+        >>> print(st.summary(layer))
+        | tensor | set    | method | count | bits/weight | packed | float32 |  ratio |
+        |--------|--------|--------|------:|------------:|-------:|--------:|-------:|
+        | bias   | -      | -      |     3 |          32 |   12 B |    12 B |  1.00x |
+        | weight | {0, 1} | flip   |    12 |           1 |    2 B |    48 B | 24.00x |
+        | total  |        |        |    15 |             |   14 B |    60 B |  4.29x |
+        12 of 15 weights (80.0%) in a value set; 14 B packed, 4.29x smaller than float32.
+    """
+    prefixes = {id(module): prefix for prefix, module in model.named_modules()}
+    constrained: dict[int, tuple[str, Constraint]] = {}
+    for module, name, index, constraint in _constrained_tensors(model):
+        if index == 0:
+            prefix = prefixes[id(module)]
+            stored = module.parametrizations[name].original  # type: ignore[index, union-attr]
+            constrained[id(stored)] = (f"{prefix}.{name}" if prefix else name, constraint)
+    rows = []
+    for name, param in model.named_parameters():
+        if id(param) in constrained:
+            tensor_name, constraint = constrained[id(param)]
+            count = param.numel()
+            if isinstance(constraint, GumbelSoftmax):
+                count //= len(constraint.values)
+            vs = constraint.values
+            rows.append(SummaryRow(tensor_name, vs, constraint.method, count, vs.bits))
+        else:
+            bits = param.element_size() * 8
+            rows.append(SummaryRow(name, None, "-", param.numel(), bits))
+    return Summary(tuple(rows))
+
+
+def _set_text(values: ValueSet | None) -> str:
+    if values is None:
+        return "-"
+    return "{" + ", ".join(f"{v:g}" for v in values) + "}"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

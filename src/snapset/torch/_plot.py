@@ -1,0 +1,72 @@
+"""Plots of training diagnostics (matplotlib, the optional ``plot`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ._diagnostics import FlipTracker
+
+
+def plot_training(tracker: FlipTracker, path: str | Path, max_tensors: int = 8) -> Path:
+    """Draw a :class:`FlipTracker`'s flip ratios and value shares over training to a PNG.
+
+    The top panel shows each tensor's flip ratio per update (log scale; updates without a flip
+    sit at the bottom edge); below, one panel per tensor (the first ``max_tensors``) shows the
+    share of entries holding each value of its set, stacked, from the start to the last update.
+    Needs matplotlib (``pip install snapset[plot]``); it draws off screen and changes no global
+    matplotlib setting. Returns the path written.
+
+    Example:
+        >>> import tempfile, pathlib, torch, snapset, snapset.torch as st
+        >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Ternary(), "flip")
+        >>> tracker = st.FlipTracker(layer)
+        >>> tracker.update()
+        >>> out = st.plot_training(tracker, pathlib.Path(tempfile.mkdtemp()) / "flips.png")
+        >>> out.read_bytes()[:4] == b"\\x89PNG"
+        True
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "snapset.torch.plot_training needs matplotlib: pip install 'snapset[plot]' "
+            "(or pip install matplotlib)"
+        ) from error
+    if max_tensors < 1:
+        raise ValueError(f"Invalid max_tensors: {max_tensors} (must be >= 1)")
+    ratios = tracker.flip_ratios()
+    histograms = tracker.histograms()
+    names = tracker.names[:max_tensors]
+    figure = Figure(figsize=(8, 2.2 * (1 + len(names))), layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    axes: list[Any] = list(figure.subplots(1 + len(names), 1, squeeze=False)[:, 0])
+    top = axes[0]
+    floor = min([r for series in ratios.values() for r in series if r > 0], default=1.0) / 2
+    for name in tracker.names:
+        series = np.asarray(ratios[name], dtype=np.float64)
+        top.plot(np.arange(1, len(series) + 1), np.maximum(series, floor), label=name)
+    top.set_yscale("log")
+    top.set_xlabel("update")
+    top.set_ylabel("flip ratio")
+    top.set_title("Share of entries whose value changed")
+    if len(tracker.names) <= 12:
+        top.legend(fontsize="small")
+    for axis, name in zip(axes[1:], names, strict=True):
+        counts = histograms[name].astype(np.float64)
+        shares = counts / counts.sum(axis=1, keepdims=True)
+        labels = [f"{v:g}" for v in tracker.value_sets[name]]
+        axis.stackplot(np.arange(len(shares)), shares.T, labels=labels)
+        axis.set_xlim(0, max(len(shares) - 1, 1))
+        axis.set_ylim(0, 1)
+        axis.set_ylabel("share")
+        axis.set_title(f"{name}: entries per value")
+        axis.legend(fontsize="small", loc="upper right", ncols=min(len(labels), 8))
+    axes[-1].set_xlabel("update")
+    out = Path(path)
+    canvas.print_png(str(out))
+    return out

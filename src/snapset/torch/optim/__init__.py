@@ -1,0 +1,18 @@
+"""Flip optimizers: train parameters that are exact set values, with no latent weights.
+
+Example:
+    >>> import torch, snapset, snapset.torch as st
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
+    >>> model = st.constrain_(model, snapset.Binary(), method="flip",
+    ...                       filter_fn=lambda module, name: name == "0")
+    >>> groups = st.param_groups(model)
+    >>> flip_opt = st.optim.Bop(groups.flip, threshold=1e-4, gamma=1e-2)
+    >>> float_opt = torch.optim.Adam(groups.latent + groups.other, lr=1e-3)
+"""
+
+from ._bop import MOMENTUM_RESETS as MOMENTUM_RESETS
+from ._bop import THRESHOLD_MODES as THRESHOLD_MODES
+from ._bop import Bop as Bop
+from ._bop import bop as bop
+from ._bop import grad_norms as grad_norms
+from ._schedule import HyperparameterSchedule as HyperparameterSchedule

@@ -1,0 +1,169 @@
+"""Diagnostics: flip ratios, value histograms, the summary table and the plot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import snapset
+import snapset.torch as st
+
+
+def _small_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 3), st.Multiplier(3, [1, -1, 0.5, -0.5], method="flip"), nn.Linear(3, 2)
+    )
+    st.constrain(model[0], "weight", snapset.Binary(), method="flip")
+    st.constrain(model[2], "weight", snapset.Ternary(), method="gumbel")
+    return model
+
+
+def test_summary_numbers_by_hand() -> None:
+    table = st.summary(_small_model())
+    rows = {row.name: row for row in table.rows}
+    # Binary 4x3: 12 weights, 1 bit each -> 12 bits -> 2 bytes; 48 bytes in float32.
+    assert (rows["0.weight"].count, rows["0.weight"].bits, rows["0.weight"].packed_bytes) == (
+        12,
+        1,
+        2,
+    )
+    assert rows["0.weight"].compression == 24.0
+    # Four values: 3 weights x 2 bits = 6 bits -> 1 byte.
+    assert (rows["1.weight"].count, rows["1.weight"].bits, rows["1.weight"].packed_bytes) == (
+        3,
+        2,
+        1,
+    )
+    # Gumbel stores 6 x 3 logits but holds 6 weights: 2 bits each -> 12 bits -> 2 bytes.
+    assert (rows["2.weight"].count, rows["2.weight"].bits, rows["2.weight"].packed_bytes) == (
+        6,
+        2,
+        2,
+    )
+    assert rows["2.weight"].method == "gumbel"
+    # Plain biases stay float32: 3 + 2 weights, 4 bytes each.
+    assert (rows["0.bias"].method, rows["0.bias"].bits, rows["0.bias"].packed_bytes) == (
+        "-",
+        32,
+        12,
+    )
+    assert rows["2.bias"].packed_bytes == 8
+    assert (table.count, table.constrained_count) == (26, 21)
+    assert (table.packed_bytes, table.float32_bytes) == (25, 104)
+    assert table.compression == pytest.approx(104 / 25)
+    text = str(table)
+    assert "| 0.weight | {0, 1}" in text
+    assert "{-1, -0.5, 0.5, 1}" in text
+    assert "| total" in text and "4.16x" in text
+    assert "21 of 26 weights (80.8%) in a value set; 25 B packed" in text
+
+
+def test_flip_ratio_and_histograms_by_hand_for_every_method() -> None:
+    model = _small_model()
+    st.constrain(model[0], "bias", snapset.Sign(), method="ste")
+    tracker = st.FlipTracker(model)
+    assert sorted(tracker.names) == ["0.bias", "0.weight", "1.weight", "2.weight"]
+    values_before = {name: c.hard(_stored(model, name)).clone() for name, c in _constraints(model)}
+    with torch.no_grad():
+        model[0].weight = torch.ones(3, 4)  # a flip parameter: assigned
+        model[1].parametrizations.weight.original[0] = -model[1].weight[0]  # stays in the set
+        latent = model[0].parametrizations.bias.original
+        latent[0] = -latent[0]  # a latent crosses its threshold: one flip
+        logits = model[2].parametrizations.weight.original
+        logits[0, 0] = logits[0, 0].flip(0)  # reversing the logits of one entry moves its argmax
+    tracker.update()
+    expected = {
+        name: int((c.hard(_stored(model, name)) != values_before[name]).sum())
+        / values_before[name].numel()
+        for name, c in _constraints(model)
+    }
+    ratios = tracker.flip_ratios()
+    assert {name: series[-1] for name, series in ratios.items()} == expected
+    assert expected["0.bias"] == 1 / 3 and expected["1.weight"] == 1 / 3
+    assert expected["2.weight"] == 1 / 6
+    histograms = tracker.histograms()
+    assert histograms["0.weight"].tolist()[-1] == [0, 12]
+    assert histograms["0.weight"].shape == (2, 2)
+    for name, constraint in _constraints(model):
+        hard = constraint.hard(_stored(model, name))
+        assert histograms[name][-1].tolist() == [int((hard == v).sum()) for v in constraint.values]
+
+
+def test_tracker_keeps_one_byte_codes_not_float_copies() -> None:
+    layer = st.constrain(nn.Linear(64, 64), "weight", snapset.Ternary(), method="ste")
+    tracker = st.FlipTracker(layer)
+    previous = tracker._tracked[0].previous
+    assert previous.element_size() == 1 and previous.numel() == 64 * 64
+    binary = st.FlipTracker(st.constrain(nn.Linear(8, 8), "weight", snapset.Sign(), "flip"))
+    assert binary._tracked[0].previous.dtype == torch.bool
+
+
+def test_tracker_follows_bop_training() -> None:
+    torch.manual_seed(0)
+    layer = st.constrain(nn.Linear(16, 8), "weight", snapset.Ternary(), method="flip")
+    opt = st.Bop([layer.parametrizations.weight.original], threshold=1e-3, gamma=0.2)
+    tracker = st.FlipTracker(layer)
+    changed = []
+    for _ in range(5):
+        before = layer.weight.clone()
+        opt.zero_grad()
+        layer(torch.randn(32, 16)).square().mean().backward()
+        opt.step()
+        tracker.update()
+        changed.append(int((layer.weight != before).sum()) / before.numel())
+    assert tracker.flip_ratios()["weight"] == changed
+    assert any(c > 0 for c in changed)
+
+
+def test_tracker_needs_a_constrained_tensor() -> None:
+    with pytest.raises(ValueError, match="no tensor constrained by snapset"):
+        st.FlipTracker(nn.Linear(2, 2))
+
+
+def test_param_groups_report_counts() -> None:
+    groups = st.param_groups(_small_model())
+    assert str(groups) == (
+        "flip: 2 tensors, 15 entries; latent: 1 tensor, 18 entries; other: 2 tensors, 5 entries"
+    )
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    model = _small_model()
+    tracker = st.FlipTracker(model)
+    opt = st.Bop(st.param_groups(model).flip, threshold=1e-3, gamma=0.5)
+    for _ in range(4):
+        opt.zero_grad()
+        model(torch.randn(8, 4)).sum().backward()
+        opt.step()
+        tracker.update()
+    out = tracker.plot(tmp_path / "training.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_size > 10_000
+
+
+def test_plot_without_matplotlib_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    tracker = st.FlipTracker(_small_model())
+    with pytest.raises(ImportError, match=r"pip install 'snapset\[plot\]'"):
+        st.plot_training(tracker, tmp_path / "x.png")
+
+
+def _constraints(model: nn.Module) -> list[tuple[str, st.Constraint]]:
+    return list(st.named_constraints(model))
+
+
+def _stored(model: nn.Module, name: str) -> torch.Tensor:
+    *path, tensor = name.split(".")
+    module = model.get_submodule(".".join(path))
+    return module.parametrizations[tensor].original  # type: ignore[index, union-attr, no-any-return]
