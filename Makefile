@@ -36,7 +36,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest --doctest-modules -m "not slow" src tests
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/gf2.py
+	$(BIN)/python benchmarks/gf2_recovery.py
+	$(BIN)/python benchmarks/bop.py
+	$(BIN)/python benchmarks/bop_momentum.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -19,6 +19,7 @@ from ._diagnostics import SummaryRow as SummaryRow
 from ._diagnostics import summary as summary
 from ._functional import ESTIMATORS as ESTIMATORS
 from ._functional import estimator_grad as estimator_grad
+from ._gf2linear import GF2Linear as GF2Linear
 from ._groups import ParamGroups as ParamGroups
 from ._groups import param_groups as param_groups
 from ._layers import Multiplier as Multiplier

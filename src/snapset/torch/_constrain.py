@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 from .._sets import ValueSet
 from ._flip import bind_flip
+from ._gf2linear import GF2Linear
 from ._methods import METHODS, Constraint, Flip, GumbelSoftmax, spread
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -124,7 +125,8 @@ def harden_(model: ModuleT) -> ModuleT:
     Each parameter keeps its identity and takes the deterministic (eval-mode) values, so the
     hardened model's outputs equal the constrained model's eval outputs bit for bit, and its
     ``state_dict`` holds only members of the sets. Parametrizations that others stacked on top
-    of a snapset constraint stay. Returns ``model``.
+    of a snapset constraint stay. Layers with arithmetic of their own (:class:`GF2Linear`)
+    harden through their ``harden_()`` method. Returns ``model``.
 
     Example:
         >>> import torch, snapset, snapset.torch as st
@@ -147,6 +149,9 @@ def harden_(model: ModuleT) -> ModuleT:
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
         else:
             del stack[index]
+    for module in model.modules():
+        if isinstance(module, GF2Linear):
+            module.harden_()
     return model
 
 

@@ -1,0 +1,303 @@
+"""snapset.gf2 against slow, obvious references written here (plain Python Gaussian elimination)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snapset import gf2
+
+# ----- references: lists of Python ints, one row at a time ---------------------------------------
+
+
+def ref_rref(a: np.ndarray) -> tuple[list[list[int]], list[int]]:
+    """Reduced row echelon form over GF(2), textbook algorithm: its non-zero rows, pivots."""
+    rows = [[int(v) for v in row] for row in a]
+    ncols = a.shape[1]
+    pivots: list[int] = []
+    r = 0
+    for c in range(ncols):
+        p = next((i for i in range(r, len(rows)) if rows[i][c]), None)
+        if p is None:
+            continue
+        rows[r], rows[p] = rows[p], rows[r]
+        for i in range(len(rows)):
+            if i != r and rows[i][c]:
+                rows[i] = [x ^ y for x, y in zip(rows[i], rows[r], strict=True)]
+        pivots.append(c)
+        r += 1
+    return rows[:r], pivots
+
+
+def ref_rank(a: np.ndarray) -> int:
+    return len(ref_rref(a)[1])
+
+
+def ref_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    m, k = a.shape
+    n = b.shape[1]
+    out = np.zeros((m, n), dtype=np.int64)
+    for i in range(m):
+        for j in range(n):
+            out[i, j] = sum(int(a[i, t]) * int(b[t, j]) for t in range(k)) % 2
+    return out
+
+
+def ref_pack(row: np.ndarray) -> list[int]:
+    words = [0] * -(-len(row) // 64)
+    for j, bit in enumerate(row):
+        words[j // 64] |= int(bit) << (j % 64)
+    return words
+
+
+# ----- strategies -------------------------------------------------------------------------------
+
+# Widths around and across word boundaries, and 1 x n / n x 1 shapes, come up often.
+dims = st.one_of(
+    st.integers(1, 5), st.sampled_from([63, 64, 65, 127, 128, 129]), st.integers(1, 140)
+)
+
+
+@st.composite
+def matrices(draw: st.DrawFn, rows: int | None = None, cols: int | None = None) -> np.ndarray:
+    m = draw(dims) if rows is None else rows
+    n = draw(dims) if cols is None else cols
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["dense", "sparse", "low-rank"]))
+    if kind == "dense":
+        return rng.integers(0, 2, (m, n), dtype=np.uint8)
+    if kind == "sparse":
+        return (rng.random((m, n)) < 0.05).astype(np.uint8)
+    inner = draw(st.integers(0, 6))
+    left = rng.integers(0, 2, (m, inner))
+    right = rng.integers(0, 2, (inner, n))
+    return ((left @ right) % 2).astype(np.uint8)
+
+
+fast = settings(max_examples=40, deadline=None)
+
+
+# ----- pack / unpack ----------------------------------------------------------------------------
+
+
+@fast
+@given(matrices())
+def test_pack_matches_reference_and_round_trips(a: np.ndarray) -> None:
+    words = gf2.pack(a)
+    assert words.dtype == np.uint64
+    assert words.tolist() == [ref_pack(row) for row in a]
+    assert np.array_equal(gf2.unpack(words, a.shape[1]), a)
+
+
+def test_unpack_reads_int64_words_and_checks_n() -> None:
+    words = gf2.pack(np.ones((2, 70), dtype=bool)).view(np.int64)
+    assert gf2.unpack(words, 70).sum() == 140
+    with pytest.raises(ValueError, match="at most 128"):
+        gf2.unpack(words, 129)
+    with pytest.raises(ValueError, match="64-bit integers"):
+        gf2.unpack(np.zeros(2, dtype=np.int32), 3)
+
+
+# ----- matmul -----------------------------------------------------------------------------------
+
+
+@fast
+@given(st.data())
+def test_matmul_matches_reference(data: st.DataObject) -> None:
+    a = data.draw(matrices())
+    b = data.draw(matrices(rows=a.shape[1]))
+    c = gf2.matmul(a, b)
+    assert c.dtype == np.uint8
+    assert np.array_equal(c, ref_matmul(a, b))
+
+
+def test_matmul_vector_shapes_follow_numpy() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2, (5, 70))
+    v = rng.integers(0, 2, 70)
+    w = rng.integers(0, 2, 5)
+    assert np.array_equal(gf2.matmul(a, v), (a @ v) % 2)
+    assert np.array_equal(gf2.matmul(w, a), (w @ a) % 2)
+    assert gf2.matmul(v, v) == (v @ v) % 2
+    assert gf2.matmul(v, v).shape == ()
+
+
+def test_matmul_keeps_dtypes() -> None:
+    a = np.array([[True, True], [False, True]])
+    assert gf2.matmul(a, a).dtype == np.bool_
+    assert gf2.matmul(a.astype(np.float32), a).dtype == np.float32
+    assert gf2.matmul([[1, 1]], [[1], [1]]).tolist() == [[0]]
+
+
+# ----- rank, solve, nullspace, inv --------------------------------------------------------------
+
+
+@fast
+@given(matrices())
+def test_rank_matches_reference(a: np.ndarray) -> None:
+    assert gf2.rank(a) == ref_rank(a)
+
+
+@fast
+@given(st.data())
+def test_solve_solves_consistent_systems_and_rejects_the_others(data: st.DataObject) -> None:
+    a = data.draw(matrices())
+    k = data.draw(st.sampled_from([None, 1, 3]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    shape = (a.shape[0],) if k is None else (a.shape[0], k)
+    if data.draw(st.booleans()):
+        # Consistent by construction: b = a @ x for some x.
+        x_true = rng.integers(0, 2, (a.shape[1],) if k is None else (a.shape[1], k))
+        b = (a.astype(np.int64) @ x_true) % 2
+    else:
+        b = rng.integers(0, 2, shape)
+    b2 = b.reshape(a.shape[0], -1)
+    consistent = all(
+        ref_rank(np.concatenate([a, b2[:, [j]]], axis=1)) == ref_rank(a) for j in range(b2.shape[1])
+    )
+    if consistent:
+        x = gf2.solve(a, b)
+        assert x.shape == (a.shape[1], *b.shape[1:])
+        assert np.array_equal((a.astype(np.int64) @ x) % 2, b)
+    else:
+        with pytest.raises(ValueError, match="inconsistent"):
+            gf2.solve(a, b)
+
+
+@fast
+@given(matrices())
+def test_nullspace_is_a_basis_of_the_kernel(a: np.ndarray) -> None:
+    n = a.shape[1]
+    basis = gf2.nullspace(a)
+    assert basis.shape == (n - ref_rank(a), n)
+    assert not ((a.astype(np.int64) @ basis.T.astype(np.int64)) % 2).any()
+    if basis.shape[0]:
+        assert ref_rank(basis) == basis.shape[0]
+
+
+@fast
+@given(st.integers(1, 100), st.integers(0, 2**32 - 1))
+def test_inv_matches_reference_gauss_jordan(n: int, seed: int) -> None:
+    a = np.random.default_rng(seed).integers(0, 2, (n, n), dtype=np.uint8)
+    if ref_rank(a) < n:
+        with pytest.raises(ValueError, match="singular"):
+            gf2.inv(a)
+        return
+    # [a | I] reduces to [I | a^-1].
+    rows, _ = ref_rref(np.concatenate([a, np.eye(n, dtype=np.uint8)], axis=1))
+    expected = np.array(rows, dtype=np.uint8)[:, n:]
+    assert np.array_equal(gf2.inv(a), expected)
+
+
+def test_inv_of_a_large_invertible_matrix() -> None:
+    # Unit upper-triangular times unit lower-triangular: invertible, dense, 3 words wide.
+    rng = np.random.default_rng(7)
+    n = 150
+    upper = np.triu(rng.integers(0, 2, (n, n)), 1) + np.eye(n, dtype=np.int64)
+    lower = np.tril(rng.integers(0, 2, (n, n)), -1) + np.eye(n, dtype=np.int64)
+    a = (upper @ lower) % 2
+    assert np.array_equal((a @ gf2.inv(a).astype(np.int64)) % 2, np.eye(n))
+
+
+def test_rank_deficient_blocks_with_many_candidate_rows() -> None:
+    # 300 rows spanning a 5-dimensional space: every 8-column block has more candidate rows
+    # than the quick scan looks at, and fewer pivots than columns.
+    rng = np.random.default_rng(3)
+    a = (rng.integers(0, 2, (300, 5)) @ rng.integers(0, 2, (5, 200))) % 2
+    a[:, 17] = 0
+    assert gf2.rank(a) == ref_rank(a)
+    assert gf2.rank(a.T) == ref_rank(a)
+    _, pivots = ref_rref(a)
+    basis = gf2.nullspace(a)
+    assert basis.shape[0] == 200 - len(pivots)
+    assert not ((a @ basis.T.astype(np.int64)) % 2).any()
+
+
+def test_empty_shapes() -> None:
+    assert gf2.rank(np.zeros((0, 5), dtype=np.uint8)) == 0
+    assert gf2.rank(np.zeros((5, 0), dtype=np.uint8)) == 0
+    assert np.array_equal(gf2.nullspace(np.zeros((0, 3), dtype=np.uint8)), np.eye(3))
+    assert gf2.matmul(np.zeros((2, 0)), np.zeros((0, 3))).tolist() == [[0.0] * 3] * 2
+
+
+# ----- torch in, torch out ------------------------------------------------------------------------
+
+
+def test_torch_tensors_come_back_as_tensors() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    a_np = rng.integers(0, 2, (40, 70), dtype=np.uint8)
+    b_np = rng.integers(0, 2, (70, 9), dtype=np.uint8)
+    a = torch.from_numpy(a_np).float()
+    b = torch.from_numpy(b_np).bool()
+    c = gf2.matmul(a, b)
+    assert isinstance(c, torch.Tensor) and c.dtype == torch.float32
+    assert np.array_equal(c.numpy(), ref_matmul(a_np, b_np))
+    mixed = gf2.matmul(a_np, b)
+    assert isinstance(mixed, torch.Tensor) and mixed.dtype == torch.uint8
+    assert gf2.rank(a) == ref_rank(a_np)
+    assert isinstance(gf2.nullspace(a), torch.Tensor)
+    words = gf2.pack(b)
+    assert words.dtype == torch.uint64
+    assert np.array_equal(gf2.unpack(words, 9).numpy(), b_np)
+    x = gf2.solve(a, a[:, :3])
+    assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
+    assert torch.equal((a @ x) % 2, a[:, :3])
+    square = torch.tensor([[1, 1], [0, 1]], dtype=torch.bfloat16)
+    assert gf2.inv(square).dtype == torch.bfloat16
+    assert gf2.inv(square).tolist() == [[1, 1], [0, 1]]
+
+
+def test_import_does_not_need_torch() -> None:
+    code = "import sys, snapset.gf2; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----- bad inputs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.array([[0, 2]]), r"only 0 and 1 .* a\[0, 1\] = 2.*x % 2"),
+        (np.array([[0.5, 1.0]]), r"only 0 and 1 .* a\[0, 0\] = 0.5.*x > 0.5"),
+        (np.array([[1, -1]]), r"a\[0, 1\] = -1"),
+        (np.array([[np.nan, 1.0]]), r"a\[0, 0\] = nan"),
+        (np.array([["0", "1"]]), "dtype <U1"),
+        (np.array([[1 + 0j]]), "dtype complex"),
+    ],
+)
+def test_entries_other_than_0_and_1_are_refused(bad: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        gf2.rank(bad)
+    with pytest.raises(ValueError, match=message):
+        gf2.matmul(bad, np.ones((bad.shape[1], 1)))
+
+
+def test_shape_errors_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="2-D matrix"):
+        gf2.rank(np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="do not match"):
+        gf2.matmul(np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        gf2.matmul(np.zeros((2, 2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="square"):
+        gf2.inv(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"b must have shape \(2,\)"):
+        gf2.solve(np.zeros((2, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match="scalar"):
+        gf2.pack(np.uint8(1))
+
+
+def test_torch_bad_inputs_are_refused() -> None:
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"a\[1, 0\] = 3"):
+        gf2.rank(torch.tensor([[0, 1], [3, 0]]))
+    with pytest.raises(ValueError, match="complex"):
+        gf2.rank(torch.ones(2, 2, dtype=torch.complex64))
