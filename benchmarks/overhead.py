@@ -60,6 +60,10 @@ def measure(rounds: int, compiled: bool, input_grad: bool) -> dict[tuple[str, in
     torch.manual_seed(0)
     layers = {name: make() for name, make in contenders().items()}
     if compiled:
+        # Fresh caches, and room for every contender at every batch size: past dynamo's
+        # recompile limit a layer would silently run eager.
+        torch._dynamo.reset()
+        torch._dynamo.config.recompile_limit = 64
         layers = {name: torch.compile(layer) for name, layer in layers.items()}
     times: dict[tuple[str, int], list[float]] = {}
     for batch in BATCHES:
@@ -118,10 +122,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="eager, hidden layer, 5 rounds")
+    parser.add_argument("--compiled-only", action="store_true", help="skip the eager settings")
     args = parser.parse_args()
     settings = [(False, True), (False, False), (True, True), (True, False)]
     if args.quick:
         settings, args.rounds = settings[:1], 5
+    if args.compiled_only:
+        settings = settings[2:]
     report = [
         "# Overhead of a constrained 1024x1024 Linear (forward + backward)",
         "",
