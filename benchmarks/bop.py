@@ -26,6 +26,7 @@ from torch import nn
 
 import snapset
 import snapset.torch as st
+from _machine import cpu_name
 
 N = 10_000_000
 REPEATS = 15
@@ -100,16 +101,6 @@ def bookkeeping_row(method: str) -> tuple[str, float, float, float]:
 
 def bookkeeping() -> list[tuple[str, float, float, float]]:
     return [bookkeeping_row(method) for method in ("flip", "ste")]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from _machine import cpu_name
 from snapset import gf2
 
 RESULTS = Path(__file__).parent / "results" / "gf2.md"
@@ -180,13 +181,8 @@ def run_m4ri(
 def versions() -> dict[str, str]:
     import galois
 
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     found = {
-        "CPU": f"{cpu} ({len(os.sched_getaffinity(0))} cores usable)",
+        "CPU": f"{cpu_name()} ({len(os.sched_getaffinity(0))} cores usable)",
         "Python": platform.python_version(),
         "numpy": np.__version__,
         "galois": galois.__version__,

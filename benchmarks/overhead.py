@@ -22,6 +22,7 @@ from torch import nn
 
 import snapset
 import snapset.torch as st
+from _machine import cpu_name
 
 SIZE = 1024
 BATCHES = (1, 32, 256)
@@ -97,14 +98,7 @@ def table(results: dict[tuple[str, int], float], title: str) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     versions = f"Python {platform.python_version()}, torch {torch.__version__}"
     try:
         import brevitas
