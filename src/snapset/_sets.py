@@ -71,6 +71,12 @@ class ValueSet:
         if not math.isfinite(ordered[-1] - ordered[0]):
             raise ValueError(f"ValueSet range {ordered[0]} .. {ordered[-1]} overflows a float")
         self._values = ordered
+        for low, mid, high in zip(ordered, self.midpoints, ordered[1:], strict=False):
+            if not low < mid < high:  # subnormal neighbours: no float lies between them
+                raise ValueError(
+                    f"ValueSet entries {low} and {high} are too close to tell apart: no float "
+                    "lies between them to round at"
+                )
         self._hash = hash(self._values)
 
     # ----- identity -------------------------------------------------------------------------
