@@ -13,3 +13,12 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def write_result(name: str, text: str) -> Path:
+    """Write a benchmark's table to ``benchmarks/results/<name>`` and say where."""
+    path = Path(__file__).parent / "results" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}")
+    return path

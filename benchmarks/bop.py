@@ -19,14 +19,13 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import snapset
 import snapset.torch as st
-from _machine import cpu_name
+from _machine import cpu_name, write_result
 
 N = 10_000_000
 REPEATS = 15
@@ -133,9 +132,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    out = Path(__file__).parent / "results" / "bop.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
+    write_result("bop.md", text)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import datetime
 import statistics
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import snapset
 import snapset.torch as st
+from _machine import write_result
 
 STEPS = 400
 SEEDS = (0, 1, 2)
@@ -129,9 +129,8 @@ def main() -> None:
         )
         print(lines[-1], flush=True)
     text = "\n".join([*lines, ""])
-    out = Path(__file__).parent / "results" / "bop_momentum.md"
-    out.write_text(text)
     print(text)
+    write_result("bop_momentum.md", text)
 
 
 if __name__ == "__main__":

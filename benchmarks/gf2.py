@@ -26,10 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from _machine import cpu_name
+from _machine import cpu_name, write_result
 from snapset import gf2
-
-RESULTS = Path(__file__).parent / "results" / "gf2.md"
 
 # Reads n, then A, B (n x n) and b (n) as 0/1 bytes; times rank, solve A x = b and A @ B with
 # M4RI; writes back the product and the solution as 0/1 bytes so that Python can check them.
@@ -295,9 +293,7 @@ def main() -> None:
             "",
         ]
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(f"wrote {RESULTS}")
+    write_result("gf2.md", text)
 
 
 if __name__ == "__main__":

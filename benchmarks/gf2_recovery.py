@@ -16,14 +16,13 @@ import argparse
 import datetime
 import platform
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from _machine import write_result
 from snapset.torch._gf2linear import GF2Linear
 
-RESULTS = Path(__file__).parent / "results" / "gf2_recovery.md"
 OUT_FEATURES = 8
 SAMPLES = 4096
 NOISE = 0.05
@@ -110,9 +109,7 @@ def main() -> None:
             "",
         ]
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(f"wrote {RESULTS}")
+    write_result("gf2_recovery.md", text)
 
 
 if __name__ == "__main__":

@@ -15,18 +15,16 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import snapset
 import snapset.torch as st
-from _machine import cpu_name
+from _machine import cpu_name, write_result
 
 SIZE = 1024
 BATCHES = (1, 32, 256)
-RESULTS = Path(__file__).parent / "results" / "overhead.md"
 
 
 def contenders() -> dict[str, Callable[[], nn.Module]]:
@@ -139,9 +137,7 @@ def main() -> None:
         report.append(table(measure(args.rounds, compiled, input_grad), title))
         print(report[-1], flush=True)
     if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text("\n".join(report))
-        print(f"written to {RESULTS}")
+        write_result("overhead.md", "\n".join(report))
 
 
 if __name__ == "__main__":
