@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/gf2_recovery.py
 	$(BIN)/python benchmarks/bop.py
 	$(BIN)/python benchmarks/bop_momentum.py
+	$(BIN)/python benchmarks/compile_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

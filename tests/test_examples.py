@@ -27,3 +27,9 @@ def test_binary_matrix_example_recovers_every_entry():
 @pytest.mark.slow
 def test_multiplier_example_matches_the_planted_values():
     assert run("multiplier.py").splitlines()[-1] == "exact match: True"
+
+
+@pytest.mark.slow
+def test_ddp_example_keeps_replicas_identical():
+    out = run("ddp_torchrun.py").splitlines()
+    assert out[-2:] == ["values in their sets: True", "replicas identical: True"]

@@ -57,6 +57,7 @@ class Bop(Optimizer):
             _check_hyperparameters(group)
             index = len(self.param_groups) - 1
             for position, param in enumerate(group["params"]):
+                _check_not_sharded(param, f"parameter {position} of param group {index}")
                 _owning_constraint(param, f"parameter {position} of param group {index}")
                 _check_in_set(param, f"parameter {position} of param group {index}")
         except (ValueError, TypeError):
@@ -86,8 +87,18 @@ class Bop(Optimizer):
         """How many steps were skipped because a gradient held NaN or infinity."""
         return max((int(group["nonfinite_steps"]) for group in self.param_groups), default=0)
 
-    def _init_group(self, group: dict[str, Any]) -> _Work:
-        work = _Work([], [], [], [], [], [])
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        momentums: list[Tensor],
+        grad_sqs: list[Tensor],
+        steps: list[Tensor],
+        values: list[ValueSet],
+    ) -> None:
+        # torch's optimizers' signature (lists to fill, nothing returned): torch.compile may
+        # run a method of this name eagerly, and then needs exactly that shape.
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -99,13 +110,12 @@ class Bop(Optimizer):
                 state["step"] = torch.tensor(0.0)
                 state["momentum"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["grad_sq"] = torch.zeros((), dtype=_stat_dtype(param), device=param.device)
-            work.params.append(param)
-            work.grads.append(param.grad)
-            work.momentums.append(state["momentum"])
-            work.grad_sqs.append(state["grad_sq"])
-            work.steps.append(state["step"])
-            work.values.append(constraint.values)
-        return work
+            params.append(param)
+            grads.append(param.grad)
+            momentums.append(state["momentum"])
+            grad_sqs.append(state["grad_sq"])
+            steps.append(state["step"])
+            values.append(constraint.values)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -121,7 +131,9 @@ class Bop(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             _check_hyperparameters(group)  # a schedule may have set them
-        works = [self._init_group(group) for group in self.param_groups]
+        works = [_Work([], [], [], [], [], []) for _ in self.param_groups]
+        for group, work in zip(self.param_groups, works, strict=True):
+            self._init_group(group, *work)
         norms = [grad_norms(work.grads) for work in works]
         bad = [
             param
@@ -317,7 +329,11 @@ def bop(
     else:
         for momentum, grad in zip(momentums, grads, strict=True):
             momentum.lerp_(grad, gamma)
-    outs: list[Tensor | None] = list(scratch) if scratch is not None else [None] * len(params)
+    outs: list[Tensor | None] = [None] * len(params)
+    # Compiled code plans its own memory (and AOT autograd refuses the shared scratch's
+    # aliased views as inputs that are written to).
+    if scratch is not None and not torch.compiler.is_compiling():
+        outs = list(scratch)
     for param, momentum, value_set, theta, out in zip(
         params, momentums, values, thetas, outs, strict=True
     ):
@@ -362,8 +378,25 @@ class _Plan(NamedTuple):
     stride: float | None
 
 
-@functools.lru_cache(maxsize=256)
-def _plan(values: ValueSet, dtype: torch.dtype) -> _Plan:
+_PLANS: dict[tuple[ValueSet, torch.dtype], _Plan] = {}
+
+
+def _cached_plan(values: ValueSet, dtype: torch.dtype) -> _Plan:
+    plan = _PLANS.get((values, dtype))
+    if plan is None:
+        plan = _PLANS[(values, dtype)] = _new_plan(values, dtype)
+    return plan
+
+
+# torch.compile runs this pure function once and keeps its result, instead of tracing float()
+# calls that would each break the graph. (A dict, not functools.lru_cache, on which dynamo
+# warns.)
+_plan: Callable[[ValueSet, torch.dtype], _Plan] = torch.compiler.assume_constant_result(
+    _cached_plan
+)
+
+
+def _new_plan(values: ValueSet, dtype: torch.dtype) -> _Plan:
     table = torch.tensor(values.values, dtype=torch.float64).to(dtype)
     low, high = float(table[0]), float(table[-1])
     if len(values) == 2:
@@ -375,12 +408,22 @@ def _plan(values: ValueSet, dtype: torch.dtype) -> _Plan:
     return _Plan(low, high, float(gap) if exact else None)
 
 
-@functools.lru_cache(maxsize=256)
 def _tables(values: ValueSet, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """The values and the midpoints between them, in ``dtype`` on ``device``."""
+    if torch.compiler.is_compiling():
+        return _new_tables(values, dtype, device)  # constants of the compiled graph
+    return _cached_tables(values, dtype, device)
+
+
+def _new_tables(
+    values: ValueSet, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
     table = torch.tensor(values.values, dtype=torch.float64).to(dtype).to(device)
     midpoints = torch.tensor(values.midpoints, dtype=torch.float64).to(dtype).to(device)
     return table, midpoints
+
+
+_cached_tables = functools.lru_cache(maxsize=256)(_new_tables)
 
 
 def _move(
@@ -465,6 +508,20 @@ def _owning_constraint(param: Tensor, where: str) -> Flip:
             "parameters: call snapset.torch.param_groups(model) once to register them.)"
         )
     return constraint
+
+
+def _check_not_sharded(param: Tensor, where: str) -> None:
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(param, DTensor):
+        raise ValueError(
+            f"Bop cannot train {where}: it is a sharded DTensor (from FSDP2's fully_shard or "
+            "tensor parallelism), and Bop moves whole tensors only. Train flip parameters under "
+            "DistributedDataParallel, which keeps every replica whole; the methods 'ste', "
+            "'stochastic' and 'gumbel' do train under fully_shard with a gradient optimizer."
+        )
 
 
 def _check_in_set(param: Tensor, where: str) -> None:

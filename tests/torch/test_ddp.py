@@ -1,0 +1,181 @@
+"""DistributedDataParallel: replicas of a mixed ste / flip / float model stay identical.
+
+Two processes on the gloo backend (CPU, 127.0.0.1) each build the model from a different
+seed, wrap it in DDP (which broadcasts rank 0's parameters, stored latents and flip values
+alike), and train 30 steps on different data. DDP averages the gradients, so Bop and Adam
+see the same gradient on every rank and make the same moves. Under FSDP2 (``fully_shard``) the
+latent methods train on shards; Bop refuses sharded flip values with an error that says why.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import snapset
+import snapset.torch as st
+
+pytestmark = pytest.mark.slow  # two fresh Python processes that import torch: seconds
+
+WORLD_SIZE = 2
+STEPS = 30
+
+
+def mixed_model() -> nn.Sequential:
+    """Ternary ste, {-1, 1} flip multiplier, {0, 1} flip, Ternary stochastic, float biases."""
+    model = nn.Sequential(
+        nn.Linear(8, 16),
+        nn.ReLU(),
+        st.Multiplier(16, snapset.Sign(), method="flip"),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 2),
+    )
+    st.constrain(model[0], "weight", snapset.Ternary(), "ste")
+    st.constrain(model[3], "weight", snapset.Binary(), "flip")
+    st.constrain(model[5], "weight", snapset.Ternary(), "stochastic")
+    return model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def train(rank: int, port: int, results: Any) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
+    )
+    try:
+        torch.manual_seed(rank)  # different initial values on each rank: DDP must broadcast
+        model = mixed_model()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        start = [p.detach().clone() for p in model.parameters()]
+        groups = st.param_groups(model)
+        bop = st.Bop(groups.flip, threshold=1e-4, gamma=0.1)
+        adam = torch.optim.Adam(groups.latent + groups.other, lr=1e-2)
+        tracker = st.FlipTracker(model)
+        torch.manual_seed(1000 + rank)  # different data (and rounding noise) on each rank
+        losses = []
+        for _ in range(STEPS):
+            x, y = torch.randn(32, 8), torch.randn(32, 2)
+            loss = nn.functional.mse_loss(ddp(x), y)
+            bop.zero_grad()
+            adam.zero_grad()
+            loss.backward()
+            bop.step()
+            adam.step()
+            tracker.update()
+            losses.append(loss.item())
+        params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        gathered = [torch.empty_like(params) for _ in range(WORLD_SIZE)]
+        dist.all_gather(gathered, params)
+        if rank == 0:
+            model.eval()
+            results.put(
+                {
+                    "replicas_equal": all(torch.equal(gathered[0], g) for g in gathered),
+                    "first_loss": losses[0],
+                    "moved": [
+                        not torch.equal(a, p)
+                        for a, p in zip(start, model.parameters(), strict=True)
+                    ],
+                    "values": {name: c.values for name, c in st.named_constraints(model)},
+                    # Plain lists: a tensor sent through a queue dies with its process.
+                    "weights": {
+                        name: model.get_submodule(name.rsplit(".", 1)[0]).weight.tolist()
+                        for name, _ in st.named_constraints(model)
+                    },
+                    "flips": {name: sum(r) for name, r in tracker.flip_ratios().items()},
+                }
+            )
+        else:
+            results.put({"first_loss": losses[0]})
+    finally:
+        dist.destroy_process_group()
+
+
+def run(worker: Any) -> list[dict[str, Any]]:
+    """Start ``worker(rank, port, results)`` in WORLD_SIZE processes; return their reports."""
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.spawn(worker, args=(free_port(), results), nprocs=WORLD_SIZE, join=True)
+    return [results.get() for _ in range(WORLD_SIZE)]
+
+
+def test_ddp_replicas_stay_identical_and_in_their_sets() -> None:
+    reports = run(train)
+    report = next(r for r in reports if "replicas_equal" in r)
+    # Different data on each rank, yet identical parameters after 30 steps.
+    assert reports[0]["first_loss"] != reports[1]["first_loss"]
+    assert report["replicas_equal"]
+    assert all(report["moved"]), "every parameter should have trained"
+    assert set(report["values"]) == {"0.weight", "2.weight", "3.weight", "5.weight"}
+    for name, values in report["values"].items():
+        weight = torch.tensor(report["weights"][name])
+        assert torch.isin(weight, torch.tensor(values.values)).all(), name
+        assert report["flips"][name] > 0, f"{name} never changed value"
+
+
+def train_fully_sharded(rank: int, port: int, results: Any) -> None:
+    """FSDP2: latent methods train with Adam on shards; Bop refuses the sharded flip values."""
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
+    )
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+        model.append(nn.Linear(16, 2))
+        for layer, method in zip(model[::2], ["ste", "stochastic", "gumbel"], strict=True):
+            st.constrain(layer, "weight", snapset.Ternary(), method)
+        fully_shard(model)
+        start = [p.full_tensor() for p in model.parameters()]
+        adam = torch.optim.Adam(model.parameters(), lr=1e-2)
+        torch.manual_seed(1000 + rank)
+        for _ in range(STEPS):
+            x, y = torch.randn(32, 8), torch.randn(32, 2)
+            nn.functional.mse_loss(model(x), y).backward()
+            adam.step()
+            adam.zero_grad()
+        model.eval()
+        model.unshard()  # the whole tensors, to read the constrained values
+        weights = [layer.weight.tolist() for layer in model[::2]]
+        model.reshard()
+        flip = nn.Sequential(nn.Linear(8, 16))
+        st.constrain(flip[0], "weight", snapset.Sign(), "flip")
+        fully_shard(flip)
+        try:
+            st.Bop(st.param_groups(flip).flip)
+            refusal = ""
+        except ValueError as error:
+            refusal = str(error)
+        results.put(
+            {
+                "weights": weights,
+                "moved": [
+                    not torch.equal(a, p.full_tensor())
+                    for a, p in zip(start, model.parameters(), strict=True)
+                ],
+                "refusal": refusal,
+            }
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fully_shard_trains_latent_methods_and_bop_refuses_shards() -> None:
+    for report in run(train_fully_sharded):
+        for weight in report["weights"]:
+            assert torch.isin(torch.tensor(weight), torch.tensor([-1.0, 0.0, 1.0])).all()
+        assert all(report["moved"])
+        assert "sharded DTensor" in report["refusal"]
+        assert "DistributedDataParallel" in report["refusal"]
