@@ -377,3 +377,14 @@ def test_deepcopy_keeps_constraints():
     x = torch.randn(2, 2, 16)
     assert torch.equal(twin(x), model(x))
     assert [c.values for _, c in st.named_constraints(twin)] == [snapset.Ternary()] * 3
+
+
+def test_hardening_a_deepcopy_leaves_the_original_constrained():
+    # deepcopy shares torch's generated parametrized class between the two models
+    model = st.constrain_(small_model(), snapset.Ternary()).eval()
+    x = torch.randn(2, 2, 16)
+    expected = model(x)
+    twin = st.harden_(copy.deepcopy(model))
+    assert torch.equal(twin(x), expected)
+    assert torch.equal(model(x), expected)
+    assert len(list(st.named_constraints(model))) == 3

@@ -146,6 +146,7 @@ def harden_(model: ModuleT) -> ModuleT:
             # storage and, for logits, its shape change to those of the exact values.
             original.set_(hard)  # type: ignore[call-overload]
         if len(stack) == 1:
+            _own_class(module)
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
         else:
             del stack[index]
@@ -153,6 +154,18 @@ def harden_(model: ModuleT) -> ModuleT:
         if isinstance(module, GF2Linear):
             module.harden_()
     return model
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a generated class of its own before a removal edits it.
+
+    ``copy.deepcopy`` shares the generated class (which holds the parametrized properties)
+    between a module and its copy, so removing a parametrization from one would delete the
+    property that the other still uses.
+    """
+    cls = type(module)
+    namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, namespace)
 
 
 def named_constraints(model: nn.Module) -> Iterator[tuple[str, Constraint]]:

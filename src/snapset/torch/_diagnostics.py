@@ -12,6 +12,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from .._packing import radix_for
 from .._sets import ValueSet
 from . import _functional as F
 from ._constrain import _constrained_tensors
@@ -196,13 +197,26 @@ class SummaryRow:
     method: str
     #: Number of weights (for ``gumbel``, entries of the value, not of the stored logits).
     count: int
-    #: Bits a weight needs when packed: ``ceil(log2(len(set)))``, or the dtype's width.
+    #: Bits a code needs on its own: ``ceil(log2(len(set)))``, or the dtype's width.
     bits: int
 
     @property
     def packed_bytes(self) -> int:
-        """Bytes of the packed codes (``ceil(count * bits / 8)``), or of the plain tensor."""
-        return math.ceil(self.count * self.bits / 8)
+        """Bytes of the codes as :func:`snapset.torch.save` packs them, or of the plain tensor.
+
+        Codes are packed in mixed radix (``snapset._packing``): ``ceil(count * bits / 8)`` for
+        two, four or sixteen values, fewer for others (ternary: 1.59 bits a weight).
+        """
+        if self.values is None:
+            return math.ceil(self.count * self.bits / 8)
+        return radix_for(len(self.values)).nbytes(self.count)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits a weight costs in a long packed tensor (1.59 for ternary), or the dtype's width."""
+        if self.values is None:
+            return float(self.bits)
+        return radix_for(len(self.values)).bits_per_weight
 
     @property
     def float32_bytes(self) -> int:
@@ -257,7 +271,7 @@ class Summary:
                 _set_text(row.values),
                 row.method,
                 f"{row.count:,}",
-                str(row.bits),
+                f"{row.bits_per_weight:.3g}",
                 _size(row.packed_bytes),
                 _size(row.float32_bytes),
                 f"{row.compression:.2f}x",

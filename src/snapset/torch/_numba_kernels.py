@@ -1,0 +1,213 @@
+"""The numba-compiled kernels behind :mod:`snapset.torch._kernels` (imported on first use).
+
+Each is a plain loop nest that LLVM vectorises for the machine it runs on (``fastmath`` lets it
+reorder the float sums, so results agree with float32 BLAS to rounding, not bit for bit).
+``cache=True`` keeps the machine code in ``__pycache__`` (or numba's user cache directory where
+that is read-only), so only the first process in an environment pays the compile time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+KernelT = TypeVar("KernelT", bound=Callable[..., Any])
+
+
+def _compiled(kernel: KernelT) -> KernelT:
+    """numba's ``njit`` with the options every kernel here uses."""
+    return cast(
+        KernelT, numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")(kernel)
+    )
+
+
+def _ctpop(typingctx: Any, word: Any) -> Any:
+    """LLVM's ctpop on a byte (VPOPCNTB once vectorised)."""
+    signature = types.uint8(types.uint8)
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.ctpop(args[0])
+
+    return signature, codegen
+
+
+_popcount: Callable[[Any], int] = cast(Any, intrinsic(_ctpop))
+
+
+@_compiled
+def build_tables(x: Any, values: Any, k: int, g: int, tables: Any) -> None:
+    """``tables[j, b] = sum_i x[g j + i] * values[digit_i(b)]``, for every byte ``b < k^g``.
+
+    Inputs past the end of ``x`` count as 0 (the padding codes of the last byte add nothing).
+    """
+    n = x.shape[0]
+    for j in range(tables.shape[0]):
+        t = tables[j]
+        t[0] = 0.0
+        size = 1
+        for i in range(g):
+            xi = x[j * g + i] if j * g + i < n else np.float32(0.0)
+            for d in range(k - 1, -1, -1):  # d = 0 last: it overwrites the block it reads
+                c = xi * values[d]
+                base = d * size
+                for b in range(size):
+                    t[base + b] = t[b] + c
+            size *= k
+
+
+@_compiled
+def lookup(tables: Any, codes: Any, y: Any) -> None:
+    """``y[o] = sum_j tables[j, codes[j, o]]``, four byte positions a pass over ``y``.
+
+    ``codes`` is ``(groups, out)``: for one byte position the outputs lie side by side, so the
+    loop over ``o`` runs in SIMD lanes (gathers from the table rows, which stay in L1).
+    """
+    y[:] = 0.0
+    groups = codes.shape[0]
+    j = 0
+    while j + 4 <= groups:
+        t0, t1, t2, t3 = tables[j], tables[j + 1], tables[j + 2], tables[j + 3]
+        c0, c1, c2, c3 = codes[j], codes[j + 1], codes[j + 2], codes[j + 3]
+        for o in range(y.shape[0]):
+            y[o] += (t0[c0[o]] + t1[c1[o]]) + (t2[c2[o]] + t3[c3[o]])
+        j += 4
+    while j < groups:
+        t, c = tables[j], codes[j]
+        for o in range(y.shape[0]):
+            y[o] += t[c[o]]
+        j += 1
+
+
+@_compiled
+def decode(codes: Any, decoded: Any, g: int, start: int, stop: int, out: Any) -> None:
+    """Rows ``start * g : stop * g`` of ``W.T`` (inputs by outputs) in float32, into ``out``.
+
+    ``decoded[i, b]`` is the value of digit ``i`` of byte ``b``.
+    """
+    for j in range(start, stop):
+        c = codes[j]
+        for i in range(g):
+            row = out[(j - start) * g + i]
+            values = decoded[i]
+            for o in range(c.shape[0]):
+                row[o] = values[c[o]]
+
+
+@_compiled
+def decode_two(codes: Any, low: Any, high: Any, start: int, stop: int, out: Any) -> None:
+    """:func:`decode` for two values (8 codes a byte): a masked blend, no table."""
+    for j in range(start, stop):
+        c = codes[j]
+        for i in range(8):
+            row = out[(j - start) * 8 + i]
+            for o in range(c.shape[0]):
+                row[o] = high if (c[o] >> i) & 1 else low
+
+
+@_compiled
+def sign_bytes(x: Any, out: Any) -> bool:
+    """Pack rows of +-1 into bytes (bit set for +1, 8 inputs a byte, padding 0); False if an
+    entry is neither -1 nor +1."""
+    n = x.shape[1]
+    for r in range(x.shape[0]):
+        for j in range(out.shape[1]):
+            byte = 0
+            for i in range(min(8, n - 8 * j)):
+                v = x[r, 8 * j + i]
+                if v == 1.0:
+                    byte |= 1 << i
+                elif v != -1.0:
+                    return False
+            out[r, j] = byte
+    return True
+
+
+@_compiled
+def xnor(x_bytes: Any, codes: Any, counts: Any) -> None:
+    """``counts[r, o] = sum_j popcount(x_bytes[r, j] XOR codes[j, o])``: bits that differ.
+
+    Byte-wide popcounts side by side over the outputs (VPOPCNTB where the CPU has it), four
+    byte positions a pass (four memory streams), summed in bytes over 28 positions (at most
+    224, no overflow) before widening: 64 lanes a vector instead of 16.
+    """
+    groups, n = codes.shape
+    partial = np.empty(n, dtype=np.uint8)
+    for r in range(x_bytes.shape[0]):
+        count = counts[r]
+        count[:] = 0
+        for start in range(0, groups, 28):
+            stop = min(groups, start + 28)
+            partial[:] = 0
+            j = start
+            while j + 4 <= stop:
+                b0, b1, b2, b3 = (
+                    x_bytes[r, j],
+                    x_bytes[r, j + 1],
+                    x_bytes[r, j + 2],
+                    x_bytes[r, j + 3],
+                )
+                c0, c1, c2, c3 = codes[j], codes[j + 1], codes[j + 2], codes[j + 3]
+                for o in range(n):
+                    partial[o] += (_popcount(b0 ^ c0[o]) + _popcount(b1 ^ c1[o])) + (
+                        _popcount(b2 ^ c2[o]) + _popcount(b3 ^ c3[o])
+                    )
+                j += 4
+            while j < stop:
+                b, c = x_bytes[r, j], codes[j]
+                for o in range(n):
+                    partial[o] += _popcount(b ^ c[o])
+                j += 1
+            for o in range(n):
+                count[o] += partial[o]
+
+
+@_compiled
+def small(
+    x: Any,
+    values: Any,
+    k: int,
+    g: int,
+    codes: Any,
+    bias: Any,
+    xnor_ok: bool,
+    max_rows: int,
+    y: Any,
+) -> int:
+    """One call for the few-rows paths: 1 if it ran XNOR-popcount, 2 table lookups, 0 neither.
+
+    XNOR when ``xnor_ok`` (sign weights) and every input is -1 or +1; else lookups when there
+    are at most ``max_rows`` rows. ``y`` gets ``x @ W.T + bias``. Fusing the checks, packing and
+    bias into one compiled call keeps the Python overhead of a batch-1 product to one call.
+    """
+    rows, n = x.shape
+    groups, out = codes.shape
+    if xnor_ok:
+        x_bytes = np.empty((rows, groups), dtype=np.uint8)
+        if sign_bytes(x, x_bytes):
+            counts = np.empty((rows, out), dtype=np.int32)
+            xnor(x_bytes, codes, counts)
+            for r in range(rows):
+                for o in range(out):
+                    y[r, o] = np.float32(n - 2 * counts[r, o]) + bias[o]
+            return 1
+    if rows > max_rows:
+        return 0
+    tables = np.empty((groups, 256), dtype=np.float32)
+    for r in range(rows):
+        build_tables(x[r], values, k, g, tables)
+        lookup(tables, codes, y[r])
+        for o in range(out):
+            y[r, o] += bias[o]
+    return 2
+
+
+KERNELS: dict[str, Callable[..., Any]] = {
+    "small": small,
+    "decode": decode,
+    "decode_two": decode_two,
+}
