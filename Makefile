@@ -28,12 +28,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Keras 3 picks its backend once per process, so the Keras tests run once per backend.
+KERAS_BACKENDS := tensorflow torch jax
+KERAS_PATHS := src/snapset/keras tests/keras
+
 test: lint typecheck
-	$(BIN)/python -m pytest --doctest-modules src tests
+	$(BIN)/python -m pytest --doctest-modules src tests $(KERAS_PATHS:%=--ignore=%)
+	for backend in $(KERAS_BACKENDS); do \
+		KERAS_BACKEND=$$backend $(BIN)/python -m pytest --doctest-modules $(KERAS_PATHS) || exit 1; \
+	done
 
 # The unit tests alone, without the slow training runs.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest --doctest-modules -m "not slow" src tests
+	$(BIN)/python -m pytest --doctest-modules -m "not slow" src tests $(KERAS_PATHS:%=--ignore=%)
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest --doctest-modules -m "not slow" $(KERAS_PATHS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

@@ -78,6 +78,9 @@ def main() -> None:
             ),
         )
         print("replicas identical:", all(torch.equal(replicas[0], r) for r in replicas))
+    # Tearing the group down while gloo's thread still frees the all_gather's tensors can
+    # deadlock on the GIL (torch 2.13): the barrier waits until that work is released.
+    dist.barrier()
     dist.destroy_process_group()
 
 

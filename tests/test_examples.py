@@ -11,7 +11,11 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 def run(name):
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, check=False
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

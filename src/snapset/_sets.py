@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -113,6 +114,21 @@ class ValueSet:
 
     def __reduce__(self) -> tuple[type[ValueSet], tuple[tuple[float, ...]]]:
         return (ValueSet, (self._values,))
+
+    def get_config(self) -> dict[str, list[float]]:
+        """The set as plain JSON data (Keras's serialization protocol; ``snapset.keras``
+        registers the class with ``keras.saving``).
+
+        Example:
+            >>> ValueSet.from_config(Ternary().get_config()) == Ternary()
+            True
+        """
+        return {"values": list(self._values)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ValueSet:
+        """The set that :meth:`get_config` described."""
+        return cls(config["values"])
 
     # ----- geometry ---------------------------------------------------------------------------
 

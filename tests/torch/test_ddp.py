@@ -10,6 +10,7 @@ latent methods train on shards; Bop refuses sharded flip values with an error th
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.slow  # two fresh Python processes that import torch: s
 
 WORLD_SIZE = 2
 STEPS = 30
+TIMEOUT_S = 300  # a hung collective fails the test instead of stalling the suite
 
 
 def mixed_model() -> nn.Sequential:
@@ -98,15 +100,32 @@ def train(rank: int, port: int, results: Any) -> None:
             )
         else:
             results.put({"first_loss": losses[0]})
+        wait_for_idle_gloo()
     finally:
         dist.destroy_process_group()
+
+
+def wait_for_idle_gloo() -> None:
+    """Return once gloo's worker thread has let go of every finished collective.
+
+    The group is torn down with the GIL held, joining that thread; if it is still freeing an
+    all_gather's Python tensors, it waits for the GIL: a deadlock (seen with torch 2.13). A
+    barrier completes only after the work queued before it is done and released.
+    """
+    dist.barrier()
 
 
 def run(worker: Any) -> list[dict[str, Any]]:
     """Start ``worker(rank, port, results)`` in WORLD_SIZE processes; return their reports."""
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
-    mp.spawn(worker, args=(free_port(), results), nprocs=WORLD_SIZE, join=True)
+    ranks = mp.spawn(worker, args=(free_port(), results), nprocs=WORLD_SIZE, join=False)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ranks.join(timeout=1):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the ranks did not finish within {TIMEOUT_S} s: a hang in a collective")
     return [results.get() for _ in range(WORLD_SIZE)]
 
 
@@ -168,6 +187,7 @@ def train_fully_sharded(rank: int, port: int, results: Any) -> None:
                 "refusal": refusal,
             }
         )
+        wait_for_idle_gloo()
     finally:
         dist.destroy_process_group()
 

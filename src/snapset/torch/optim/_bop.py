@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -12,17 +11,12 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT, _default_to_fused_or_foreach
 
+from ..._bop_options import MOMENTUM_RESETS, THRESHOLD_MODES, check_bop_options
 from ..._sets import ValueSet
 from .._flip import flip_constraint
 from .._methods import Flip
 
 __all__ = ["MOMENTUM_RESETS", "THRESHOLD_MODES", "Bop", "bop"]
-
-THRESHOLD_MODES = ("abs", "rel")
-"""``"abs"``: move when ``|m| > threshold``. ``"rel"``: when ``|m| > threshold * rms(g)``."""
-
-MOMENTUM_RESETS = ("interior", "always", "never")
-"""Which moved entries restart their momentum from 0 (see :class:`Bop`)."""
 
 
 class Bop(Optimizer):
@@ -298,14 +292,7 @@ def bop(
         >>> w.tolist(), m.tolist()
         ([1.0, 1.0, -1.0, -1.0], [-0.25, -0.25, 0.25, 0.25])
     """
-    _check_hyperparameters(
-        {
-            "gamma": gamma,
-            "threshold": threshold,
-            "threshold_mode": threshold_mode,
-            "momentum_reset": momentum_reset,
-        }
-    )
+    check_bop_options(threshold, gamma, threshold_mode, momentum_reset)
     if not params:
         return
     if foreach is None:
@@ -473,27 +460,9 @@ def _stat_dtype(tensor: Tensor) -> torch.dtype:
 
 
 def _check_hyperparameters(group: dict[str, Any]) -> None:
-    threshold, gamma = group["threshold"], group["gamma"]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"Invalid threshold: {threshold!r} (must be a float)")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise TypeError(f"Invalid gamma: {gamma!r} (must be a float)")
-    if not (math.isfinite(threshold) and threshold >= 0):
-        raise ValueError(f"Invalid threshold: {threshold} (must be finite and >= 0)")
-    if not 0 < gamma <= 1:
-        raise ValueError(f"Invalid gamma: {gamma} (must be in (0, 1])")
-    if group["threshold_mode"] not in THRESHOLD_MODES:
-        raise ValueError(
-            f"Invalid threshold_mode: {group['threshold_mode']!r} (valid: "
-            + ", ".join(map(repr, THRESHOLD_MODES))
-            + ")"
-        )
-    if group["momentum_reset"] not in MOMENTUM_RESETS:
-        raise ValueError(
-            f"Invalid momentum_reset: {group['momentum_reset']!r} (valid: "
-            + ", ".join(map(repr, MOMENTUM_RESETS))
-            + ")"
-        )
+    check_bop_options(
+        group["threshold"], group["gamma"], group["threshold_mode"], group["momentum_reset"]
+    )
 
 
 def _owning_constraint(param: Tensor, where: str) -> Flip:

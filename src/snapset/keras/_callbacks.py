@@ -1,0 +1,88 @@
+"""Flip ratio and value histograms of a Keras model's set-valued weights over training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import numpy.typing as npt
+
+from .._sets import ValueSet
+from ._harden import set_weights
+
+EVERY = ("epoch", "batch")
+
+
+class FlipRatio(keras.callbacks.Callback):
+    """Records the flip ratio of a model's set-valued weights over ``model.fit``.
+
+    After every epoch (or every batch, ``every="batch"``) it compares each snapset weight's
+    exact values with the previous record: the fraction of entries whose value changed is
+    that weight's flip ratio (larq's ``FlipRatio`` metric; whatever the method, latent or
+    flip). The ratio over all set-valued entries goes into the logs as ``"flip_ratio"``, so
+    ``History`` keeps it per epoch. :attr:`flip_ratios` and :attr:`histograms` (entries per
+    value, one row per record, row 0 at the start) hold the per-weight numbers.
+
+    Example:
+        >>> import keras, numpy as np, snapset.keras as sk
+        >>> keras.utils.set_random_seed(0)
+        >>> model = keras.Sequential([keras.Input((4,)), sk.Multiplier([-1, 1], name="m")])
+        >>> model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+        >>> x = np.random.randn(64, 4).astype("float32")
+        >>> flips = sk.FlipRatio()
+        >>> history = model.fit(x, -x, epochs=2, verbose=0, callbacks=[flips])
+        >>> len(history.history["flip_ratio"]), list(flips.flip_ratios)
+        (2, ['m/kernel'])
+    """
+
+    def __init__(self, every: str = "epoch") -> None:
+        if every not in EVERY:
+            raise ValueError(f"Invalid every: {every!r} (valid: 'epoch', 'batch')")
+        super().__init__()
+        self.every = every
+        self.flip_ratios: dict[str, list[float]] = {}
+        self.histograms: dict[str, list[npt.NDArray[np.int64]]] = {}
+        self._previous: dict[str, npt.NDArray[np.int64]] = {}
+        self._sets: dict[str, ValueSet] = {}
+
+    def _codes(self) -> dict[str, npt.NDArray[np.int64]]:
+        codes = {}
+        for key, values, exact in set_weights(self.model):
+            self._sets[key] = values
+            codes[key] = values.encode(exact)
+        return codes
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._previous = self._codes()
+        if not self._previous:
+            raise ValueError(
+                "FlipRatio found no set-valued weight in the model: build it with "
+                "snapset.keras layers (Multiplier, Dense, Conv1D, Conv2D) or mark a weight "
+                "with snapset.keras.constrain"
+            )
+        self.flip_ratios = {key: [] for key in self._previous}
+        self.histograms = {key: [self._histogram(key, c)] for key, c in self._previous.items()}
+
+    def _histogram(self, key: str, codes: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return np.bincount(codes.reshape(-1), minlength=len(self._sets[key]))
+
+    def _record(self, logs: dict[str, Any] | None) -> None:
+        current = self._codes()
+        changed = total = 0
+        for key, codes in current.items():
+            flips = int(np.count_nonzero(codes != self._previous[key]))
+            self.flip_ratios[key].append(flips / codes.size)
+            self.histograms[key].append(self._histogram(key, codes))
+            changed, total = changed + flips, total + codes.size
+        self._previous = current
+        if logs is not None:
+            logs["flip_ratio"] = changed / total
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.every == "batch":
+            self._record(logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.every == "epoch":
+            self._record(logs)

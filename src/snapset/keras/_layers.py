@@ -1,0 +1,540 @@
+"""Keras layers whose weights are exact members of a value set, on every Keras 3 backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy.typing as npt
+from keras import ops
+
+from .._sets import ValueSet
+from . import _ops
+from ._ops import Tables, Tensor
+
+METHODS = ("ste", "stochastic", "flip")
+"""The methods of the Keras front (as in ``snapset.torch``; ``gumbel`` is PyTorch only)."""
+
+INITS = ("spread", "nearest")
+
+#: Options each method accepts, besides the value set (as ``snapset.torch.constrain``).
+_OPTIONS = {
+    "ste": ("estimator", "latent_range"),
+    "stochastic": ("estimator", "latent_range", "seed"),
+    "flip": (),
+}
+
+ValuesLike = ValueSet | Sequence[float]
+
+
+def check_method(method: str, init: str, **given: Any) -> None:
+    """Refuse an unknown method or init, or an option that does not apply to the method."""
+    if method not in METHODS:
+        raise ValueError(
+            f"Unknown method {method!r}; valid methods: " + ", ".join(map(repr, METHODS))
+        )
+    if init not in INITS:
+        raise ValueError(f"Unknown init {init!r}; valid inits: " + ", ".join(map(repr, INITS)))
+    accepted = _OPTIONS[method]
+    for name, value in given.items():
+        if value is not None and name not in accepted:
+            raise ValueError(
+                f"Option {name!r} does not apply to method {method!r}; its options are "
+                + (", ".join(map(repr, accepted)) or "none")
+            )
+    estimator = given.get("estimator")
+    if estimator is not None and estimator not in _ops.ESTIMATORS:
+        raise ValueError(
+            f"Unknown estimator {estimator!r}; valid estimators: "
+            + ", ".join(map(repr, _ops.ESTIMATORS))
+        )
+    latent_range = given.get("latent_range")
+    if latent_range is not None and not latent_range > 0:
+        raise ValueError(f"Invalid latent_range: {latent_range} (must be > 0)")
+
+
+def flip_values(variable: Any) -> ValueSet | None:
+    """The value set of a flip variable (one that holds set values and that Bop moves), or None.
+
+    Example:
+        >>> import numpy as np, snapset.keras as sk
+        >>> layer = sk.Multiplier([0, 1], method="flip")
+        >>> _ = layer(np.ones((1, 3), "float32"))
+        >>> flip_values(layer.weights[0])
+        ValueSet([0, 1])
+    """
+    values = getattr(variable, "_snapset_flip_values", None)
+    return values if isinstance(values, ValueSet) else None
+
+
+class SetLayer(keras.Layer):
+    """Base of snapset's Keras layers: some weights are stored, the layer sees exact set values.
+
+    Each constrained weight ``name`` has one stored variable: for ``ste`` and ``stochastic``
+    a float latent ``u`` named ``<name>_latent``, on the scale where the set's range is
+    ``[-latent_range, latent_range]``; for ``flip`` the set values themselves, named
+    ``<name>``. :meth:`exact_weights` reads the values the layer computes with;
+    :meth:`harden` bakes them into the stored variables.
+
+    The maths is that of the PyTorch front (:func:`snapset.torch.constrain`): nearest value
+    with ties to the larger value, the straight-through gradient shaped by ``estimator``
+    (``"inward"``, ``"clip"`` or ``"identity"``), stochastic rounding between neighbours while
+    training, and ``init="spread"`` (every value used by the same share of entries) or
+    ``"nearest"``.
+
+    A layer of your own gets set-valued weights from :meth:`add_set_weight` in ``build`` and
+    reads them with :meth:`set_value` in ``call``; register it with
+    ``keras.saving.register_keras_serializable`` to save it.
+
+    Example:
+        >>> import keras, numpy as np, snapset.keras as sk
+        >>> class Scale(sk.SetLayer):  # y = x * s, one s in {0.5, 1, 2} for the whole input
+        ...     def build(self, input_shape):
+        ...         self.add_set_weight("scale", (1,), "ones")
+        ...     def call(self, inputs, training=None):
+        ...         return inputs * self.set_value("scale", training)
+        >>> layer = Scale([0.5, 1, 2], init="nearest")
+        >>> keras.ops.convert_to_numpy(layer(np.full((1, 2), 3.0, "float32"))).tolist()
+        [[3.0, 3.0]]
+        >>> layer.exact_weights()
+        {'scale': array([1.], dtype=float32)}
+    """
+
+    def __init__(
+        self,
+        values: ValuesLike,
+        method: str = "ste",
+        *,
+        estimator: str | None = None,
+        latent_range: float | None = None,
+        init: str = "spread",
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        value_set = ValueSet(values)
+        check_method(method, init, estimator=estimator, latent_range=latent_range, seed=seed)
+        # Latents are read in their own dtype (a float16 copy could round across a boundary);
+        # call() casts the exact values to the compute dtype itself.
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.values = value_set
+        self.method = method
+        self.estimator = estimator if estimator is not None else "inward"
+        self.latent_range = float(latent_range) if latent_range is not None else 0.1
+        self.init = init
+        self.seed = seed
+        if method == "stochastic":
+            self.seed_generator = keras.random.SeedGenerator(seed)
+        self._set_weights: dict[str, tuple[Any, Tables]] = {}
+
+    # ----- building ---------------------------------------------------------------------------
+
+    def add_set_weight(
+        self, name: str, shape: tuple[int, ...], initializer: Any, values: ValueSet | None = None
+    ) -> Any:
+        """Create the stored variable of weight ``name``; its values come from ``values``.
+
+        ``initializer`` draws the starting point, which ``init`` then maps onto the set. Returns
+        the variable (the latent for ``ste`` and ``stochastic``).
+        """
+        vs = values if values is not None else self.values
+        dtype = self.variable_dtype
+        t = _ops.tables(vs, dtype, self.latent_range)
+        _ops.tables(vs, self.compute_dtype, self.latent_range)  # the values must survive the cast
+        base = keras.initializers.get(initializer)
+
+        def start(shape: tuple[int, ...], dtype: Any = None) -> Tensor:
+            # In keras.ops: Keras may run this while build() is traced (TensorFlow, JAX).
+            drawn = ops.cast(base(shape, dtype=dtype), dtype)
+            wanted = _ops.spread(drawn, vs) if self.init == "spread" else drawn
+            return _ops.stored_from_values(wanted, t, self.method)
+
+        stored_name = name if self.method == "flip" else f"{name}_latent"
+        variable = self.add_weight(
+            name=stored_name,
+            shape=shape,
+            initializer=start,
+            dtype=dtype,
+        )
+        if self.method == "flip":
+            variable._snapset_flip_values = vs
+        self._set_weights[name] = (variable, t)
+        return variable
+
+    # ----- reading ----------------------------------------------------------------------------
+
+    def set_value(self, name: str, training: bool | None = None) -> Tensor:
+        """The exact values of weight ``name`` as the forward pass uses them, with gradient."""
+        variable, t = self._set_weights[name]
+        if self.method == "flip":
+            return ops.cast(variable, self.compute_dtype)
+        latent = ops.convert_to_tensor(variable)
+        if self.method == "stochastic" and training:
+            hard = _ops.stochastic_round(latent, t, self.seed_generator)
+        else:
+            hard = _ops.nearest(latent, t)
+        return ops.cast(_ops.straight_through(latent, hard, t, self.estimator), self.compute_dtype)
+
+    def exact_weights(self) -> dict[str, npt.NDArray[Any]]:
+        """The deterministic exact values of each constrained weight, as numpy arrays.
+
+        These are what the layer computes with in inference (and, except for ``stochastic``
+        while training, in training): members of the value set, never the latents.
+
+        Example:
+            >>> import numpy as np, snapset.keras as sk
+            >>> layer = sk.Dense(3, values=[-1, 1])
+            >>> _ = layer(np.ones((1, 4), "float32"))
+            >>> sorted(np.unique(layer.exact_weights()["kernel"]).tolist())
+            [-1.0, 1.0]
+        """
+        return {name: ops.convert_to_numpy(self._hard(name)) for name in self._set_weights}
+
+    def _hard(self, name: str) -> Tensor:
+        variable, t = self._set_weights[name]
+        if self.method == "flip":
+            return ops.convert_to_tensor(variable)
+        return _ops.nearest(ops.convert_to_tensor(variable), t)
+
+    def set_value_set(self, name: str) -> ValueSet:
+        """The value set of constrained weight ``name``."""
+        return self._set_weights[name][1].values
+
+    # ----- hardening ----------------------------------------------------------------------------
+
+    def harden(self) -> None:
+        """Store the exact values in place of the latents; the layer becomes ``method="flip"``.
+
+        The outputs in inference stay the same, bit for bit; the stored variables (and what
+        ``get_weights``, ``save`` and ``save_weights`` write) hold only set members. Further
+        training needs a flip optimizer (:class:`snapset.keras.Bop`, through
+        :class:`snapset.keras.Router`); recompile a compiled model first.
+
+        Example:
+            >>> import numpy as np, snapset.keras as sk
+            >>> layer = sk.Multiplier([1, -1, 0.5, -0.5])
+            >>> _ = layer(np.ones((1, 8), "float32"))
+            >>> layer.harden()
+            >>> layer.method, sorted(set(layer.get_weights()[0].tolist())) == [-1, -0.5, 0.5, 1]
+            ('flip', True)
+        """
+        if self.method == "flip":
+            return
+        for name, (variable, t) in self._set_weights.items():
+            variable.assign(self._hard(name))
+            variable._snapset_flip_values = t.values
+        self.method = "flip"
+        self.estimator = "inward"
+
+    # ----- config ---------------------------------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update(
+            values=list(self.values.values),
+            method=self.method,
+            init=self.init,
+        )
+        if self.method != "flip":
+            config.update(estimator=self.estimator, latent_range=self.latent_range)
+        if self.method == "stochastic":
+            config.update(seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="snapset")
+class Multiplier(SetLayer):
+    """``y = x * w``: a learned per-feature multiplier whose entries lie in a value set.
+
+    The forum's ``LearnableMultiplier``, done right: ``w`` has one entry per feature (the
+    input's last axis), always an exact member of ``values``, trained through ``method``
+    (``"ste"``, ``"stochastic"`` or ``"flip"``; see :class:`SetLayer` for the options).
+
+    Example:
+        >>> import numpy as np, snapset.keras as sk
+        >>> layer = sk.Multiplier(values=[1, -1, 0.5, -0.5])
+        >>> y = layer(np.ones((2, 4), "float32"))
+        >>> sorted(layer.exact_weights()["kernel"].tolist())
+        [-1.0, -0.5, 0.5, 1.0]
+    """
+
+    def __init__(
+        self,
+        values: ValuesLike,
+        method: str = "ste",
+        *,
+        kernel_initializer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(values, method, **kwargs)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer
+            if kernel_initializer is not None
+            else keras.initializers.RandomUniform(-1.0, 1.0)
+        )
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        features = input_shape[-1]
+        if features is None:
+            raise ValueError("Multiplier needs a known size of the input's last axis")
+        self.add_set_weight("kernel", (features,), self.kernel_initializer)
+
+    @property
+    def kernel(self) -> Tensor:
+        """The exact multiplier (deterministic values, no gradient)."""
+        return self._hard("kernel")
+
+    def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
+        inputs = ops.cast(inputs, self.compute_dtype)
+        return ops.multiply(inputs, self.set_value("kernel", training))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["kernel_initializer"] = keras.initializers.serialize(self.kernel_initializer)
+        return config
+
+
+class _KernelBiasLayer(SetLayer):
+    """Shared parts of Dense and Conv: a set-valued kernel and a bias, float unless asked."""
+
+    def __init__(
+        self,
+        values: ValuesLike,
+        method: str = "ste",
+        *,
+        activation: Any = None,
+        use_bias: bool = True,
+        bias_values: ValuesLike | None = None,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(values, method, **kwargs)
+        if bias_values is not None and not use_bias:
+            raise ValueError("bias_values needs use_bias=True")
+        self.bias_values = ValueSet(bias_values) if bias_values is not None else None
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.bias: Any = None
+
+    def _build_kernel_bias(self, kernel_shape: tuple[int, ...], units: int) -> None:
+        self.add_set_weight("kernel", kernel_shape, self.kernel_initializer)
+        if self.use_bias and self.bias_values is not None:
+            # A zero init would spread to nothing useful: draw it like the kernel instead.
+            self.add_set_weight("bias", (units,), self.kernel_initializer, self.bias_values)
+        elif self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(units,), initializer=self.bias_initializer
+            )
+
+    @property
+    def kernel(self) -> Tensor:
+        """The exact kernel (deterministic values, no gradient)."""
+        return self._hard("kernel")
+
+    def _bias(self, training: bool | None) -> Tensor | None:
+        if self.bias_values is not None:
+            return self.set_value("bias", training)
+        return None if self.bias is None else ops.cast(self.bias, self.compute_dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            activation=keras.activations.serialize(self.activation),
+            use_bias=self.use_bias,
+            bias_values=list(self.bias_values.values) if self.bias_values is not None else None,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="snapset")
+class Dense(_KernelBiasLayer):
+    """``y = activation(x @ W + b)`` with ``W`` (and, with ``bias_values``, ``b``) in a set.
+
+    The bias stays a float weight unless ``bias_values`` gives it a set of its own; it is then
+    trained by the same method. Options as :class:`SetLayer`.
+
+    Example:
+        >>> import numpy as np, snapset, snapset.keras as sk
+        >>> layer = sk.Dense(4, values=snapset.Ternary())
+        >>> tuple(layer(np.ones((2, 8), "float32")).shape)
+        (2, 4)
+        >>> sorted(np.unique(layer.exact_weights()["kernel"]).tolist())
+        [-1.0, 0.0, 1.0]
+    """
+
+    def __init__(self, units: int, values: ValuesLike, method: str = "ste", **kwargs: Any) -> None:
+        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+            raise ValueError(f"Invalid units: {units!r} (must be an int >= 1)")
+        super().__init__(values, method, **kwargs)
+        self.units = units
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        features = input_shape[-1]
+        if features is None:
+            raise ValueError("Dense needs a known size of the input's last axis")
+        self._build_kernel_bias((features, self.units), self.units)
+
+    def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
+        inputs = ops.cast(inputs, self.compute_dtype)
+        outputs = ops.matmul(inputs, self.set_value("kernel", training))
+        bias = self._bias(training)
+        if bias is not None:
+            outputs = ops.add(outputs, bias)
+        return self.activation(outputs)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["units"] = self.units
+        return config
+
+
+class _Conv(_KernelBiasLayer):
+    """An N-d convolution with a set-valued kernel, through ``keras.ops.conv``."""
+
+    rank: int
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | Sequence[int],
+        values: ValuesLike,
+        method: str = "ste",
+        *,
+        strides: int | Sequence[int] = 1,
+        padding: str = "valid",
+        data_format: str | None = None,
+        dilation_rate: int | Sequence[int] = 1,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
+            raise ValueError(f"Invalid filters: {filters!r} (must be an int >= 1)")
+        if padding not in ("valid", "same"):
+            raise ValueError(f"Invalid padding: {padding!r} (must be 'valid' or 'same')")
+        super().__init__(values, method, **kwargs)
+        self.filters = filters
+        self.kernel_size = self._tuple(kernel_size, "kernel_size")
+        self.strides = self._tuple(strides, "strides")
+        self.dilation_rate = self._tuple(dilation_rate, "dilation_rate")
+        self.padding = padding
+        data_format = data_format if data_format is not None else keras.config.image_data_format()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"Invalid data_format: {data_format!r} (must be 'channels_last' or "
+                "'channels_first')"
+            )
+        self.data_format = data_format
+
+    def _tuple(self, value: int | Sequence[int], name: str) -> tuple[int, ...]:
+        items = (value,) * self.rank if isinstance(value, int) else tuple(value)
+        if len(items) != self.rank or not all(isinstance(i, int) and i >= 1 for i in items):
+            raise ValueError(
+                f"Invalid {name}: {value!r} (must be an int >= 1 or {self.rank} of them)"
+            )
+        return items
+
+    def _channel_axis(self) -> int:
+        return -1 if self.data_format == "channels_last" else 1
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        channels = input_shape[self._channel_axis()]
+        if channels is None:
+            raise ValueError(f"{type(self).__name__} needs a known number of input channels")
+        self._build_kernel_bias((*self.kernel_size, channels, self.filters), self.filters)
+
+    def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
+        outputs = ops.conv(
+            ops.cast(inputs, self.compute_dtype),
+            self.set_value("kernel", training),
+            strides=self.strides,
+            padding=self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+        bias = self._bias(training)
+        if bias is not None:
+            if self.data_format == "channels_first":
+                bias = ops.reshape(bias, (1, self.filters) + (1,) * self.rank)
+            outputs = ops.add(outputs, bias)
+        return self.activation(outputs)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        spatial_axes = (
+            range(1, self.rank + 1)
+            if self.data_format == "channels_last"
+            else range(2, self.rank + 2)
+        )
+        spatial: list[int | None] = []
+        for size, k, s, d in zip(
+            (input_shape[i] for i in spatial_axes),
+            self.kernel_size,
+            self.strides,
+            self.dilation_rate,
+            strict=True,
+        ):
+            if size is None:
+                spatial.append(None)
+            elif self.padding == "same":
+                spatial.append(-(-size // s))
+            else:
+                spatial.append((size - d * (k - 1) - 1) // s + 1)
+        if self.data_format == "channels_last":
+            return (input_shape[0], *spatial, self.filters)
+        return (input_shape[0], self.filters, *spatial)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="snapset")
+class Conv1D(_Conv):
+    """A 1-d convolution whose kernel (and, with ``bias_values``, bias) lies in a value set.
+
+    Arguments as ``keras.layers.Conv1D`` (no ``groups``), then the set options of
+    :class:`SetLayer`.
+
+    Example:
+        >>> import numpy as np, snapset.keras as sk
+        >>> layer = sk.Conv1D(4, 3, values=[0, 1], padding="same")
+        >>> tuple(layer(np.ones((2, 10, 2), "float32")).shape)
+        (2, 10, 4)
+    """
+
+    rank = 1
+
+
+@keras.saving.register_keras_serializable(package="snapset")
+class Conv2D(_Conv):
+    """A 2-d convolution whose kernel (and, with ``bias_values``, bias) lies in a value set.
+
+    Arguments as ``keras.layers.Conv2D`` (no ``groups``), then the set options of
+    :class:`SetLayer`.
+
+    Example:
+        >>> import numpy as np, snapset.keras as sk
+        >>> layer = sk.Conv2D(4, 3, values=[-1, 1], strides=2)
+        >>> tuple(layer(np.ones((2, 9, 9, 3), "float32")).shape)
+        (2, 4, 4, 4)
+    """
+
+    rank = 2

@@ -1,0 +1,89 @@
+"""The Keras tests run once per backend (KERAS_BACKEND). Each module skips itself where Keras is
+absent (pytest.importorskip), so nothing here imports Keras at load time."""
+
+import numpy as np
+import pytest
+
+
+def _backend():
+    import keras
+
+    return keras.backend.backend()
+
+
+def variable_grads(layer, inputs, upstream, training=False):
+    """Gradients of ``sum(layer(inputs) * upstream)`` with respect to ``layer``'s trainable
+    variables, as numpy arrays, on whichever backend runs."""
+    inputs = np.asarray(inputs, "float32")
+    upstream = np.asarray(upstream, "float32")
+    variables = layer.trainable_variables
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(inputs, training=training) * upstream)
+        return [np.asarray(g) for g in tape.gradient(loss, variables)]
+    if _backend() == "torch":
+        import torch
+
+        for v in variables:
+            v.value.grad = None
+        output = layer(inputs, training=training)
+        (output * torch.as_tensor(upstream, device=output.device)).sum().backward()
+        return [v.value.grad.cpu().numpy() for v in variables]
+    import jax
+    import jax.numpy as jnp
+
+    fixed = [v.value for v in layer.non_trainable_variables]
+
+    def loss(values):
+        output, _ = layer.stateless_call(values, fixed, inputs, training=training)
+        return jnp.sum(output * upstream)
+
+    return [np.asarray(g) for g in jax.grad(loss)([v.value for v in variables])]
+
+
+def function_grad(fn, x, upstream):
+    """``(fn(x), d sum(fn(x) * upstream) / dx)`` as numpy arrays, on whichever backend runs."""
+    x = np.asarray(x, "float32")
+    upstream = np.asarray(upstream, "float32")
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        tx = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(tx)
+            y = fn(tx)
+            loss = tf.reduce_sum(y * upstream)
+        return np.asarray(y), np.asarray(tape.gradient(loss, tx))
+    if _backend() == "torch":
+        import torch
+
+        tx = torch.tensor(x, requires_grad=True)
+        y = fn(tx)
+        (y * torch.as_tensor(upstream)).sum().backward()
+        return y.detach().numpy(), tx.grad.numpy()
+    import jax
+    import jax.numpy as jnp
+
+    y, vjp = jax.vjp(fn, jnp.asarray(x))
+    return np.asarray(y), np.asarray(vjp(jnp.asarray(upstream))[0])
+
+
+@pytest.fixture
+def grads():
+    return variable_grads
+
+
+@pytest.fixture
+def fgrad():
+    return function_grad
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    try:
+        import keras
+    except ImportError:  # test_keras_import runs without Keras too
+        return
+    keras.utils.set_random_seed(0)
