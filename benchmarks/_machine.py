@@ -1,18 +1,8 @@
 """What every benchmark's results file states about the machine it ran on."""
 
-import platform
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    """The CPU's model name, from /proc/cpuinfo where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from snapset._machine import cpu_name as cpu_name
 
 
 def write_result(name: str, text: str) -> Path:

@@ -6,7 +6,6 @@ from torch import nn
 
 import snapset
 import snapset.torch as st
-from snapset.cli import demo_command
 from snapset.torch import _forum as forum
 
 
@@ -46,15 +45,3 @@ def test_planted_multiplier_is_recovered_exactly(values, method):
     layer = forum.fit(st.Multiplier(64, values, method), x, y, epochs=12, lr=3e-3)
     layer.eval()
     assert torch.equal(layer.weight, planted)
-
-
-@pytest.mark.slow
-def test_demo_reports_full_recovery_for_every_snapset_method():
-    lines = []
-    assert demo_command(seed=0, echo=lines.append) == 0
-    snapset_rows = [line for line in lines if line.strip().startswith("snapset")]
-    assert len(snapset_rows) == 5
-    assert all("100.0%" in line and "exactly" in line for line in snapset_rows)
-    relu_row = next(line for line in lines if "relu(sigmoid" in line)
-    assert "100.0%" not in relu_row
-    assert "w never moved" in next(line for line in lines if "sign(w)" in line)

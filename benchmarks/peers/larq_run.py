@@ -1,0 +1,143 @@
+"""larq on snapset's architectures, data and recipe (run in larq's own environment).
+
+The same CNN / MLP as snapset's (input [x, -x], Conv1D/Dense without bias, BatchNormalization,
+ReLU, centring over channels), written in Keras 2 with larq's ``QuantConv1D``/``QuantDense``:
+
+- ``ste``: ``kernel_quantizer="ste_sign"`` with ``kernel_constraint="weight_clip"`` (larq's
+  standard binary-weight recipe), Adam with the same one-cycle schedule as snapset's;
+- ``flip``: ``kernel_quantizer="ste_sign"``, weights trained by ``larq.optimizers.Bop`` inside a
+  ``CaseOptimizer`` with the same threshold and the same linearly decaying gamma, Adam (one
+  cycle) for BatchNorm.
+
+Only the weights are binary, as in snapset's rows (no input quantizer).
+"""
+
+import json
+import os
+import time
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from _common import arguments, emit, splits, wanted
+
+
+def main() -> None:
+    args = arguments()
+    try:
+        import larq as lq
+        import tensorflow as tf
+    except ImportError as error:
+        print(json.dumps({"unavailable": f"larq does not import: {error}"}), flush=True)
+        return
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras = tf.keras
+    recipe = args.recipe
+    library = f"larq {lq.__version__}"
+
+    class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+        """torch's OneCycleLR (cosine, pct_start 0.3, div 25, final div 1e4)."""
+
+        def __init__(self, peak: float, total: int) -> None:
+            self.peak, self.total = peak, total
+
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            start, low = self.peak / 25, self.peak / 25 / 1e4
+            up = 0.3 * self.total - 1
+            down = self.total - 1 - up
+
+            def cosine(a, b, t):
+                return b + (a - b) / 2 * (1 + tf.cos(3.141592653589793 * t))
+
+            return tf.where(
+                step <= up,
+                cosine(start, self.peak, step / up),
+                cosine(self.peak, low, tf.minimum((step - up) / down, 1.0)),
+            )
+
+    class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, start: float, total: int, floor: float) -> None:
+            self.start, self.total, self.floor = start, total, floor
+
+        def __call__(self, step):
+            fraction = 1 - tf.cast(step, tf.float32) / self.total
+            return self.start * tf.maximum(fraction, self.floor)
+
+    def center(h):
+        return h - tf.reduce_mean(h, axis=-1, keepdims=True)
+
+    def plus_minus(x):
+        return tf.concat([x, -x], axis=-1)
+
+    def block(layers, make):
+        layers += [
+            make(),
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+            keras.layers.ReLU(),
+            keras.layers.Lambda(center),
+        ]
+
+    def build(dataset, method):
+        quant = {"kernel_quantizer": "ste_sign", "use_bias": False}
+        if method == "ste":
+            quant["kernel_constraint"] = "weight_clip"
+        if dataset == "MNIST-1D":
+            layers = [keras.Input((40, 1)), keras.layers.Lambda(plus_minus)]
+            for stride in (1, 2, 2):
+                block(layers, lambda s=stride: lq.layers.QuantConv1D(
+                    64, 5, strides=s, padding="same", **quant))  # fmt: skip
+            layers.append(keras.layers.Flatten())
+        else:
+            layers = [keras.Input((64,)), keras.layers.Lambda(plus_minus)]
+            for _ in range(2):
+                block(layers, lambda: lq.layers.QuantDense(256, **quant))
+        layers += [
+            lq.layers.QuantDense(10, **quant),
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+        ]
+        return keras.Sequential(layers)
+
+    for dataset, arrays in splits(args.data).items():
+        x_train, x_test = arrays["x_train"], arrays["x_test"]
+        if x_train.ndim == 3:  # (N, 1, 40) in torch's layout -> (N, 40, 1) in Keras'
+            x_train, x_test = x_train.transpose(0, 2, 1), x_test.transpose(0, 2, 1)
+        steps = -(-len(x_train) // recipe["batch"]) * recipe["epochs"]
+        for method in ("ste", "flip"):
+            if not wanted(args, dataset, "Sign {-1, 1}", method):
+                continue
+            accuracies, seconds = [], []
+            for seed in args.seeds:
+                keras.utils.set_random_seed(seed)
+                model = build(dataset, method)
+                # larq 0.13's CaseOptimizer and Bop are built on the legacy optimizer API.
+                adam = keras.optimizers.legacy.Adam(OneCycle(recipe["lr"], steps))
+                if method == "flip":
+                    gamma = LinearDecay(recipe["gamma"], steps, recipe["gamma_floor"])
+                    optimizer = lq.optimizers.CaseOptimizer(
+                        (lq.optimizers.Bop.is_binary_variable,
+                         lq.optimizers.Bop(threshold=recipe["threshold"], gamma=gamma)),
+                        default_optimizer=adam,
+                    )  # fmt: skip
+                else:
+                    optimizer = adam
+                model.compile(
+                    optimizer=optimizer,
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"],
+                )
+                times = []
+                for _ in range(recipe["epochs"]):
+                    start = time.perf_counter()
+                    model.fit(x_train, arrays["y_train"], batch_size=recipe["batch"], epochs=1,
+                              shuffle=True, verbose=0)  # fmt: skip
+                    times.append(time.perf_counter() - start)
+                _, accuracy = model.evaluate(x_test, arrays["y_test"], verbose=0)
+                accuracies.append(float(accuracy))
+                seconds.append(sorted(times)[len(times) // 2])
+            emit(library, dataset, "Sign {-1, 1}", method, accuracies, seconds)
+
+
+if __name__ == "__main__":
+    main()
