@@ -13,8 +13,6 @@ reset between settings. A float model with Adam gives the reference speed-up. Wr
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
 import time
 import warnings
@@ -25,7 +23,7 @@ from torch import nn
 
 import snapset
 import snapset.torch as st
-from _machine import cpu_name, write_result
+from _machine import machine_line, write_result
 
 WIDTH = 1024
 BATCHES = (32, 256)
@@ -88,14 +86,6 @@ def measure(kind: str, batch: int, rounds: int) -> tuple[float, float]:
     return statistics.median(times["eager"]), statistics.median(times["compiled"])
 
 
-def machine() -> str:
-    versions = f"Python {platform.python_version()}, torch {torch.__version__}"
-    return (
-        f"{datetime.date.today()}, {cpu_name()}, {torch.get_num_threads()} threads, {versions}, "
-        f"snapset {snapset.__version__}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
@@ -114,7 +104,7 @@ def main() -> None:
     lines = [
         "# A whole training step compiled with torch.compile, against eager mode",
         "",
-        machine(),
+        machine_line(),
         "",
         f"MLP {WIDTH // 2}-{WIDTH}-{WIDTH}-10; one step = forward, backward, optimizer steps, "
         f"zero_grad. Median of {rounds} interleaved rounds; speed-up = eager / compiled.",

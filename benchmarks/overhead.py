@@ -10,8 +10,6 @@ float32 ``nn.Linear`` at the same batch size and mode. Writes ``results/overhead
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from torch import nn
 
 import snapset
 import snapset.torch as st
-from _machine import cpu_name, write_result
+from _machine import machine_line, write_result
 
 SIZE = 1024
 BATCHES = (1, 32, 256)
@@ -95,21 +93,6 @@ def table(results: dict[tuple[str, int], float], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> str:
-    cpu = cpu_name()
-    versions = f"Python {platform.python_version()}, torch {torch.__version__}"
-    try:
-        import brevitas
-
-        versions += f", brevitas {brevitas.__version__}"
-    except ImportError:
-        pass
-    return (
-        f"{datetime.date.today()}, {cpu}, {torch.get_num_threads()} threads, {versions}, "
-        f"snapset {snapset.__version__}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -124,7 +107,7 @@ def main() -> None:
     report = [
         "# Overhead of a constrained 1024x1024 Linear (forward + backward)",
         "",
-        machine(),
+        machine_line("brevitas"),
         "",
         f"Median of {args.rounds} interleaved rounds; ratio against float32 nn.Linear.",
         "A hidden layer's input needs a gradient; a first layer's does not.",
