@@ -1,21 +1,26 @@
 """Value sets: the finite sets a parameter may take its values from.
 
 This module knows nothing of torch or keras. It owns the maths every front shares: the sorted
-values, the nearest-value projection with its tie rule, the index codes, and the scale of the
-latent ("the set's range maps to [-1, 1]") that the training methods use.
+values, the nearest-value projection with its tie rule, the index codes, the scale of the
+latent ("the set's range maps to [-1, 1]") that the training methods use, the ``spread`` init,
+and the float64 tables that each front casts to its dtype (:meth:`ValueSet.tables`), with the
+check that the dtype still tells the values apart.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Binary", "Sign", "Ternary", "ValueSet"]
+__all__ = ["Binary", "Sign", "Tables", "Ternary", "ValueSet"]
+
+Float64Array = npt.NDArray[np.float64]
 
 
 class ValueSet:
@@ -164,6 +169,80 @@ class ValueSet:
         """Inverse of :meth:`to_latent`."""
         return np.asarray(t, dtype=np.float64) * self.half_range + self.center
 
+    def spread(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Map a freshly initialised tensor onto the set's range, using every value equally.
+
+        Entries keep their order: the smallest ``1/k`` of them land in the bin of the smallest
+        value (the interval that rounds to it, from the set's minimum to the first midpoint),
+        the next ``1/k`` in the next bin, and so on, spread evenly inside each bin. A tensor
+        with at least ``k`` entries therefore uses every value, whatever its init's scale
+        (PyTorch's and Keras's default inits are far narrower than ``{0, 1}`` or ``{-1, 0, 1}``,
+        whose nearest rounding would be all zeros). Ties keep their index order.
+
+        Example:
+            >>> Sign().spread([0.3, -0.2, 0.1, 0.0]).tolist()
+            [0.75, -0.75, 0.25, -0.25]
+        """
+        array = np.asarray(x, dtype=np.float64)
+        flat = array.reshape(-1)
+        k, n = len(self._values), flat.size
+        ranks = np.empty(n, dtype=np.float64)
+        ranks[np.argsort(flat, kind="stable")] = np.arange(n, dtype=np.float64)
+        position = (ranks + 0.5) * (k / n)  # in (0, k): the integer part picks the bin
+        bins = np.minimum(np.floor(position), k - 1)
+        edges = np.asarray(self.spread_edges, dtype=np.float64)
+        low, high = edges[bins.astype(np.int64)], edges[bins.astype(np.int64) + 1]
+        spread: npt.NDArray[np.float64] = low + (position - bins) * (high - low)
+        return spread.reshape(array.shape)
+
+    @property
+    def spread_edges(self) -> tuple[float, ...]:
+        """The ``k + 1`` edges of the bins :meth:`spread` fills: min, the midpoints, max."""
+        return (self._values[0], *self.midpoints, self._values[-1])
+
+    # ----- tables for the fronts ----------------------------------------------------------------
+
+    def tables(
+        self,
+        dtype: str,
+        rounding: Callable[[Float64Array], Float64Array] | None = None,
+        latent_range: float | None = None,
+    ) -> Tables:
+        """The set's lookup tables as a front's ``dtype`` holds them; refuse a dtype that
+        merges two values (or a value and its boundary) or overflows.
+
+        Every table is computed once, in float64, and rounded by ``rounding`` (float64 array
+        in, the same numbers as ``dtype`` holds them out, as float64); by default numpy's cast
+        to ``dtype``. A front passes its framework's cast (torch's ``bfloat16`` has no numpy
+        twin) and the dtype's name as its users spell it. ``latent_range`` adds the latent
+        tables of ``ste`` and ``stochastic``.
+
+        Example:
+            >>> t = Ternary().tables("float16", latent_range=0.1)
+            >>> t.values.tolist(), t.midpoints.tolist()
+            ([-1.0, 0.0, 1.0], [-0.5, 0.5])
+            >>> [round(x, 4) for x in t.thresholds.tolist()], t.scale
+            ([-0.05, 0.05], 10.0)
+            >>> ValueSet([1, 1.0001]).tables("float16")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ValueError: ValueSet([1, 1.0001]) cannot be told apart in float16: 1.0 and 1.0001 ...
+        """
+        if rounding is None:
+            rounding = _numpy_rounding(dtype)
+        rows = [np.asarray(self._values, dtype=np.float64), np.asarray(self.midpoints)]
+        if latent_range is not None:
+            rows += [
+                self.to_latent(self._values) * latent_range,
+                self.to_latent(self.midpoints) * latent_range,
+            ]
+        values, midpoints, *latent = (np.asarray(rounding(row), dtype=np.float64) for row in rows)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{self!r} does not fit in {dtype}: a value overflows")
+        for table, boundaries in [(values, midpoints), *([tuple(latent)] if latent else [])]:
+            _check_apart(self, dtype, np.stack([table[:-1], boundaries, table[1:]], axis=1))
+        levels, thresholds = latent if latent else (None, None)
+        return Tables(self, dtype, latent_range, values, midpoints, levels, thresholds)
+
     # ----- projection ---------------------------------------------------------------------------
 
     def encode(self, x: npt.ArrayLike) -> npt.NDArray[np.int64]:
@@ -212,6 +291,56 @@ class ValueSet:
             [True, False, True]
         """
         return np.isin(np.asarray(x, dtype=np.float64), np.asarray(self._values))
+
+
+@dataclass(frozen=True, eq=False)
+class Tables:
+    """A value set's tables in one dtype (:meth:`ValueSet.tables`), as float64 numpy arrays
+    whose numbers the dtype holds exactly.
+
+    ``values`` and ``midpoints`` (the ``k - 1`` decision boundaries) are on the value scale;
+    ``levels`` and ``thresholds`` are the same on the latent scale, where the set's range is
+    ``[-latent_range, latent_range]`` (``None`` when no latent range was asked for).
+    """
+
+    value_set: ValueSet
+    dtype: str
+    latent_range: float | None
+    values: Float64Array
+    midpoints: Float64Array
+    levels: Float64Array | None
+    thresholds: Float64Array | None
+
+    @property
+    def scale(self) -> float:
+        """Slope of value against latent, ``half_range / latent_range``: the straight-through
+        derivative inside the range."""
+        if self.latent_range is None:
+            raise ValueError("these tables were built without a latent range")
+        return self.value_set.half_range / self.latent_range
+
+
+def _numpy_rounding(dtype: str) -> Callable[[Float64Array], Float64Array]:
+    np_dtype = np.dtype(dtype)
+    if np_dtype.kind != "f":
+        raise TypeError(f"snapset constrains floating-point weights only, got dtype {dtype}")
+
+    def rounding(row: Float64Array) -> Float64Array:
+        with np.errstate(over="ignore"):
+            return row.astype(np_dtype).astype(np.float64)
+
+    return rounding
+
+
+def _check_apart(vs: ValueSet, dtype: str, rows: Float64Array) -> None:
+    """Refuse ``dtype`` when a row ``(value_i, boundary_i, value_i+1)`` does not increase."""
+    merged = ~(np.diff(rows, axis=1) > 0).all(axis=1)
+    if merged.any():
+        i = int(np.flatnonzero(merged)[0])
+        raise ValueError(
+            f"{vs!r} cannot be told apart in {dtype}: {vs.values[i]} and {vs.values[i + 1]} "
+            "round together. Use a wider dtype (float32 or float64) or values further apart."
+        )
 
 
 def Binary() -> ValueSet:

@@ -1,0 +1,203 @@
+"""The shared contract of both fronts: names, option defaults, option checks and their messages.
+
+``snapset.torch`` and ``snapset.keras`` spell every option the same way and refuse the same
+input with the same words because both read this module; neither writes a rule of its own.
+Nothing here imports torch or keras.
+
+What each name means:
+
+* a **method** says how a gradient step moves a parameter through the set (``ste``,
+  ``stochastic``, ``gumbel``, ``flip``); :data:`METHODS` lists each with its options and
+  their defaults;
+* an **estimator** is the surrogate derivative used by the latent methods (``inward``,
+  ``clip``, ``identity``);
+* an **init** says how a freshly initialised tensor becomes the starting point (``spread``,
+  ``nearest``);
+* **Bop's options** (``threshold``, ``gamma``, ``threshold_mode``, ``momentum_reset``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "BOP_DEFAULTS",
+    "ESTIMATORS",
+    "INITS",
+    "LATENT_RANGE",
+    "METHODS",
+    "MOMENTUM_RESETS",
+    "THRESHOLD_MODES",
+    "MethodSpec",
+    "check_bop_options",
+    "check_temperature",
+    "method_options",
+]
+
+LATENT_RANGE = 0.1
+"""Half-width of the latent's range: the set's range maps to ``[-0.1, 0.1]``, the scale of a
+freshly initialised float layer's weights, so that Adam's usual learning rates (1e-3 to 1e-2)
+suit every set and the float parameters beside it alike."""
+
+ESTIMATORS = ("inward", "clip", "identity")
+"""Surrogate derivatives of the rounding, for ``ste`` and ``stochastic``; the first is the
+default. Inside the set's range each passes the gradient; outside it ``inward`` passes only
+gradients that lead back in, ``clip`` passes none, ``identity`` passes all."""
+
+INITS = ("spread", "nearest")
+"""How the current tensor becomes the starting point; the first is the default. ``spread``:
+entries keep their order and every value is used by the same share of them
+(:meth:`snapset.ValueSet.spread`); ``nearest``: each entry takes its nearest value."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method's name, what it stores, and its options with their defaults."""
+
+    name: str
+    #: What the parameter's stored tensor holds: ``"latent"``, ``"logits"`` or ``"values"``.
+    stores: str
+    #: Option name -> default, in the order the messages list them.
+    options: Mapping[str, Any]
+
+
+METHODS: Mapping[str, MethodSpec] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            MethodSpec("ste", "latent", {"estimator": "inward", "latent_range": LATENT_RANGE}),
+            MethodSpec(
+                "stochastic",
+                "latent",
+                {"estimator": "inward", "latent_range": LATENT_RANGE, "seed": None},
+            ),
+            MethodSpec("gumbel", "logits", {"temperature": 1.0, "latent_range": LATENT_RANGE}),
+            MethodSpec("flip", "values", {}),
+        )
+    }
+)
+"""Every method of snapset, by name. A front that lacks one (Keras has no ``gumbel`` yet) or an
+option (``seed`` exists only where a framework's random numbers need one) says so when it
+calls :func:`method_options`."""
+
+
+def method_options(
+    method: str,
+    init: str,
+    given: Mapping[str, Any],
+    *,
+    front: str,
+    methods: Collection[str] = tuple(METHODS),
+    unsupported: Collection[str] = (),
+) -> dict[str, Any]:
+    """Check a method, an init and the options given; return the method's options, defaults
+    filled in.
+
+    ``given`` maps option names to values, ``None`` meaning "not given". ``methods`` are the
+    methods ``front`` (``"snapset.torch"``, ``"snapset.keras"``) offers and ``unsupported`` the
+    options it does not; both default to everything.
+
+    Example:
+        >>> method_options("ste", "spread", {"estimator": "clip"}, front="snapset.torch")
+        {'estimator': 'clip', 'latent_range': 0.1}
+        >>> method_options("flip", "spread", {"estimator": "clip"}, front="snapset.torch")
+        Traceback (most recent call last):
+        ValueError: Option 'estimator' does not apply to method 'flip'; its options are none
+    """
+    if method not in methods:
+        valid = ", ".join(map(repr, methods))
+        if method in METHODS:
+            raise ValueError(f"Method {method!r} is not available in {front}; its methods: {valid}")
+        raise ValueError(f"Unknown method {method!r}; valid methods: {valid}")
+    if init not in INITS:
+        raise ValueError(f"Unknown init {init!r}; valid inits: " + ", ".join(map(repr, INITS)))
+    defaults = {k: v for k, v in METHODS[method].options.items() if k not in unsupported}
+    options = dict(defaults)
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in defaults:
+            raise ValueError(
+                f"Option {name!r} does not apply to method {method!r}; its options are "
+                + (", ".join(map(repr, defaults)) or "none")
+            )
+        _OPTION_CHECKS[name](value)
+        options[name] = value
+    return options
+
+
+def _check_estimator(estimator: Any) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(
+            f"Unknown estimator {estimator!r}; valid estimators: "
+            + ", ".join(map(repr, ESTIMATORS))
+        )
+
+
+def _positive(name: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"Invalid {name}: {value!r} (must be a float)")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"Invalid {name}: {value} (must be > 0)")
+
+    return check
+
+
+def _check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"Invalid seed: {seed!r} (must be an int)")
+
+
+check_temperature = _positive("temperature")
+"""Refuse a Gumbel-softmax temperature that is not a finite number > 0."""
+
+_OPTION_CHECKS: Mapping[str, Callable[[Any], None]] = {
+    "estimator": _check_estimator,
+    "latent_range": _positive("latent_range"),
+    "temperature": check_temperature,
+    "seed": _check_seed,
+}
+
+
+# ----- Bop ------------------------------------------------------------------------------------
+
+THRESHOLD_MODES = ("abs", "rel")
+"""``"abs"``: move when ``|m| > threshold``. ``"rel"``: when ``|m| > threshold * rms(g)``."""
+
+MOMENTUM_RESETS = ("interior", "always", "never")
+"""Which moved entries restart their momentum from 0 (see ``snapset.torch.Bop``)."""
+
+BOP_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"threshold": 1e-8, "gamma": 1e-4, "threshold_mode": "abs", "momentum_reset": "interior"}
+)
+"""Bop's defaults in both fronts: larq's threshold and gamma after tuning (Helwegen et al.)."""
+
+
+def check_bop_options(threshold: Any, gamma: Any, threshold_mode: Any, momentum_reset: Any) -> None:
+    """Refuse a hyperparameter of Bop that is out of range or of the wrong kind.
+
+    Example:
+        >>> check_bop_options(1e-8, 1e-4, "abs", "interior")
+        >>> check_bop_options(1e-8, 0.0, "abs", "interior")
+        Traceback (most recent call last):
+        ValueError: Invalid gamma: 0.0 (must be in (0, 1])
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"Invalid threshold: {threshold!r} (must be a float)")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        raise TypeError(f"Invalid gamma: {gamma!r} (must be a float)")
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"Invalid threshold: {threshold} (must be finite and >= 0)")
+    if not 0 < gamma <= 1:
+        raise ValueError(f"Invalid gamma: {gamma} (must be in (0, 1])")
+    for name, value, valid in (
+        ("threshold_mode", threshold_mode, THRESHOLD_MODES),
+        ("momentum_reset", momentum_reset, MOMENTUM_RESETS),
+    ):
+        if value not in valid:
+            raise ValueError(f"Invalid {name}: {value!r} (valid: {', '.join(map(repr, valid))})")
