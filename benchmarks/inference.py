@@ -32,7 +32,8 @@ from torch import nn
 import snapset
 import snapset.torch as st
 from _machine import cpu_name, write_result
-from snapset.torch import _kernels, _pack
+from snapset import _kernels
+from snapset.torch.export import _pack
 
 SETS = {
     "sign {-1, +1}": snapset.Sign(),

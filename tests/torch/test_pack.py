@@ -9,7 +9,8 @@ from torch import nn
 
 import snapset
 import snapset.torch as st
-from snapset.torch import _kernels, _pack
+from snapset import _kernels
+from snapset.torch.export import _pack
 
 SETS = {
     "sign": snapset.Sign(),
@@ -152,7 +153,7 @@ def test_numpy_tables_match_the_definition() -> None:
     values = SETS["five"]
     x = rng.standard_normal(3 * 2).astype(np.float32)  # g = 3 codes a byte for 5 values
     tables = np.empty((2, 256), dtype=np.float32)
-    _kernels._tables_numpy(x, np.asarray(values.values, dtype=np.float32), 5, 3, tables)
+    _kernels._matrix._tables_numpy(x, np.asarray(values.values, dtype=np.float32), 5, 3, tables)
     for b in (0, 7, 124):
         digits = [(b // 5**i) % 5 for i in range(3)]
         expected = sum(x[3 + i] * values.values[d] for i, d in enumerate(digits))

@@ -184,7 +184,7 @@ def _numba_kernels() -> dict[str, Callable[..., Any]] | None:
     if not _LOADED:
         _LOADED = True
         try:
-            from . import _numba_kernels
+            from . import _numba as _numba_kernels
         except ImportError:
             _KERNELS = None
         else:

@@ -1,4 +1,4 @@
-"""The numba-compiled kernels behind :mod:`snapset.torch._kernels` (imported on first use).
+"""The numba-compiled kernels behind :mod:`snapset._kernels` (imported on first use).
 
 Each is a plain loop nest that LLVM vectorises for the machine it runs on (``fastmath`` lets it
 reorder the float sums, so results agree with float32 BLAS to rounding, not bit for bit).

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from .._bop_options import check_bop_options
+from .._spec import check_bop_options
 from . import _ops
 from ._layers import flip_values
 from ._ops import Tables, Tensor

@@ -7,6 +7,7 @@ Example:
     True
 """
 
+from . import export as export
 from . import optim as optim
 from ._constrain import constrain as constrain
 from ._constrain import constrain_ as constrain_
@@ -17,9 +18,6 @@ from ._diagnostics import FlipTracker as FlipTracker
 from ._diagnostics import Summary as Summary
 from ._diagnostics import SummaryRow as SummaryRow
 from ._diagnostics import summary as summary
-from ._export import SnapsetFileError as SnapsetFileError
-from ._export import load as load
-from ._export import save as save
 from ._functional import ESTIMATORS as ESTIMATORS
 from ._functional import estimator_grad as estimator_grad
 from ._gf2linear import GF2Linear as GF2Linear
@@ -32,9 +30,12 @@ from ._methods import Constraint as Constraint
 from ._methods import Flip as Flip
 from ._methods import GumbelSoftmax as GumbelSoftmax
 from ._methods import StochasticRounding as StochasticRounding
-from ._onnx import export_onnx as export_onnx
-from ._pack import PackedConv as PackedConv
-from ._pack import PackedLinear as PackedLinear
-from ._pack import pack as pack
 from ._plot import plot_training as plot_training
+from .export import PackedConv as PackedConv
+from .export import PackedLinear as PackedLinear
+from .export import SnapsetFileError as SnapsetFileError
+from .export import export_onnx as export_onnx
+from .export import load as load
+from .export import pack as pack
+from .export import save as save
 from .optim import Bop as Bop

@@ -31,12 +31,12 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .._packing import Radix, pack_codes, radix_for, unpack_codes
-from .._sets import Binary, ValueSet
-from ._constrain import _constrained_tensors, _stack
-from ._diagnostics import value_codes
-from ._gf2linear import GF2Linear
-from ._methods import Constraint, GumbelSoftmax
+from ..._packing import Radix, pack_codes, radix_for, unpack_codes
+from ..._sets import Binary, ValueSet
+from .._constrain import _constrained_tensors, _stack
+from .._diagnostics import value_codes
+from .._gf2linear import GF2Linear
+from .._methods import Constraint, GumbelSoftmax
 
 __all__ = ["SnapsetFileError", "load", "save"]
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._sets import ValueSet
-from ._constrain import named_constraints
+from ..._sets import ValueSet
+from .._constrain import named_constraints
 from ._pack import hardened_copy
 
 __all__ = ["export_onnx"]

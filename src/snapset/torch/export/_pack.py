@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._sets import ValueSet
-from ._constrain import harden_, named_constraints
-from ._kernels import PackedMatrix, decode_rows, small_matmul
+from ..._kernels import PackedMatrix, decode_rows, small_matmul
+from ..._sets import ValueSet
+from .._constrain import harden_, named_constraints
 
 __all__ = ["PackedConv", "PackedLinear", "pack"]
 

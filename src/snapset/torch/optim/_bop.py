@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT, _default_to_fused_or_foreach
 
-from ..._bop_options import MOMENTUM_RESETS, THRESHOLD_MODES, check_bop_options
 from ..._sets import ValueSet
+from ..._spec import MOMENTUM_RESETS, THRESHOLD_MODES, check_bop_options
 from .._flip import flip_constraint
 from .._methods import Flip
 

@@ -1,0 +1,22 @@
+"""Leaving training: packed files (``save``/``load``), packed inference layers (``pack``) and
+ONNX export.
+
+Example:
+    >>> import os, tempfile, torch, snapset, snapset.torch as st
+    >>> model = st.constrain(torch.nn.Linear(64, 4), "weight", snapset.Sign())
+    >>> path = st.export.save(model, os.path.join(tempfile.mkdtemp(), "m.safetensors"))
+    >>> os.path.getsize(path) < 4 * 64 * 4  # a bit a weight, plus the header
+    True
+    >>> type(st.export.pack(model)).__name__
+    'PackedLinear'
+"""
+
+from ._file import SnapsetFileError as SnapsetFileError
+from ._file import load as load
+from ._file import save as save
+from ._onnx import export_onnx as export_onnx
+from ._pack import PackedConv as PackedConv
+from ._pack import PackedLinear as PackedLinear
+from ._pack import pack as pack
+
+__all__ = ["PackedConv", "PackedLinear", "SnapsetFileError", "export_onnx", "load", "pack", "save"]
