@@ -3,7 +3,7 @@
 This module knows nothing of torch or keras. It owns the maths every front shares: the sorted
 values, the nearest-value projection with its tie rule, the index codes, the scale of the
 latent ("the set's range maps to [-1, 1]") that the training methods use, the ``spread`` init,
-and the float64 tables that each front casts to its dtype (:meth:`ValueSet.tables`), with the
+and the float64 tables that each front casts to its dtype (``ValueSet.tables``), with the
 check that the dtype still tells the values apart.
 """
 
@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterable, Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Binary", "Sign", "Tables", "Ternary", "ValueSet"]
+__all__ = ["Binary", "Sign", "Tables", "Ternary", "ValueSet", "round_to_dtype"]
 
 Float64Array = npt.NDArray[np.float64]
 
@@ -33,7 +34,7 @@ class ValueSet:
     a point exactly halfway between two neighbouring values goes to the larger one, so that the
     sign of 0 is +1 and the {0, 1} rounding of 0.5 is 1.
 
-    Example:
+    Examples:
         >>> vs = ValueSet([1, -1, 0.5, -0.5])
         >>> vs.values
         (-1.0, -0.5, 0.5, 1.0)
@@ -124,7 +125,7 @@ class ValueSet:
         """The set as plain JSON data (Keras's serialization protocol; ``snapset.keras``
         registers the class with ``keras.saving``).
 
-        Example:
+        Examples:
             >>> ValueSet.from_config(Ternary().get_config()) == Ternary()
             True
         """
@@ -132,7 +133,7 @@ class ValueSet:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ValueSet:
-        """The set that :meth:`get_config` described."""
+        """The set that ``get_config`` described."""
         return cls(config["values"])
 
     # ----- geometry ---------------------------------------------------------------------------
@@ -159,14 +160,14 @@ class ValueSet:
         Training methods keep their latent weights on this scale, so that a learning rate
         means the same for ``{0, 1}``, ``{-1, +1}`` or ``[0, 100]``.
 
-        Example:
+        Examples:
             >>> ValueSet([0, 1]).to_latent([0.0, 0.5, 1.0]).tolist()
             [-1.0, 0.0, 1.0]
         """
         return (np.asarray(x, dtype=np.float64) - self.center) / self.half_range
 
     def from_latent(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """Inverse of :meth:`to_latent`."""
+        """Inverse of ``to_latent``."""
         return np.asarray(t, dtype=np.float64) * self.half_range + self.center
 
     def spread(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -179,7 +180,7 @@ class ValueSet:
         (PyTorch's and Keras's default inits are far narrower than ``{0, 1}`` or ``{-1, 0, 1}``,
         whose nearest rounding would be all zeros). Ties keep their index order.
 
-        Example:
+        Examples:
             >>> Sign().spread([0.3, -0.2, 0.1, 0.0]).tolist()
             [0.75, -0.75, 0.25, -0.25]
         """
@@ -197,45 +198,38 @@ class ValueSet:
 
     @property
     def spread_edges(self) -> tuple[float, ...]:
-        """The ``k + 1`` edges of the bins :meth:`spread` fills: min, the midpoints, max."""
+        """The ``k + 1`` edges of the bins ``spread`` fills: min, the midpoints, max."""
         return (self._values[0], *self.midpoints, self._values[-1])
 
     # ----- tables for the fronts ----------------------------------------------------------------
 
-    def tables(
-        self,
-        dtype: str,
-        rounding: Callable[[Float64Array], Float64Array] | None = None,
-        latent_range: float | None = None,
-    ) -> Tables:
-        """The set's lookup tables as a front's ``dtype`` holds them; refuse a dtype that
-        merges two values (or a value and its boundary) or overflows.
+    def tables(self, dtype: str, latent_range: float | None = None) -> Tables:
+        """The set's lookup tables as a float ``dtype`` holds them; refuse a dtype that merges
+        two values (or a value and its boundary) or that overflows.
 
-        Every table is computed once, in float64, and rounded by ``rounding`` (float64 array
-        in, the same numbers as ``dtype`` holds them out, as float64); by default numpy's cast
-        to ``dtype``. A front passes its framework's cast (torch's ``bfloat16`` has no numpy
-        twin) and the dtype's name as its users spell it. ``latent_range`` adds the latent
-        tables of ``ste`` and ``stochastic``.
+        Every table is computed once, in float64, and rounded to ``dtype`` by
+        ``round_to_dtype`` (both fronts build from these numbers, so they agree bit for
+        bit). ``dtype`` is a name as a front spells it (``"float16"``, ``"torch.bfloat16"``);
+        messages repeat it. ``latent_range`` adds the latent tables of ``ste`` and
+        ``stochastic``.
 
-        Example:
+        Examples:
             >>> t = Ternary().tables("float16", latent_range=0.1)
             >>> t.values.tolist(), t.midpoints.tolist()
             ([-1.0, 0.0, 1.0], [-0.5, 0.5])
             >>> [round(x, 4) for x in t.thresholds.tolist()], t.scale
             ([-0.05, 0.05], 10.0)
-            >>> ValueSet([1, 1.0001]).tables("float16")  # doctest: +ELLIPSIS
+            >>> ValueSet([1, 1.0001]).tables("torch.float16")  # doctest: +ELLIPSIS
             Traceback (most recent call last):
-            ValueError: ValueSet([1, 1.0001]) cannot be told apart in float16: 1.0 and 1.0001 ...
+            ValueError: ValueSet([1, 1.0001]) cannot be told apart in torch.float16: 1.0 and ...
         """
-        if rounding is None:
-            rounding = _numpy_rounding(dtype)
         rows = [np.asarray(self._values, dtype=np.float64), np.asarray(self.midpoints)]
         if latent_range is not None:
             rows += [
                 self.to_latent(self._values) * latent_range,
                 self.to_latent(self.midpoints) * latent_range,
             ]
-        values, midpoints, *latent = (np.asarray(rounding(row), dtype=np.float64) for row in rows)
+        values, midpoints, *latent = (round_to_dtype(row, dtype) for row in rows)
         if not np.isfinite(values).all():
             raise ValueError(f"{self!r} does not fit in {dtype}: a value overflows")
         for table, boundaries in [(values, midpoints), *([tuple(latent)] if latent else [])]:
@@ -246,9 +240,9 @@ class ValueSet:
     # ----- projection ---------------------------------------------------------------------------
 
     def encode(self, x: npt.ArrayLike) -> npt.NDArray[np.int64]:
-        """Index (into :attr:`values`) of the nearest value of each entry; ties go up.
+        """Index (into ``values``) of the nearest value of each entry; ties go up.
 
-        Example:
+        Examples:
             >>> Sign().encode([-0.3, 0.0, 2.0]).tolist()
             [0, 1, 1]
         """
@@ -260,7 +254,7 @@ class ValueSet:
     def decode(self, codes: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Values of index codes.
 
-        Example:
+        Examples:
             >>> Ternary().decode([0, 1, 2]).tolist()
             [-1.0, 0.0, 1.0]
         """
@@ -277,7 +271,7 @@ class ValueSet:
     def project(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Nearest value of the set for each entry of ``x``; a tie goes to the larger value.
 
-        Example:
+        Examples:
             >>> Binary().project([-2.0, 0.49, 0.5, 7.0]).tolist()
             [0.0, 0.0, 1.0, 1.0]
         """
@@ -286,7 +280,7 @@ class ValueSet:
     def contains(self, x: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         """Elementwise membership test.
 
-        Example:
+        Examples:
             >>> Sign().contains([1.0, 0.0, -1.0]).tolist()
             [True, False, True]
         """
@@ -295,7 +289,7 @@ class ValueSet:
 
 @dataclass(frozen=True, eq=False)
 class Tables:
-    """A value set's tables in one dtype (:meth:`ValueSet.tables`), as float64 numpy arrays
+    """A value set's tables in one dtype (``ValueSet.tables``), as float64 numpy arrays
     whose numbers the dtype holds exactly.
 
     ``values`` and ``midpoints`` (the ``k - 1`` decision boundaries) are on the value scale;
@@ -320,16 +314,51 @@ class Tables:
         return self.value_set.half_range / self.latent_range
 
 
-def _numpy_rounding(dtype: str) -> Callable[[Float64Array], Float64Array]:
-    np_dtype = np.dtype(dtype)
-    if np_dtype.kind != "f":
-        raise TypeError(f"snapset constrains floating-point weights only, got dtype {dtype}")
+@dataclass(frozen=True)
+class _FloatFormat:
+    mantissa_bits: int  # stored bits of the significand
+    min_exponent: int  # of the smallest normal number, 2**min_exponent
+    largest: float
 
-    def rounding(row: Float64Array) -> Float64Array:
-        with np.errstate(over="ignore"):
-            return row.astype(np_dtype).astype(np.float64)
 
-    return rounding
+_FLOAT_FORMATS = {
+    "float16": _FloatFormat(10, -14, 65504.0),
+    "bfloat16": _FloatFormat(7, -126, float.fromhex("0x1.fep127")),
+    "float32": _FloatFormat(23, -126, float.fromhex("0x1.fffffep127")),
+    "float64": _FloatFormat(52, -1022, sys.float_info.max),
+}
+
+
+def round_to_dtype(x: npt.ArrayLike, dtype: str) -> Float64Array:
+    """``x`` rounded once to the nearest numbers of the float ``dtype``, returned as float64.
+
+    Ties go to the even neighbour and numbers beyond the largest finite one to infinity, as
+    IEEE 754 rounds. It is computed in float64 from the format's precision and exponent range,
+    so every dtype rounds exactly once: a framework's own cast from float64 to bfloat16 (torch's,
+    ml_dtypes', JAX's without x64) goes through float32 and can round twice. ``dtype`` is
+    ``float16``, ``bfloat16``, ``float32`` or ``float64``, with or without a framework prefix
+    (``torch.float16``).
+
+    Examples:
+        >>> round_to_dtype([1 + 2**-8 + 2**-30, 1 + 2**-8, 70000.0], "bfloat16").tolist()
+        [1.0078125, 1.0, 70144.0]
+        >>> round_to_dtype([0.1], "float32").tolist() == [float(np.float32(0.1))]
+        True
+    """
+    spec = _FLOAT_FORMATS.get(dtype.rpartition(".")[2])
+    if spec is None:
+        raise TypeError(
+            f"snapset constrains floating-point weights only (float16, bfloat16, float32, "
+            f"float64), got dtype {dtype}"
+        )
+    array = np.asarray(x, dtype=np.float64)
+    _, exponent = np.frexp(array)  # array = m * 2**exponent with 1/2 <= |m| < 1
+    ulp = np.ldexp(1.0, np.maximum(exponent - 1, spec.min_exponent) - spec.mantissa_bits)
+    rounded = np.rint(array / ulp) * ulp  # exact: ulp is a power of two
+    held: Float64Array = np.where(
+        np.abs(rounded) <= spec.largest, rounded, np.copysign(np.inf, array)
+    )
+    return held
 
 
 def _check_apart(vs: ValueSet, dtype: str, rows: Float64Array) -> None:
@@ -346,7 +375,7 @@ def _check_apart(vs: ValueSet, dtype: str, rows: Float64Array) -> None:
 def Binary() -> ValueSet:
     """The set ``{0, 1}``.
 
-    Example:
+    Examples:
         >>> Binary().values
         (0.0, 1.0)
     """
@@ -356,7 +385,7 @@ def Binary() -> ValueSet:
 def Sign() -> ValueSet:
     """The set ``{-1, +1}``.
 
-    Example:
+    Examples:
         >>> Sign().values
         (-1.0, 1.0)
     """
@@ -366,7 +395,7 @@ def Sign() -> ValueSet:
 def Ternary() -> ValueSet:
     """The set ``{-1, 0, +1}``.
 
-    Example:
+    Examples:
         >>> Ternary().values
         (-1.0, 0.0, 1.0)
     """

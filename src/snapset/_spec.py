@@ -7,7 +7,7 @@ Nothing here imports torch or keras.
 What each name means:
 
 * a **method** says how a gradient step moves a parameter through the set (``ste``,
-  ``stochastic``, ``gumbel``, ``flip``); :data:`METHODS` lists each with its options and
+  ``stochastic``, ``gumbel``, ``flip``); ``METHODS`` lists each with its options and
   their defaults;
 * an **estimator** is the surrogate derivative used by the latent methods (``inward``,
   ``clip``, ``identity``);
@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "BOP_DEFAULTS",
@@ -33,7 +33,9 @@ __all__ = [
     "MOMENTUM_RESETS",
     "THRESHOLD_MODES",
     "MethodSpec",
+    "NamedMethod",
     "check_bop_options",
+    "check_init",
     "check_temperature",
     "method_options",
 ]
@@ -51,7 +53,8 @@ gradients that lead back in, ``clip`` passes none, ``identity`` passes all."""
 INITS = ("spread", "nearest")
 """How the current tensor becomes the starting point; the first is the default. ``spread``:
 entries keep their order and every value is used by the same share of them
-(:meth:`snapset.ValueSet.spread`); ``nearest``: each entry takes its nearest value."""
+([`snapset.ValueSet.spread`][]); ``nearest``: each entry takes its
+nearest value."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,23 @@ class MethodSpec:
     stores: str
     #: Option name -> default, in the order the messages list them.
     options: Mapping[str, Any]
+
+
+class NamedMethod:
+    """The name and the storage of a method class, read from its ``MethodSpec``: the base
+    of both fronts' method classes (``snapset.torch.Constraint``, ``snapset.keras.Method``)."""
+
+    spec: ClassVar[MethodSpec]
+
+    @property
+    def method(self) -> str:
+        """The method's name (``"ste"``, ``"stochastic"``, ``"gumbel"``, ``"flip"``, ...)."""
+        return self.spec.name
+
+    @property
+    def stores(self) -> str:
+        """What the stored tensor holds: ``"latent"``, ``"logits"`` or ``"values"``."""
+        return self.spec.stores
 
 
 METHODS: Mapping[str, MethodSpec] = MappingProxyType(
@@ -82,29 +102,27 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
 )
 """Every method of snapset, by name. A front that lacks one (Keras has no ``gumbel`` yet) or an
 option (``seed`` exists only where a framework's random numbers need one) says so when it
-calls :func:`method_options`."""
+calls ``method_options``."""
 
 
 def method_options(
     method: str,
-    init: str,
     given: Mapping[str, Any],
     *,
     front: str,
     methods: Collection[str] = tuple(METHODS),
     unsupported: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Check a method, an init and the options given; return the method's options, defaults
-    filled in.
+    """Check a method and the options given for it; return all its options, defaults filled in.
 
     ``given`` maps option names to values, ``None`` meaning "not given". ``methods`` are the
     methods ``front`` (``"snapset.torch"``, ``"snapset.keras"``) offers and ``unsupported`` the
     options it does not; both default to everything.
 
-    Example:
-        >>> method_options("ste", "spread", {"estimator": "clip"}, front="snapset.torch")
+    Examples:
+        >>> method_options("ste", {"estimator": "clip"}, front="snapset.torch")
         {'estimator': 'clip', 'latent_range': 0.1}
-        >>> method_options("flip", "spread", {"estimator": "clip"}, front="snapset.torch")
+        >>> method_options("flip", {"estimator": "clip"}, front="snapset.torch")
         Traceback (most recent call last):
         ValueError: Option 'estimator' does not apply to method 'flip'; its options are none
     """
@@ -113,8 +131,6 @@ def method_options(
         if method in METHODS:
             raise ValueError(f"Method {method!r} is not available in {front}; its methods: {valid}")
         raise ValueError(f"Unknown method {method!r}; valid methods: {valid}")
-    if init not in INITS:
-        raise ValueError(f"Unknown init {init!r}; valid inits: " + ", ".join(map(repr, INITS)))
     defaults = {k: v for k, v in METHODS[method].options.items() if k not in unsupported}
     options = dict(defaults)
     for name, value in given.items():
@@ -128,6 +144,18 @@ def method_options(
         _OPTION_CHECKS[name](value)
         options[name] = value
     return options
+
+
+def check_init(init: Any) -> None:
+    """Refuse an init that is not one of ``INITS``.
+
+    Examples:
+        >>> check_init("zeros")
+        Traceback (most recent call last):
+        ValueError: Unknown init 'zeros'; valid inits: 'spread', 'nearest'
+    """
+    if init not in INITS:
+        raise ValueError(f"Unknown init {init!r}; valid inits: " + ", ".join(map(repr, INITS)))
 
 
 def _check_estimator(estimator: Any) -> None:
@@ -181,7 +209,7 @@ BOP_DEFAULTS: Mapping[str, Any] = MappingProxyType(
 def check_bop_options(threshold: Any, gamma: Any, threshold_mode: Any, momentum_reset: Any) -> None:
     """Refuse a hyperparameter of Bop that is out of range or of the wrong kind.
 
-    Example:
+    Examples:
         >>> check_bop_options(1e-8, 1e-4, "abs", "interior")
         >>> check_bop_options(1e-8, 0.0, "abs", "interior")
         Traceback (most recent call last):
