@@ -80,6 +80,38 @@ def fgrad():
     return function_grad
 
 
+@pytest.fixture
+def mixed_model():
+    """A factory: a model with each of snapset's layers (a set-valued bias too), all built with
+    one method; its inputs are ``(batch, 12, 3)``, its outputs ``(batch, 5)``."""
+    import keras
+
+    import snapset
+    import snapset.keras as sk
+
+    def make(method):
+        keras.utils.set_random_seed(1)
+        return keras.Sequential(
+            [
+                keras.Input((12, 3)),
+                sk.Conv1D(4, 3, [1, -1, 0.5, -0.5], method, padding="same", name="conv1d"),
+                keras.layers.Reshape((6, 2, 4)),
+                sk.Conv2D(3, 2, snapset.Ternary(), method, name="conv2d"),
+                keras.layers.Flatten(),
+                sk.Dense(5, snapset.Binary(), method, bias_values=[-1, 1], name="dense"),
+                sk.Multiplier(snapset.Sign(), method, name="multiplier"),
+            ]
+        )
+
+    return make
+
+
+@pytest.fixture
+def mixed_inputs():
+    """A batch of 16 inputs for ``mixed_model``."""
+    return np.random.default_rng(0).standard_normal((16, 12, 3)).astype("float32")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     try:

@@ -1,4 +1,4 @@
-"""The layers: exact values, Keras' own arithmetic, surrogate gradients, inits, bad input."""
+"""The layers: exact values, Keras' own arithmetic, gradients, inits, configs, bad input."""
 
 import numpy as np
 import pytest
@@ -60,26 +60,6 @@ def test_conv_computes_what_keras_conv_computes_with_the_exact_kernel(
     reference.set_weights([ours.exact_weights()["kernel"], ours.get_weights()[1]])
     np.testing.assert_allclose(y, as_numpy(reference(x)), rtol=1e-6, atol=1e-6)
     assert tuple(ours.compute_output_shape(shape)) == y.shape
-
-
-@pytest.mark.parametrize("estimator", sk.ESTIMATORS)
-def test_the_latent_gradient_is_the_straight_through_closed_form(estimator, grads):
-    values = snapset.Binary()  # half range 0.5, latent range 0.1: slope 5
-    layer = sk.Multiplier(values, estimator=estimator)
-    layer.build((None, 4))
-    latent = np.array([-0.05, 0.08, 0.15, -0.2], "float32")  # two inside, two outside
-    layer.weights[0].assign(latent)
-    x = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0]], "float32")
-    upstream = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 9.0]], "float32")
-    (grad,) = grads(layer, x, upstream)
-    through = (x * upstream).sum(0) * 5.0  # [10, 15, 20, 65]
-    if estimator == "identity":
-        expected = through
-    elif estimator == "clip":
-        expected = through * [1, 1, 0, 0]
-    else:  # inward: latent 0.15 with grad +20 moves back down, -0.2 with +65 further out
-        expected = through * [1, 1, 1, 0]
-    np.testing.assert_array_equal(grad, expected.astype("float32"))
 
 
 def test_a_flip_weight_passes_its_gradient_unchanged(grads):
@@ -214,3 +194,44 @@ def test_a_subclassed_model_builds_its_layers_inside_fit(method):
     assert set(np.unique(weights[f"{dense}/kernel"])) <= {-1.0, -0.5, 0.5, 1.0}
     assert weights[f"{dense}/kernel"].shape == (4, 3)
     assert set(np.unique(weights[f"{multiplier}/kernel"])) <= {-1.0, 1.0}
+
+
+@pytest.mark.parametrize(
+    ("method", "given", "options"),
+    [
+        ("ste", {}, {"estimator": "inward", "latent_range": 0.1}),
+        (
+            "stochastic",
+            {"estimator": "clip", "seed": 4},
+            {"estimator": "clip", "latent_range": 0.1, "seed": 4},
+        ),
+        ("flip", {}, {}),
+        (None, {}, {}),
+    ],
+)
+def test_the_config_holds_the_method_and_its_options_with_their_defaults(method, given, options):
+    layer = sk.Multiplier(FOUR, method, init="nearest", **given)
+    config = layer.get_config()
+    assert {k: config[k] for k in ("values", "method", "init")} == {
+        "values": [-1.0, -0.5, 0.5, 1.0],
+        "method": method,
+        "init": "nearest",
+    }
+    assert {k: config[k] for k in ("estimator", "latent_range", "seed") if k in config} == options
+    assert layer.options == options
+
+
+def test_a_layer_with_method_none_has_plain_weights_used_as_they_are():
+    start = keras.initializers.Constant(0.3)  # not in the set, and left so
+    layer = sk.Dense(2, FOUR, None, kernel_initializer=start, bias_initializer="ones")
+    x = np.random.default_rng(5).standard_normal((3, 4)).astype("float32")
+    y = as_numpy(layer(x))
+    assert [v.name for v in layer.weights] == ["kernel", "bias"]
+    np.testing.assert_array_equal(layer.get_weights()[0], np.full((4, 2), 0.3, "float32"))
+    np.testing.assert_allclose(y, x @ np.full((4, 2), 0.3, "float32") + 1, rtol=1e-6)
+    assert layer.exact_weights() == {} and sk.exact_weights(layer) == {}
+    np.testing.assert_array_equal(as_numpy(layer.kernel), layer.get_weights()[0])
+    clone = sk.Dense.from_config(layer.get_config())
+    assert clone.method is None and clone.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="Option 'estimator' needs a method; method=None"):
+        sk.Dense(2, FOUR, None, estimator="clip")

@@ -1,9 +1,9 @@
 """The Keras 3 front of snapset: exact set-valued layers and a flip optimizer, on any backend.
 
 Written only against ``keras.ops``, so it runs on the TensorFlow, JAX and torch backends with
-the semantics of the PyTorch front (:mod:`snapset.torch`).
+the semantics of the PyTorch front ([`snapset.torch`][]).
 
-Example:
+Examples:
     >>> import numpy as np, snapset.keras as sk
     >>> layer = sk.Multiplier(values=[1, -1, 0.5, -0.5])
     >>> _ = layer(np.ones((1, 8), "float32"))
@@ -25,21 +25,49 @@ if not _keras.__version__.startswith("3."):  # pragma: no cover - Keras 2 is not
     )
 
 from .._sets import ValueSet as _ValueSet
+from .._spec import ESTIMATORS as ESTIMATORS
+from .._spec import INITS as INITS
+from . import optim as optim
 from ._callbacks import FlipRatio as FlipRatio
 from ._constrain import constrain as constrain
-from ._harden import exact_weights as exact_weights
-from ._harden import harden_ as harden_
-from ._layers import INITS as INITS
-from ._layers import METHODS as METHODS
+from ._constrain import exact_weights as exact_weights
+from ._constrain import harden_ as harden_
 from ._layers import Conv1D as Conv1D
 from ._layers import Conv2D as Conv2D
 from ._layers import Dense as Dense
 from ._layers import Multiplier as Multiplier
 from ._layers import SetLayer as SetLayer
-from ._layers import flip_values as flip_values
-from ._ops import ESTIMATORS as ESTIMATORS
-from ._optimizers import Bop as Bop
-from ._optimizers import Router as Router
+from ._methods import METHODS as METHODS
+from ._methods import STE as STE
+from ._methods import Flip as Flip
+from ._methods import Method as Method
+from ._methods import StochasticRounding as StochasticRounding
+from ._methods import flip_values as flip_values
+from .optim import Bop as Bop
+from .optim import Router as Router
+
+__all__ = [
+    "ESTIMATORS",
+    "INITS",
+    "METHODS",
+    "STE",
+    "Bop",
+    "Conv1D",
+    "Conv2D",
+    "Dense",
+    "Flip",
+    "FlipRatio",
+    "Method",
+    "Multiplier",
+    "Router",
+    "SetLayer",
+    "StochasticRounding",
+    "constrain",
+    "exact_weights",
+    "flip_values",
+    "harden_",
+    "optim",
+]
 
 # keras.saving.serialize_keras_object / deserialize_keras_object round-trip value sets.
 _keras.saving.register_keras_serializable(package="snapset")(_ValueSet)

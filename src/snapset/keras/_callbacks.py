@@ -7,9 +7,9 @@ from typing import Any
 import keras
 import numpy as np
 import numpy.typing as npt
+from keras import ops
 
-from .._sets import ValueSet
-from ._harden import set_weights
+from ._constrain import constrained_variables
 
 EVERY = ("epoch", "batch")
 
@@ -21,10 +21,10 @@ class FlipRatio(keras.callbacks.Callback):
     exact values with the previous record: the fraction of entries whose value changed is
     that weight's flip ratio (larq's ``FlipRatio`` metric; whatever the method, latent or
     flip). The ratio over all set-valued entries goes into the logs as ``"flip_ratio"``, so
-    ``History`` keeps it per epoch. :attr:`flip_ratios` and :attr:`histograms` (entries per
+    ``History`` keeps it per epoch. ``flip_ratios`` and ``histograms`` (entries per
     value, one row per record, row 0 at the start) hold the per-weight numbers.
 
-    Example:
+    Examples:
         >>> import keras, numpy as np, snapset.keras as sk
         >>> keras.utils.set_random_seed(0)
         >>> model = keras.Sequential([keras.Input((4,)), sk.Multiplier([-1, 1], name="m")])
@@ -44,13 +44,13 @@ class FlipRatio(keras.callbacks.Callback):
         self.flip_ratios: dict[str, list[float]] = {}
         self.histograms: dict[str, list[npt.NDArray[np.int64]]] = {}
         self._previous: dict[str, npt.NDArray[np.int64]] = {}
-        self._sets: dict[str, ValueSet] = {}
+        self._sizes: dict[str, int] = {}
 
     def _codes(self) -> dict[str, npt.NDArray[np.int64]]:
         codes = {}
-        for key, values, exact in set_weights(self.model):
-            self._sets[key] = values
-            codes[key] = values.encode(exact)
+        for key, variable, method in constrained_variables(self.model):
+            self._sizes[key] = len(method.values)
+            codes[key] = np.asarray(ops.convert_to_numpy(method.codes(variable)), np.int64)
         return codes
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -65,7 +65,7 @@ class FlipRatio(keras.callbacks.Callback):
         self.histograms = {key: [self._histogram(key, c)] for key, c in self._previous.items()}
 
     def _histogram(self, key: str, codes: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        return np.bincount(codes.reshape(-1), minlength=len(self._sets[key]))
+        return np.bincount(codes.reshape(-1), minlength=self._sizes[key])
 
     def _record(self, logs: dict[str, Any] | None) -> None:
         current = self._codes()

@@ -1,15 +1,23 @@
-"""Flip-constraining a weight of any Keras layer, through public attributes only."""
+"""Constraining a weight of any Keras layer, reading a model's exact weights, and hardening.
+
+Every function here walks a model's constrained variables with ``constrained_variables``,
+which reads the record each variable carries (``snapset.keras._methods``): snapset's layers
+and weights marked by ``constrain`` are found the same way.
+"""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import keras
+import numpy.typing as npt
 from keras import ops
 
 from .._sets import ValueSet
-from . import _ops
-from ._layers import INITS, SetLayer, ValuesLike, flip_values
+from .._spec import check_init
+from ._layers import SetLayer, ValuesLike
+from ._methods import Flip, Method, attach, harden_variable, method_of
 
 LayerT = TypeVar("LayerT", bound=keras.Layer)
 
@@ -17,19 +25,20 @@ LayerT = TypeVar("LayerT", bound=keras.Layer)
 def constrain(layer: LayerT, name: str, values: ValuesLike, *, init: str = "spread") -> LayerT:
     """Make ``layer.<name>``, a weight of any built Keras layer, a flip weight of ``values``.
 
-    The variable takes exact values of the set (``init="spread"``: every value used by the
-    same share of entries, order kept; ``"nearest"``: the nearest value of each entry) and is
-    marked so that :class:`snapset.keras.Bop`, :class:`snapset.keras.Router`,
-    :func:`snapset.keras.exact_weights` and :class:`snapset.keras.FlipRatio` see it. The
-    layer's own ``call`` is untouched, so this works for any layer that exposes the weight as
-    a ``keras.Variable`` attribute (``Dense.kernel``, ``Conv*.kernel``,
-    ``Embedding.embeddings``, ``DepthwiseConv2D.depthwise_kernel``, ...), and only with the
-    ``flip`` method: ``ste`` and ``stochastic`` change what ``call`` computes with, which needs
-    snapset's own layers (:class:`Dense`, :class:`Conv1D`, :class:`Conv2D`,
-    :class:`Multiplier`). The mark is not saved: after ``load_model``, call ``constrain``
-    again with ``init="nearest"`` (the saved values are already members of the set).
+    The variable takes exact values of the set (``init="spread"``: every value used by the same
+    share of entries, order kept; ``"nearest"``: the nearest value of each entry) and is marked so
+    that [`snapset.keras.Bop`][], [`snapset.keras.Router`][],
+    [`snapset.keras.exact_weights`][] and
+    [`snapset.keras.FlipRatio`][] see it. The layer's own ``call`` is
+    untouched, so this works for any layer that exposes the weight as a ``keras.Variable`` attribute
+    (``Dense.kernel``, ``Conv*.kernel``, ``Embedding.embeddings``,
+    ``DepthwiseConv2D.depthwise_kernel``, ...), and only with the ``flip`` method: ``ste`` and
+    ``stochastic`` change what ``call`` computes with, which needs snapset's own layers (``Dense``,
+    ``Conv1D``, ``Conv2D``, ``Multiplier``). The mark is not saved: after ``load_model``, call
+    ``constrain`` again with ``init="nearest"`` (the saved values are already members of the set).
+    ``harden_`` removes it.
 
-    Example:
+    Examples:
         >>> import keras, numpy as np, snapset.keras as sk
         >>> embedding = keras.layers.Embedding(10, 4)
         >>> embedding.build((None,))
@@ -40,8 +49,7 @@ def constrain(layer: LayerT, name: str, values: ValuesLike, *, init: str = "spre
         ValueSet([0, 1])
     """
     value_set = ValueSet(values)
-    if init not in INITS:
-        raise ValueError(f"Unknown init {init!r}; valid inits: " + ", ".join(map(repr, INITS)))
+    check_init(init)
     kind = type(layer).__name__
     if isinstance(layer, SetLayer):
         raise ValueError(
@@ -60,16 +68,114 @@ def constrain(layer: LayerT, name: str, values: ValuesLike, *, init: str = "spre
             f"{kind} '{layer.name}' has no weight attribute named '{name}' holding a "
             f"keras.Variable" + (f"; its weights are {names}" if names else " (it has no weights)")
         )
-    already = flip_values(variable)
+    already = method_of(variable)
     if already is not None:
         raise ValueError(
-            f"Weight '{name}' of {kind} '{layer.name}' is already constrained to {already!r}"
+            f"Weight '{name}' of {kind} '{layer.name}' is already constrained to {already.values!r}"
         )
     if not variable.trainable:
         raise ValueError(f"Weight '{name}' of {kind} '{layer.name}' is not trainable")
-    t = _ops.tables(value_set, variable.dtype)  # refuses a dtype that merges values
-    current = ops.convert_to_tensor(variable)
-    wanted = _ops.spread(current, value_set) if init == "spread" else current
-    variable.assign(_ops.stored_from_values(wanted, t, "flip"))
-    variable._snapset_flip_values = value_set
+    method = Flip(value_set, variable.dtype, variable.name)  # refuses a dtype that merges values
+    variable.assign(method.start(ops.convert_to_tensor(variable), init))
+    attach(variable, method)
     return layer
+
+
+def _layers(model: keras.Layer) -> Iterator[keras.Layer]:
+    """Every layer in ``model`` (itself included), each once, sublayers before their container."""
+    seen: set[int] = set()
+
+    def visit(layer: keras.Layer) -> Iterator[keras.Layer]:
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        for sublayer in getattr(layer, "layers", []):
+            yield from visit(sublayer)
+        yield layer
+
+    yield from visit(model)
+
+
+def constrained_variables(model: keras.Layer) -> Iterator[tuple[str, Any, Method]]:
+    """``(key, variable, method object)`` of every constrained variable in ``model``, in order.
+
+    Keys are ``"<layer name>/<weight name>"``, the layer being the innermost one that holds
+    the variable. Refuses a snapset layer that is not built yet (it has no variables to show).
+
+    Examples:
+        >>> import keras, snapset.keras as sk
+        >>> model = keras.Sequential([keras.Input((3,)), sk.Dense(2, [0, 1], "flip", name="d")])
+        >>> [(key, variable.name, method.method) for key, variable, method in
+        ...  constrained_variables(model)]
+        [('d/kernel', 'kernel', 'flip')]
+    """
+    seen: set[int] = set()
+    for layer in _layers(model):
+        if isinstance(layer, SetLayer) and layer.method is not None and not layer.built:
+            raise ValueError(
+                f"Layer '{layer.name}' is not built yet, so it has no weights: call the model "
+                "on a batch (or build it with an input shape) first"
+            )
+        for variable in layer.weights:
+            method = method_of(variable)
+            if method is not None and id(variable) not in seen:
+                seen.add(id(variable))
+                yield f"{layer.name}/{method.weight}", variable, method
+
+
+def exact_weights(model: keras.Layer) -> dict[str, npt.NDArray[Any]]:
+    """The exact values of every constrained weight of ``model``, as numpy arrays.
+
+    Keys are ``"<layer name>/<weight name>"`` (``kernel``, ``bias`` with ``bias_values``); weights
+    of other layers marked by [`snapset.keras.constrain`][] come too. These
+    are the values the layers compute with in inference, not the latents that
+    ``model.get_weights()`` returns for ``ste`` and ``stochastic`` layers.
+
+    Examples:
+        >>> import keras, numpy as np, snapset.keras as sk
+        >>> model = keras.Sequential([keras.Input((3,)), sk.Dense(2, [0, 1], name="d")])
+        >>> weights = sk.exact_weights(model)
+        >>> list(weights), sorted(np.unique(weights["d/kernel"]).tolist())
+        (['d/kernel'], [0.0, 1.0])
+    """
+    return {
+        key: ops.convert_to_numpy(method.hard(variable))
+        for key, variable, method in constrained_variables(model)
+    }
+
+
+def harden_(model: LayerT) -> LayerT:
+    """Remove every constraint of ``model``, in place, leaving its exact values; return it.
+
+    Each constrained variable is assigned its exact values and becomes a plain weight with no
+    constraint, and snapset's layers become ``method=None``: the Keras counterpart of
+    [`snapset.torch.harden_`][]. Inference outputs stay the same, bit for bit;
+    ``get_weights``, ``save`` and ``save_weights`` hold only set members; ``exact_weights``,
+    ``flip_values``, ``Router`` and ``FlipRatio`` no longer see those weights.
+    A compiled model's cached train/predict functions are dropped so that they are traced
+    again; compile it again to train it further (as a plain float model).
+
+    Examples:
+        >>> import keras, numpy as np, snapset.keras as sk
+        >>> model = keras.Sequential([keras.Input((3,)), sk.Dense(2, [-1, 1])])
+        >>> x = np.ones((1, 3), "float32")
+        >>> before = model.predict(x, verbose=0)
+        >>> model = sk.harden_(model)
+        >>> np.array_equal(model.predict(x, verbose=0), before)
+        True
+        >>> sorted(np.unique(model.layers[0].get_weights()[0]).tolist())
+        [-1.0, 1.0]
+        >>> model.layers[0].method, sk.exact_weights(model)
+        (None, {})
+    """
+    # The walk refuses an unbuilt layer before anything changes.
+    variables = [variable for _, variable, _ in constrained_variables(model)]
+    for variable in variables:
+        harden_variable(variable)
+    for layer in _layers(model):
+        if isinstance(layer, SetLayer):
+            layer.harden()
+    for function in ("train_function", "test_function", "predict_function"):
+        if getattr(model, function, None) is not None:
+            setattr(model, function, None)
+    return model

@@ -10,84 +10,35 @@ import numpy.typing as npt
 from keras import ops
 
 from .._sets import ValueSet
-from . import _ops
-from ._ops import Tables, Tensor
-
-METHODS = ("ste", "stochastic", "flip")
-"""The methods of the Keras front (as in ``snapset.torch``; ``gumbel`` is PyTorch only)."""
-
-INITS = ("spread", "nearest")
-
-#: Options each method accepts, besides the value set (as ``snapset.torch.constrain``).
-_OPTIONS = {
-    "ste": ("estimator", "latent_range"),
-    "stochastic": ("estimator", "latent_range", "seed"),
-    "flip": (),
-}
+from .._spec import check_init
+from ._functional import Tensor
+from ._methods import METHODS, attach, check_options, harden_variable, method_of
 
 ValuesLike = ValueSet | Sequence[float]
-
-
-def check_method(method: str, init: str, **given: Any) -> None:
-    """Refuse an unknown method or init, or an option that does not apply to the method."""
-    if method not in METHODS:
-        raise ValueError(
-            f"Unknown method {method!r}; valid methods: " + ", ".join(map(repr, METHODS))
-        )
-    if init not in INITS:
-        raise ValueError(f"Unknown init {init!r}; valid inits: " + ", ".join(map(repr, INITS)))
-    accepted = _OPTIONS[method]
-    for name, value in given.items():
-        if value is not None and name not in accepted:
-            raise ValueError(
-                f"Option {name!r} does not apply to method {method!r}; its options are "
-                + (", ".join(map(repr, accepted)) or "none")
-            )
-    estimator = given.get("estimator")
-    if estimator is not None and estimator not in _ops.ESTIMATORS:
-        raise ValueError(
-            f"Unknown estimator {estimator!r}; valid estimators: "
-            + ", ".join(map(repr, _ops.ESTIMATORS))
-        )
-    latent_range = given.get("latent_range")
-    if latent_range is not None and not latent_range > 0:
-        raise ValueError(f"Invalid latent_range: {latent_range} (must be > 0)")
-
-
-def flip_values(variable: Any) -> ValueSet | None:
-    """The value set of a flip variable (one that holds set values and that Bop moves), or None.
-
-    Example:
-        >>> import numpy as np, snapset.keras as sk
-        >>> layer = sk.Multiplier([0, 1], method="flip")
-        >>> _ = layer(np.ones((1, 3), "float32"))
-        >>> flip_values(layer.weights[0])
-        ValueSet([0, 1])
-    """
-    values = getattr(variable, "_snapset_flip_values", None)
-    return values if isinstance(values, ValueSet) else None
 
 
 class SetLayer(keras.Layer):
     """Base of snapset's Keras layers: some weights are stored, the layer sees exact set values.
 
-    Each constrained weight ``name`` has one stored variable: for ``ste`` and ``stochastic``
-    a float latent ``u`` named ``<name>_latent``, on the scale where the set's range is
-    ``[-latent_range, latent_range]``; for ``flip`` the set values themselves, named
-    ``<name>``. :meth:`exact_weights` reads the values the layer computes with;
-    :meth:`harden` bakes them into the stored variables.
+    Each constrained weight ``name`` has one stored variable, and a method object
+    ([`snapset.keras.METHODS`][]) that says what it stores and how it becomes
+    exact values: for ``ste`` and ``stochastic`` a float latent ``u`` named ``<name>_latent``, on
+    the scale where the set's range is ``[-latent_range, latent_range]``; for ``flip`` the set
+    values themselves, named ``<name>``. ``exact_weights`` reads the values the layer computes with;
+    ``harden`` bakes them into the stored variables and removes the constraints.
 
-    The maths is that of the PyTorch front (:func:`snapset.torch.constrain`): nearest value
-    with ties to the larger value, the straight-through gradient shaped by ``estimator``
-    (``"inward"``, ``"clip"`` or ``"identity"``), stochastic rounding between neighbours while
-    training, and ``init="spread"`` (every value used by the same share of entries) or
-    ``"nearest"``.
+    The maths is that of the PyTorch front ([`snapset.torch.constrain`][]):
+    nearest value with ties to the larger value, the straight-through gradient shaped by
+    ``estimator`` (``"inward"``, ``"clip"`` or ``"identity"``), stochastic rounding between
+    neighbours while training, and ``init="spread"`` (every value used by the same share of entries)
+    or ``"nearest"``. ``method=None`` means no constraint, what ``harden`` leaves: the weights are
+    plain variables, drawn by their initializer and used as they are.
 
-    A layer of your own gets set-valued weights from :meth:`add_set_weight` in ``build`` and
-    reads them with :meth:`set_value` in ``call``; register it with
+    A layer of your own gets set-valued weights from ``add_set_weight`` in ``build`` and
+    reads them with ``set_value`` in ``call``; register it with
     ``keras.saving.register_keras_serializable`` to save it.
 
-    Example:
+    Examples:
         >>> import keras, numpy as np, snapset.keras as sk
         >>> class Scale(sk.SetLayer):  # y = x * s, one s in {0.5, 1, 2} for the whole input
         ...     def build(self, input_shape):
@@ -104,7 +55,7 @@ class SetLayer(keras.Layer):
     def __init__(
         self,
         values: ValuesLike,
-        method: str = "ste",
+        method: str | None = "ste",
         *,
         estimator: str | None = None,
         latent_range: float | None = None,
@@ -113,20 +64,24 @@ class SetLayer(keras.Layer):
         **kwargs: Any,
     ) -> None:
         value_set = ValueSet(values)
-        check_method(method, init, estimator=estimator, latent_range=latent_range, seed=seed)
+        given = {"estimator": estimator, "latent_range": latent_range, "seed": seed}
+        if method is None:
+            _refuse_options(given)
+        #: The method's options, defaults filled in (what ``get_config`` saves).
+        self.options: dict[str, Any] = {} if method is None else check_options(method, given)
+        check_init(init)
         # Latents are read in their own dtype (a float16 copy could round across a boundary);
         # call() casts the exact values to the compute dtype itself.
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.values = value_set
         self.method = method
-        self.estimator = estimator if estimator is not None else "inward"
-        self.latent_range = float(latent_range) if latent_range is not None else 0.1
         self.init = init
-        self.seed = seed
-        if method == "stochastic":
-            self.seed_generator = keras.random.SeedGenerator(seed)
-        self._set_weights: dict[str, tuple[Any, Tables]] = {}
+        # keras.random draws from a generator the layer tracks (JAX needs its state).
+        self.seed_generator = (
+            keras.random.SeedGenerator(self.options["seed"]) if "seed" in self.options else None
+        )
+        self._set_weights: dict[str, Any] = {}
 
     # ----- building ---------------------------------------------------------------------------
 
@@ -136,45 +91,35 @@ class SetLayer(keras.Layer):
         """Create the stored variable of weight ``name``; its values come from ``values``.
 
         ``initializer`` draws the starting point, which ``init`` then maps onto the set. Returns
-        the variable (the latent for ``ste`` and ``stochastic``).
+        the variable (the latent for ``ste`` and ``stochastic``; with ``method=None``, a plain
+        variable drawn by ``initializer``).
         """
         vs = values if values is not None else self.values
-        dtype = self.variable_dtype
-        t = _ops.tables(vs, dtype, self.latent_range)
-        _ops.tables(vs, self.compute_dtype, self.latent_range)  # the values must survive the cast
+        vs.tables(self.compute_dtype)  # the values must survive the cast to the compute dtype
         base = keras.initializers.get(initializer)
+        if self.method is None:
+            variable = self.add_weight(name=name, shape=shape, initializer=base)
+        else:
+            method = METHODS[self.method](vs, self.variable_dtype, name, **self.options)
 
-        def start(shape: tuple[int, ...], dtype: Any = None) -> Tensor:
-            # In keras.ops: Keras may run this while build() is traced (TensorFlow, JAX).
-            drawn = ops.cast(base(shape, dtype=dtype), dtype)
-            wanted = _ops.spread(drawn, vs) if self.init == "spread" else drawn
-            return _ops.stored_from_values(wanted, t, self.method)
+            def start(shape: tuple[int, ...], dtype: Any = None) -> Tensor:
+                # In keras.ops: Keras may run this while build() is traced.
+                return method.start(ops.cast(base(shape, dtype=dtype), dtype), self.init)
 
-        stored_name = name if self.method == "flip" else f"{name}_latent"
-        variable = self.add_weight(
-            name=stored_name,
-            shape=shape,
-            initializer=start,
-            dtype=dtype,
-        )
-        if self.method == "flip":
-            variable._snapset_flip_values = vs
-        self._set_weights[name] = (variable, t)
+            variable = self.add_weight(name=method.stored_name, shape=shape, initializer=start)
+            attach(variable, method)
+        self._set_weights[name] = variable
         return variable
 
     # ----- reading ----------------------------------------------------------------------------
 
     def set_value(self, name: str, training: bool | None = None) -> Tensor:
         """The exact values of weight ``name`` as the forward pass uses them, with gradient."""
-        variable, t = self._set_weights[name]
-        if self.method == "flip":
-            return ops.cast(variable, self.compute_dtype)
-        latent = ops.convert_to_tensor(variable)
-        if self.method == "stochastic" and training:
-            hard = _ops.stochastic_round(latent, t, self.seed_generator)
-        else:
-            hard = _ops.nearest(latent, t)
-        return ops.cast(_ops.straight_through(latent, hard, t, self.estimator), self.compute_dtype)
+        variable = self._set_weights[name]
+        method = method_of(variable)
+        if method is not None:
+            variable = method.value(variable, training, self.seed_generator)
+        return ops.cast(variable, self.compute_dtype)
 
     def exact_weights(self) -> dict[str, npt.NDArray[Any]]:
         """The deterministic exact values of each constrained weight, as numpy arrays.
@@ -182,65 +127,73 @@ class SetLayer(keras.Layer):
         These are what the layer computes with in inference (and, except for ``stochastic``
         while training, in training): members of the value set, never the latents.
 
-        Example:
+        Examples:
             >>> import numpy as np, snapset.keras as sk
             >>> layer = sk.Dense(3, values=[-1, 1])
             >>> _ = layer(np.ones((1, 4), "float32"))
             >>> sorted(np.unique(layer.exact_weights()["kernel"]).tolist())
             [-1.0, 1.0]
         """
-        return {name: ops.convert_to_numpy(self._hard(name)) for name in self._set_weights}
+        return {
+            name: ops.convert_to_numpy(method.hard(variable))
+            for name, variable in self._set_weights.items()
+            if (method := method_of(variable)) is not None
+        }
 
     def _hard(self, name: str) -> Tensor:
-        variable, t = self._set_weights[name]
-        if self.method == "flip":
-            return ops.convert_to_tensor(variable)
-        return _ops.nearest(ops.convert_to_tensor(variable), t)
+        variable = self._set_weights[name]
+        method = method_of(variable)
+        return ops.convert_to_tensor(variable) if method is None else method.hard(variable)
 
     def set_value_set(self, name: str) -> ValueSet:
         """The value set of constrained weight ``name``."""
-        return self._set_weights[name][1].values
+        method = method_of(self._set_weights[name])
+        if method is None:
+            raise ValueError(f"Weight '{name}' of layer '{self.name}' has no constraint")
+        return method.values
 
     # ----- hardening ----------------------------------------------------------------------------
 
     def harden(self) -> None:
-        """Store the exact values in place of the latents; the layer becomes ``method="flip"``.
+        """Store the exact values in place of the latents and remove the constraints.
 
-        The outputs in inference stay the same, bit for bit; the stored variables (and what
-        ``get_weights``, ``save`` and ``save_weights`` write) hold only set members. Further
-        training needs a flip optimizer (:class:`snapset.keras.Bop`, through
-        :class:`snapset.keras.Router`); recompile a compiled model first.
+        Each constrained variable is assigned its exact values and becomes a plain weight, and the
+        layer becomes ``method=None`` (as [`snapset.torch.harden_`][] leaves
+        plain parameters). The outputs in inference stay the same, bit for bit; the stored variables
+        (and what ``get_weights``, ``save`` and ``save_weights`` write) hold only set members;
+        ``exact_weights``, [`snapset.keras.Router`][] and
+        [`snapset.keras.FlipRatio`][] no longer see them. Recompile a
+        compiled model before training it further ([`snapset.keras.harden_`][]
+        drops its compiled functions).
 
-        Example:
+        Examples:
             >>> import numpy as np, snapset.keras as sk
             >>> layer = sk.Multiplier([1, -1, 0.5, -0.5])
             >>> _ = layer(np.ones((1, 8), "float32"))
             >>> layer.harden()
             >>> layer.method, sorted(set(layer.get_weights()[0].tolist())) == [-1, -0.5, 0.5, 1]
-            ('flip', True)
+            (None, True)
         """
-        if self.method == "flip":
-            return
-        for name, (variable, t) in self._set_weights.items():
-            variable.assign(self._hard(name))
-            variable._snapset_flip_values = t.values
-        self.method = "flip"
-        self.estimator = "inward"
+        for variable in self._set_weights.values():
+            harden_variable(variable)
+        self.method = None
+        self.options = {}
 
     # ----- config ---------------------------------------------------------------------------
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = super().get_config()
-        config.update(
-            values=list(self.values.values),
-            method=self.method,
-            init=self.init,
-        )
-        if self.method != "flip":
-            config.update(estimator=self.estimator, latent_range=self.latent_range)
-        if self.method == "stochastic":
-            config.update(seed=self.seed)
+        config.update(values=list(self.values.values), method=self.method, init=self.init)
+        config.update(self.options)
         return config
+
+
+def _refuse_options(given: dict[str, Any]) -> None:
+    for name, value in given.items():
+        if value is not None:
+            raise ValueError(
+                f"Option {name!r} needs a method; method=None means no constraint, and no options"
+            )
 
 
 @keras.saving.register_keras_serializable(package="snapset")
@@ -249,9 +202,9 @@ class Multiplier(SetLayer):
 
     The forum's ``LearnableMultiplier``, done right: ``w`` has one entry per feature (the
     input's last axis), always an exact member of ``values``, trained through ``method``
-    (``"ste"``, ``"stochastic"`` or ``"flip"``; see :class:`SetLayer` for the options).
+    (``"ste"``, ``"stochastic"`` or ``"flip"``; see ``SetLayer`` for the options).
 
-    Example:
+    Examples:
         >>> import numpy as np, snapset.keras as sk
         >>> layer = sk.Multiplier(values=[1, -1, 0.5, -0.5])
         >>> y = layer(np.ones((2, 4), "float32"))
@@ -262,7 +215,7 @@ class Multiplier(SetLayer):
     def __init__(
         self,
         values: ValuesLike,
-        method: str = "ste",
+        method: str | None = "ste",
         *,
         kernel_initializer: Any = None,
         **kwargs: Any,
@@ -304,7 +257,7 @@ class _KernelBiasLayer(SetLayer):
     def __init__(
         self,
         values: ValuesLike,
-        method: str = "ste",
+        method: str | None = "ste",
         *,
         activation: Any = None,
         use_bias: bool = True,
@@ -360,9 +313,9 @@ class Dense(_KernelBiasLayer):
     """``y = activation(x @ W + b)`` with ``W`` (and, with ``bias_values``, ``b``) in a set.
 
     The bias stays a float weight unless ``bias_values`` gives it a set of its own; it is then
-    trained by the same method. Options as :class:`SetLayer`.
+    trained by the same method. Options as ``SetLayer``.
 
-    Example:
+    Examples:
         >>> import numpy as np, snapset, snapset.keras as sk
         >>> layer = sk.Dense(4, values=snapset.Ternary())
         >>> tuple(layer(np.ones((2, 8), "float32")).shape)
@@ -371,7 +324,9 @@ class Dense(_KernelBiasLayer):
         [-1.0, 0.0, 1.0]
     """
 
-    def __init__(self, units: int, values: ValuesLike, method: str = "ste", **kwargs: Any) -> None:
+    def __init__(
+        self, units: int, values: ValuesLike, method: str | None = "ste", **kwargs: Any
+    ) -> None:
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
             raise ValueError(f"Invalid units: {units!r} (must be an int >= 1)")
         super().__init__(values, method, **kwargs)
@@ -410,7 +365,7 @@ class _Conv(_KernelBiasLayer):
         filters: int,
         kernel_size: int | Sequence[int],
         values: ValuesLike,
-        method: str = "ste",
+        method: str | None = "ste",
         *,
         strides: int | Sequence[int] = 1,
         padding: str = "valid",
@@ -511,9 +466,9 @@ class Conv1D(_Conv):
     """A 1-d convolution whose kernel (and, with ``bias_values``, bias) lies in a value set.
 
     Arguments as ``keras.layers.Conv1D`` (no ``groups``), then the set options of
-    :class:`SetLayer`.
+    ``SetLayer``.
 
-    Example:
+    Examples:
         >>> import numpy as np, snapset.keras as sk
         >>> layer = sk.Conv1D(4, 3, values=[0, 1], padding="same")
         >>> tuple(layer(np.ones((2, 10, 2), "float32")).shape)
@@ -528,9 +483,9 @@ class Conv2D(_Conv):
     """A 2-d convolution whose kernel (and, with ``bias_values``, bias) lies in a value set.
 
     Arguments as ``keras.layers.Conv2D`` (no ``groups``), then the set options of
-    :class:`SetLayer`.
+    ``SetLayer``.
 
-    Example:
+    Examples:
         >>> import numpy as np, snapset.keras as sk
         >>> layer = sk.Conv2D(4, 3, values=[-1, 1], strides=2)
         >>> tuple(layer(np.ones((2, 9, 9, 3), "float32")).shape)

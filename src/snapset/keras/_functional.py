@@ -1,0 +1,135 @@
+"""Tensor-level maths of the Keras front, written only against ``keras.ops``.
+
+The same definitions as the PyTorch front: the tables come from
+[`snapset.ValueSet.tables`][] in float64, rounded once to the weight's dtype,
+so both fronts choose the same value for the same latent, ties included. Forward values are looked
+up in a table (``ops.take``), never computed as ``w + stop_gradient(q - w)``, which rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import numpy.typing as npt
+from keras import ops
+
+from .._sets import ValueSet, round_to_dtype
+
+Tensor = Any  # a backend tensor (tf.Tensor, torch.Tensor or jax.Array)
+Float64Array = npt.NDArray[np.float64]
+#: A surrogate derivative: ``(latent, upstream gradient, scale, bound) -> latent gradient``.
+Surrogate = Callable[[Tensor, Tensor, float, float], Tensor]
+
+
+def codes(x: Tensor, boundaries: Tensor) -> Tensor:
+    """Index of each entry's value: how many of the sorted ``boundaries`` lie at or below it.
+
+    A tie goes up. A sum of comparisons: exact and the same on every backend.
+
+    Examples:
+        >>> x = ops.convert_to_tensor([-1.0, 0.0, 0.3, 2.0])
+        >>> ops.convert_to_numpy(codes(x, ops.convert_to_tensor([0.0, 1.0]))).tolist()
+        [0, 1, 1, 2]
+    """
+    index = ops.cast(ops.greater_equal(x, boundaries[0]), "int32")
+    for j in range(1, int(boundaries.shape[0])):
+        index = index + ops.cast(ops.greater_equal(x, boundaries[j]), "int32")
+    return index
+
+
+def nearest(latent: Tensor, thresholds: Tensor, table: Tensor) -> Tensor:
+    """Exact nearest values of ``latent``; one exactly on a threshold goes to the larger value.
+
+    ``thresholds`` are the decision boundaries on the latent's scale, ``table`` the values.
+
+    Examples:
+        >>> u = ops.convert_to_tensor([-0.1, 0.0, 0.04])
+        >>> thresholds = ops.convert_to_tensor([-0.05, 0.0, 0.05])
+        >>> table = ops.convert_to_tensor([-1.0, -0.5, 0.5, 1.0])
+        >>> ops.convert_to_numpy(nearest(u, thresholds, table)).tolist()
+        [-1.0, 0.5, 0.5]
+    """
+    return ops.take(table, codes(latent, thresholds))
+
+
+def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor, seed: Any) -> Tensor:
+    """Round at random to one of the two neighbouring values, unbiased on the latent scale.
+
+    ``levels`` are the values on the latent's scale. A latent between levels
+    ``l_j <= u < l_{j+1}`` becomes value ``j + 1`` with probability
+    ``(u - l_j) / (l_{j+1} - l_j)`` and value ``j`` otherwise; latents outside the range are
+    clipped first. ``seed`` is a ``keras.random.SeedGenerator`` (or an int). Gupta et al.,
+    2015, "Deep Learning with Limited Numerical Precision".
+
+    Examples:
+        >>> levels, table = ops.convert_to_tensor([-0.1, 0.1]), ops.convert_to_tensor([0.0, 1.0])
+        >>> u = ops.convert_to_tensor([-0.3, 0.1, 0.5])
+        >>> ops.convert_to_numpy(stochastic_round(u, levels, table, seed=0)).tolist()
+        [0.0, 1.0, 1.0]
+    """
+    last = int(levels.shape[0]) - 1
+    clipped = ops.clip(latent, levels[0], levels[last])
+    low = ops.clip(codes(clipped, levels) - 1, 0, last - 1)
+    below, above = ops.take(levels, low), ops.take(levels, low + 1)
+    p_up = (clipped - below) / (above - below)
+    draw = keras.random.uniform(ops.shape(latent), dtype=latent.dtype, seed=seed)
+    up = ops.cast(ops.less(draw, p_up), "int32")
+    return ops.take(table, low + up)
+
+
+def straight_through(
+    latent: Tensor, hard: Tensor, surrogate: Surrogate, scale: float, bound: float
+) -> Tensor:
+    """Return ``hard`` exactly, with the ``surrogate``'s gradient flowing to ``latent``.
+
+    ``scale`` is the slope of value against latent inside ``[-bound, bound]`` (see
+    ``snapset.keras._estimators`` for the surrogates).
+
+    Examples:
+        >>> from snapset.keras._estimators import identity
+        >>> u = ops.convert_to_tensor([-0.05, 0.0, 0.2])
+        >>> q = ops.convert_to_tensor([0.0, 1.0, 1.0])
+        >>> ops.convert_to_numpy(straight_through(u, q, identity, 5.0, 0.1)).tolist()
+        [0.0, 1.0, 1.0]
+    """
+
+    @ops.custom_gradient  # type: ignore[untyped-decorator]
+    def forward(u: Tensor, q: Tensor) -> tuple[Tensor, Callable[..., tuple[Tensor, Tensor]]]:
+        def grad(*args: Tensor, upstream: Tensor | None = None) -> tuple[Tensor, Tensor]:
+            # TensorFlow and JAX pass the upstream gradient positionally, torch by keyword.
+            if upstream is None:
+                (upstream,) = args
+            return surrogate(u, upstream, scale, bound), ops.zeros_like(q)
+
+        return ops.copy(q), grad
+
+    # Copies, so that TensorFlow sees tensors rather than the variable they were read from.
+    return forward(ops.copy(latent), hard)
+
+
+def spread(weight: Tensor, values: ValueSet) -> Tensor:
+    """[`snapset.ValueSet.spread`][] of ``weight``, in its dtype, bit for
+    bit.
+
+    Entries keep their order and every value is used by the same share of them. The spread
+    depends on the entries only through their ranks, so the core computes it once for the ranks
+    ``0 .. n-1`` (in float64, rounded once to the weight's dtype) and each entry takes the number
+    of its rank. Written in ``keras.ops`` because Keras may initialise a weight while ``build``
+    is traced (TensorFlow, JAX, and torch's symbolic build), where no numpy value exists.
+
+    Examples:
+        >>> import snapset
+        >>> w = spread(ops.convert_to_tensor([0.3, -0.2, 0.1, 0.0]), snapset.Sign())
+        >>> ops.convert_to_numpy(w).tolist()
+        [0.75, -0.75, 0.25, -0.25]
+    """
+    dtype = keras.backend.standardize_dtype(weight.dtype)
+    flat = ops.reshape(weight, (-1,))
+    n = int(flat.shape[0])
+    by_rank = round_to_dtype(values.spread(np.arange(n, dtype=np.float64)), dtype)
+    # argsort is stable on every backend, so tied entries keep their index order as in the core.
+    ranks = ops.argsort(ops.argsort(flat))
+    return ops.reshape(ops.take(ops.convert_to_tensor(by_rank, dtype), ranks), ops.shape(weight))

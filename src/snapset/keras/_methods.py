@@ -1,0 +1,263 @@
+"""The methods: how one weight's stored variable becomes exact values of its set.
+
+A method object serves one weight. It owns the weight's value set and tables (in the
+variable's dtype), says what the variable stores and how it is named, maps wanted values to
+what is stored (``Method.right_inverse``), gives the forward value with its gradient
+(``Method.value``), the deterministic exact values (``Method.hard``) and their index
+codes (``Method.codes``). The variable carries a reference to its method object: that
+record is the one place that says a variable is constrained, for snapset's layers and for
+weights marked by [`snapset.keras.constrain`][] alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from keras import ops
+
+from .._sets import ValueSet
+from .._spec import METHODS as SPECS
+from .._spec import NamedMethod, method_options
+from . import _functional as F
+from ._estimators import SURROGATES
+from ._functional import Tensor
+
+_RECORD = "_snapset_method"
+
+
+class Method(NamedMethod):
+    """Base of the methods: one weight's stored variable in, exact values of its set out.
+
+    ``values`` is the weight's value set, ``dtype`` its variable's dtype, ``weight`` its name
+    (``"kernel"``); ``options`` are the method's (see ``snapset._spec.METHODS``), checked
+    and completed with their defaults into ``options``. Refuses a dtype that cannot tell
+    the values apart.
+
+    Examples:
+        >>> import snapset, snapset.keras as sk
+        >>> method = sk.METHODS["stochastic"](snapset.Ternary(), "float32", "kernel")
+        >>> method.method, method.stores, method.stored_name, method.options["latent_range"]
+        ('stochastic', 'latent', 'kernel_latent', 0.1)
+    """
+
+    def __init__(self, values: ValueSet, dtype: str, weight: str, **options: Any) -> None:
+        self.options = check_options(self.method, options)
+        self.values = values
+        self.dtype = dtype
+        self.weight = weight
+        self.tables = values.tables(dtype, self.options.get("latent_range"))
+
+    @property
+    def stored_name(self) -> str:
+        """The stored variable's name: the weight's, with ``_latent`` for a latent."""
+        return self.weight if self.stores == "values" else f"{self.weight}_latent"
+
+    def start(self, drawn: Tensor, init: str) -> Tensor:
+        """What to store for a freshly drawn tensor: ``init`` (``"spread"`` or ``"nearest"``,
+        see ``snapset._spec.INITS``), then ``right_inverse``."""
+        return self.right_inverse(F.spread(drawn, self.values) if init == "spread" else drawn)
+
+    def right_inverse(self, values: Tensor) -> Tensor:
+        """What to store so that the weight shows ``values`` (their nearest members)."""
+        raise NotImplementedError
+
+    def value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+        """The exact values the forward pass uses, with the method's gradient to ``stored``."""
+        raise NotImplementedError
+
+    def hard(self, stored: Tensor) -> Tensor:
+        """The deterministic exact values (inference,
+        [`snapset.keras.exact_weights`][])."""
+        raise NotImplementedError
+
+    def codes(self, stored: Tensor) -> Tensor:
+        """Index of each entry's deterministic value in the sorted set (int32)."""
+        raise NotImplementedError
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """The values of index codes, in the variable's dtype."""
+        return ops.take(self._tensor(self.tables.values), codes)
+
+    def _tensor(self, table: Any) -> Tensor:
+        return ops.convert_to_tensor(table, self.dtype)
+
+    def __repr__(self) -> str:
+        options = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}({self.values!r}, {self.dtype!r}, {self.weight!r}{options})"
+
+
+class _Latent(Method):
+    """Stores a float latent ``u`` on the scale where the set's range is
+    ``[-latent_range, latent_range]``: ``w = centre + half_range * u / latent_range``."""
+
+    def right_inverse(self, values: Tensor) -> Tensor:
+        """Latents of ``values``: ``(values - centre) * latent_range / half_range``."""
+        vs = self.values
+        return (values - vs.center) * (self.options["latent_range"] / vs.half_range)
+
+    def value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+        latent = ops.convert_to_tensor(stored)
+        rounded = self._round(latent, training, seed_generator)
+        surrogate = SURROGATES[self.options["estimator"]]
+        return F.straight_through(
+            latent, rounded, surrogate, self.tables.scale, self.options["latent_range"]
+        )
+
+    def _round(self, latent: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+        """The exact values of the forward pass, without gradient."""
+        raise NotImplementedError
+
+    def hard(self, stored: Tensor) -> Tensor:
+        return self.decode(self.codes(stored))
+
+    def codes(self, stored: Tensor) -> Tensor:
+        return F.codes(ops.convert_to_tensor(stored), self._tensor(self.tables.thresholds))
+
+
+class STE(_Latent):
+    r"""Nearest value forward, straight-through gradient to a float latent.
+
+    Forward, in training and inference alike, the nearest value of the set to the latent's
+    value (a tie goes to the larger value), ``q = nearest(w) in V``. Backward:
+    ``dq/du = half_range / latent_range`` inside the range, shaped outside by the estimator
+    (``snapset.keras._estimators``). Courbariaux et al., 2016, "Binarized Neural Networks";
+    Bengio et al., 2013, "Estimating or Propagating Gradients Through Stochastic Neurons".
+
+    Examples:
+        >>> import snapset
+        >>> ste = STE(snapset.Binary(), "float32", "kernel")
+        >>> ste
+        STE(ValueSet([0, 1]), 'float32', 'kernel', estimator='inward', latent_range=0.1)
+        >>> ste.stored_name
+        'kernel_latent'
+        >>> u = ste.right_inverse(ops.convert_to_tensor([0.0, 0.4, 0.5, 1.0]))
+        >>> ops.convert_to_numpy(ste.hard(u)).tolist(), ops.convert_to_numpy(ste.codes(u)).tolist()
+        ([0.0, 0.0, 1.0, 1.0], [0, 0, 1, 1])
+    """
+
+    spec = SPECS["ste"]
+
+    def _round(self, latent: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+        return self.hard(latent)
+
+
+class StochasticRounding(_Latent):
+    """Random rounding to a neighbouring value while training, nearest value in inference.
+
+    Same latent as ``STE``. While training, a latent between two neighbouring values
+    rounds up with probability proportional to its distance from the lower one, so that
+    ``E[q] = w`` inside the range (one draw per forward pass, from the layer's
+    ``seed_generator``); the straight-through gradient is then the derivative of the
+    expectation. Gupta et al., 2015, "Deep Learning with Limited Numerical Precision".
+
+    Examples:
+        >>> import keras, snapset
+        >>> rounding = StochasticRounding(snapset.Sign(), "float32", "kernel", seed=3)
+        >>> u = rounding.right_inverse(ops.convert_to_tensor([0.0] * 1000))  # halfway
+        >>> draws = rounding.value(u, True, keras.random.SeedGenerator(3))
+        >>> 400 < int((ops.convert_to_numpy(draws) == 1).sum()) < 600
+        True
+    """
+
+    spec = SPECS["stochastic"]
+
+    def _round(self, latent: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+        if not training:
+            return self.hard(latent)
+        levels, table = self._tensor(self.tables.levels), self._tensor(self.tables.values)
+        return F.stochastic_round(latent, levels, table, seed_generator)
+
+
+class Flip(Method):
+    """No latent weight: the stored variable *is* the set value, moved only by a flip optimizer.
+
+    Forward is the identity and the gradient reaches the variable unchanged. Nothing here moves a
+    value: [`snapset.keras.Bop`][] reads the gradient and moves an entry to a
+    neighbouring value of the set; a gradient optimizer would push the values off the set (route
+    with [`snapset.keras.Router`][]). Helwegen et al., 2019, "Latent Weights Do
+    Not Exist: Rethinking Binarized Neural Network Optimization".
+
+    Examples:
+        >>> import snapset
+        >>> flip = Flip(snapset.Ternary(), "float32", "kernel")
+        >>> w = flip.right_inverse(ops.convert_to_tensor([-0.7, 0.2, 0.5]))
+        >>> ops.convert_to_numpy(w).tolist(), ops.convert_to_numpy(flip.codes(w)).tolist()
+        ([-1.0, 0.0, 1.0], [0, 1, 2])
+    """
+
+    spec = SPECS["flip"]
+
+    def right_inverse(self, values: Tensor) -> Tensor:
+        """The nearest member of the set for each entry (ties go up)."""
+        return self.decode(F.codes(values, self._tensor(self.tables.midpoints)))
+
+    def value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+        return stored
+
+    def hard(self, stored: Tensor) -> Tensor:
+        return ops.convert_to_tensor(stored)
+
+    def codes(self, stored: Tensor) -> Tensor:
+        return F.codes(ops.convert_to_tensor(stored), self._tensor(self.tables.midpoints))
+
+
+METHODS: Mapping[str, type[Method]] = {
+    cls.spec.name: cls for cls in (STE, StochasticRounding, Flip)
+}
+"""The methods of the Keras front, by name (``gumbel`` is PyTorch only)."""
+
+
+def check_options(method: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a method of the Keras front and its options; return them with their defaults.
+
+    Examples:
+        >>> check_options("stochastic", {"estimator": "clip"})
+        {'estimator': 'clip', 'latent_range': 0.1, 'seed': None}
+    """
+    return method_options(method, given, front="snapset.keras", methods=tuple(METHODS))
+
+
+# ----- the record a constrained variable carries ------------------------------------------------
+
+
+def method_of(variable: Any) -> Method | None:
+    """The method object that constrains ``variable``, or None for a plain variable."""
+    method = getattr(variable, _RECORD, None)
+    return method if isinstance(method, Method) else None
+
+
+def attach(variable: Any, method: Method) -> None:
+    """Record that ``method`` constrains ``variable``."""
+    setattr(variable, _RECORD, method)
+
+
+def harden_variable(variable: Any) -> None:
+    """Assign ``variable`` its exact values and remove its constraint: a plain weight remains."""
+    method = method_of(variable)
+    if method is not None:
+        variable.assign(method.hard(variable))
+        delattr(variable, _RECORD)
+
+
+def flip_method(variable: Any) -> Method | None:
+    """The method object of a flip variable (one that holds set values and that Bop moves)."""
+    method = method_of(variable)
+    return method if method is not None and method.stores == "values" else None
+
+
+def flip_values(variable: Any) -> ValueSet | None:
+    """The value set of a flip variable (one that holds set values and that Bop moves), or None.
+
+    Examples:
+        >>> import numpy as np, snapset.keras as sk
+        >>> layer = sk.Multiplier([0, 1], method="flip")
+        >>> _ = layer(np.ones((1, 3), "float32"))
+        >>> sk.flip_values(layer.weights[0])
+        ValueSet([0, 1])
+        >>> layer.harden()
+        >>> sk.flip_values(layer.weights[0]) is None
+        True
+    """
+    method = flip_method(variable)
+    return None if method is None else method.values
