@@ -1,12 +1,9 @@
-"""What every benchmark's results file states about the machine it ran on."""
+"""What every benchmark's results file states about the machine it ran on, and where it goes."""
 
-import contextlib
-import datetime
-import importlib
-import platform
 from pathlib import Path
 
-from snapset._machine import cpu_name as cpu_name
+from snapset.demo import cpu_name as cpu_name
+from snapset.demo import machine_line as machine_line
 
 
 def write_result(name: str, text: str) -> Path:
@@ -16,20 +13,3 @@ def write_result(name: str, text: str) -> Path:
     path.write_text(text)
     print(f"wrote {path}")
     return path
-
-
-def machine_line(*packages: str) -> str:
-    """Date, CPU, torch threads and versions: Python, torch, ``packages`` where installed,
-    snapset."""
-    import torch
-
-    import snapset
-
-    versions = [f"Python {platform.python_version()}", f"torch {torch.__version__}"]
-    for name in packages:
-        with contextlib.suppress(ImportError):
-            versions.append(f"{name} {importlib.import_module(name).__version__}")
-    return (
-        f"{datetime.date.today()}, {cpu_name()}, {torch.get_num_threads()} threads, "
-        f"{', '.join(versions)}, snapset {snapset.__version__}"
-    )

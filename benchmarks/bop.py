@@ -50,12 +50,14 @@ def optimizer_steps() -> list[tuple[str, float, float]]:
     float_param.grad = torch.randn(N) * 1e-3
     adam = torch.optim.Adam([float_param], lr=1e-3, foreach=True)
     cases: dict[str, Callable[[], object]] = {"Adam(foreach=True)": adam.step}
+    layers = []  # Bop finds a parameter's set through its module: keep the modules alive
     for label, values in [
         ("{0, 1}", snapset.Binary()),
         ("{-1, 0, 1}", snapset.Ternary()),
         ("{-1, -0.5, 0.5, 1}", snapset.ValueSet([1, -1, 0.5, -0.5])),
     ]:
         layer = st.Multiplier(N, values, method="flip")
+        layers.append(layer)
         stored = layer.parametrizations.weight.original
         stored.grad = torch.randn(N) * 1e-3
         for mode in ("abs", "rel"):

@@ -20,8 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+import snapset.torch as st
 from _machine import write_result
-from snapset.torch._gf2linear import GF2Linear
 
 OUT_FEATURES = 8
 SAMPLES = 4096
@@ -37,7 +37,7 @@ def recovered_rows(in_features: int, fan_in: int, noise: float, seed: int, steps
     y = (x @ planted.T) % 2
     y = torch.where(torch.rand(y.shape, generator=g) < noise, 1 - y, y)
     torch.manual_seed(seed)
-    layer = GF2Linear(in_features, OUT_FEATURES)
+    layer = st.GF2Linear(in_features, OUT_FEATURES)
     optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
     for _ in range(steps):
         loss = F.binary_cross_entropy_with_logits(layer.log_odds(x), y)

@@ -6,7 +6,8 @@ round; each figure is the median over rounds and each ratio is float32 time / pa
 the same weights and inputs. Both sides run on one thread (``torch.set_num_threads(1)``; the
 kernels are single-threaded), since the benchmark machine's cores are shared. Also measures the
 packed layer's memory, the kernels' numba compile time (fresh cache, in a subprocess) and the
-crossover between the table-lookup and the decoded-tile kernels that sets ``LUT_MAX_ROWS``.
+crossover between the table-lookup and the decoded-tile kernels that sets
+``snapset.torch.export.LUT_MAX_ROWS``.
 Writes ``results/inference.md``.
 
     python benchmarks/inference.py [--rounds 21] [--size 4096]
@@ -32,8 +33,6 @@ from torch import nn
 import snapset
 import snapset.torch as st
 from _machine import cpu_name, write_result
-from snapset import _kernels
-from snapset.torch.export import _pack
 
 SETS = {
     "sign {-1, +1}": snapset.Sign(),
@@ -109,18 +108,15 @@ def crossover(size: int, rounds: int) -> list[list[str]]:
     layer = st.constrain(nn.Linear(size, size), "weight", snapset.Sign())
     packed = st.PackedLinear.from_linear(st.harden_(layer), snapset.Sign())
     rows = []
-    saved = _pack.LUT_MAX_ROWS
-    try:
-        for batch in (1, 2, 4, 8, 16):
-            x = torch.randn(batch, size)
-            result = []
-            for limit in (batch, 0):  # lookups, then tiles
-                _pack.LUT_MAX_ROWS = limit
-                packed(x)
-                result.append(statistics.median(timed(lambda: packed(x)) for _ in range(rounds)))  # noqa: B023
-            rows.append([str(batch), f"{result[0] * 1e3:.3f}", f"{result[1] * 1e3:.3f}"])
-    finally:
-        _pack.LUT_MAX_ROWS = saved
+    for batch in (1, 2, 4, 8, 16):
+        x = torch.randn(batch, size)
+        result = []
+        for limit, kernel in ((batch, "lookup"), (0, "tiles")):
+            packed.lookup_max_rows = limit
+            packed(x)
+            assert packed.last_kernel == kernel, f"{packed.last_kernel} ran, not {kernel}"
+            result.append(statistics.median(timed(lambda: packed(x)) for _ in range(rounds)))  # noqa: B023
+        rows.append([str(batch), f"{result[0] * 1e3:.3f}", f"{result[1] * 1e3:.3f}"])
     return rows
 
 
@@ -144,6 +140,12 @@ def compile_seconds() -> tuple[float, float]:
             for _ in range(2)
         )
     return first, second
+
+
+def kernels() -> str:
+    """The packed kernels in use, with numba's version when they are numba's."""
+    backend = st.export.kernel_backend()
+    return f"numba {numba.__version__}" if backend == "numba" else backend
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -170,7 +172,7 @@ def main() -> None:
     text = f"""# Packed inference against float32 nn.Linear ({args.size}x{args.size})
 
 Date: {datetime.date.today()}; CPU: {cpu_name()}; threads: 1 (both sides); kernels:
-{_kernels.backend()} {numba.__version__}; torch {torch.__version__}; Python
+{kernels()}; torch {torch.__version__}; Python
 {platform.python_version()}. Medians over interleaved rounds ({args.rounds} cold); ratio =
 float32 time / packed time, same weights and inputs. Inputs "+-1" are all -1 or +1 (the
 XNOR-popcount path).
@@ -187,13 +189,15 @@ over batches:
 {table(header, warm)}
 
 Memory of the packed weight (bias aside) against float32; the physical limit for one bit a
-weight is 32x. The batch path decodes into a workspace of {_pack.TILE_BYTES // 2**20} MiB per
-thread, shared by all packed layers, not part of any layer.
+weight is 32x. The batch path decodes into one workspace per thread, shared by all packed
+layers, not part of any layer.
 
 {table(["weights", "packed bytes", "float32 bytes", "ratio"], memory_rows)}
 
 Kernel choice for float inputs, sign weights (ms): table lookups cost one pass a row, decoded
-tiles + BLAS amortise the decoding over the rows. `LUT_MAX_ROWS = {_pack.LUT_MAX_ROWS}`.
+tiles + BLAS amortise the decoding over the rows. Each figure forces its kernel with the
+layer's `lookup_max_rows` (`batch`: lookups, `0`: tiles); the default is
+`snapset.torch.export.LUT_MAX_ROWS = {st.export.LUT_MAX_ROWS}`.
 
 {table(["batch", "lookups ms", "tiles + BLAS ms"], cross)}
 

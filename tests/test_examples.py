@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
+# Each example and the test that runs it; the Keras one runs once per Keras backend.
+TESTED = {
+    "binary_matrix.py": "test_binary_matrix_example_recovers_every_entry",
+    "multiplier.py": "test_multiplier_example_matches_the_planted_values",
+    "ddp_torchrun.py": "test_ddp_example_keeps_replicas_identical",
+    "keras_multiplier.py": "keras/test_examples.py",
+}
 
 
 def run(name):
@@ -37,3 +44,9 @@ def test_multiplier_example_matches_the_planted_values():
 def test_ddp_example_keeps_replicas_identical():
     out = run("ddp_torchrun.py").splitlines()
     assert out[-2:] == ["values in their sets: True", "replicas identical: True"]
+
+
+def test_every_example_is_run_by_a_test():
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(TESTED)
+    for name, test in TESTED.items():
+        assert test in globals() or (Path(__file__).parent / test).is_file(), name

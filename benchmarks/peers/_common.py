@@ -1,8 +1,8 @@
 """What every peer runner shares: its arguments, the data file and the JSON rows it prints.
 
-Runners are executed by ``snapset bench accuracy`` (src/snapset/torch/_bench.py), each in a
-process of its own: ``<runner> --data splits.npz --seeds 0 1 2 --recipe '{...}'``. They print
-one JSON object per row, or ``{"unavailable": "why"}``.
+Runners are executed by ``benchmarks/accuracy.py``, each in a process of its own:
+``<runner> --data splits.npz --seeds 0 1 2 --recipe '{...}'``. They print one JSON object per
+row, or ``{"unavailable": "why"}``.
 """
 
 import argparse
@@ -13,7 +13,7 @@ import numpy as np
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", required=True, help=".npz written by snapset bench accuracy")
+    parser.add_argument("--data", required=True, help=".npz written by benchmarks/accuracy.py")
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--recipe", required=True, help="snapset's Recipe as JSON")
     parser.add_argument("--only", nargs=3, metavar=("DATA", "WEIGHTS", "METHOD"),

@@ -11,13 +11,13 @@ import torch
 from _common import arguments, emit, splits, wanted
 from torch import nn
 
-from snapset.torch import _experiments as ex
+from snapset import demo
 
 
 def brevitas_model(dataset: str, quant: object, seed: int) -> nn.Sequential:
     import brevitas.nn as qnn
 
-    model = ex.build(dataset, "float", seed=seed)
+    model = demo.build(dataset, "float", seed=seed)
     for index, layer in enumerate(model):
         if isinstance(layer, nn.Conv1d):
             model[index] = qnn.QuantConv1d(
@@ -43,10 +43,10 @@ def main() -> None:
     except ImportError as error:
         emit_unavailable(f"brevitas is not installed here ({error}); pip install brevitas")
         return
-    recipe = ex.Recipe(**args.recipe)
+    recipe = demo.Recipe(**args.recipe)
     library = f"brevitas {brevitas.__version__}"
     for dataset, arrays in splits(args.data).items():
-        split = ex.Split(dataset, *(torch.from_numpy(arrays[p]) for p in
+        split = demo.Split(dataset, *(torch.from_numpy(arrays[p]) for p in
                                     ("x_train", "y_train", "x_test", "y_test")))  # fmt: skip
         for weights, quant in (
             ("Sign {-1, 1}", SignedBinaryWeightPerTensorConst),
@@ -56,7 +56,7 @@ def main() -> None:
                 continue
             accuracies, seconds = [], []
             for seed in args.seeds:
-                run = ex.train(brevitas_model(dataset, quant, seed), split, recipe, seed=seed)
+                run = demo.train(brevitas_model(dataset, quant, seed), split, recipe, seed=seed)
                 accuracies.append(run.accuracy)
                 seconds.append(run.seconds_per_epoch)
             emit(library, dataset, weights, "ste", accuracies, seconds)

@@ -6,23 +6,23 @@ from torch import nn
 
 import snapset
 import snapset.torch as st
-from snapset.torch import _forum as forum
+from snapset import demo
 
 
 @pytest.mark.parametrize("method", ["ste", "stochastic", "gumbel"])
 def test_planted_binary_matrix_is_recovered_entry_for_entry(method):
-    planted, x, y = forum.planted_binary_matrix()
+    planted, x, y = demo.planted_binary_matrix()
     torch.manual_seed(1)
     layer = st.constrain(nn.Linear(32, 64, bias=False), "weight", snapset.Binary(), method)
-    forum.fit(layer, x, y, epochs=6)
+    demo.fit_adam(layer, x, y, epochs=6)
     layer.eval()
     assert torch.equal(layer.weight, planted)
 
 
 def test_the_relu_sigmoid_answer_cannot_reach_one_on_the_same_data():
-    planted, x, y = forum.planted_binary_matrix()
+    planted, x, y = demo.planted_binary_matrix()
     torch.manual_seed(1)
-    answer = forum.fit(forum.ReluSigmoidAnswer(32, 64, bias=False), x, y, epochs=6)
+    answer = demo.fit_adam(demo.ReluSigmoidAnswer(32, 64, bias=False), x, y, epochs=6)
     effective = answer.effective_weight().detach()
     assert effective.max() < 0.1  # never anywhere near 1
     recovered = ((effective >= 0.5).float() == planted).float().mean()
@@ -30,18 +30,18 @@ def test_the_relu_sigmoid_answer_cannot_reach_one_on_the_same_data():
 
 
 def test_the_sign_answer_never_moves():
-    _, x, y = forum.planted_multiplier(snapset.Sign())
-    answer = forum.SignAnswer(64)
+    _, x, y = demo.planted_multiplier(snapset.Sign())
+    answer = demo.SignAnswer(64)
     before = answer.weight.detach().clone()
-    forum.fit(answer, x, y, epochs=1)
+    demo.fit_adam(answer, x, y, epochs=1)
     assert torch.equal(answer.weight, before)
 
 
 @pytest.mark.parametrize("values", [snapset.Sign(), snapset.ValueSet([1, -1, 0.5, -0.5])], ids=repr)
 @pytest.mark.parametrize("method", ["ste", "stochastic", "gumbel"])
 def test_planted_multiplier_is_recovered_exactly(values, method):
-    planted, x, y = forum.planted_multiplier(values, seed=3)
+    planted, x, y = demo.planted_multiplier(values, seed=3)
     torch.manual_seed(4)
-    layer = forum.fit(st.Multiplier(64, values, method), x, y, epochs=12, lr=3e-3)
+    layer = demo.fit_adam(st.Multiplier(64, values, method), x, y, epochs=12, lr=3e-3)
     layer.eval()
     assert torch.equal(layer.weight, planted)

@@ -2,8 +2,6 @@
 
 import re
 
-import pytest
-
 from snapset.cli import main
 
 
@@ -43,18 +41,3 @@ def test_demo_quick_recovers_every_planted_value_and_writes_its_plots(tmp_path, 
     for name in ("loss.png", "flips.png", "values.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert lines[-2] == "Every snapset method recovered its planted values exactly."
-
-
-def test_bench_refuses_a_seed_count_below_one_before_training(capsys):
-    with pytest.raises(SystemExit) as stop:
-        main(["bench", "accuracy", "--seeds", "0"])
-    assert stop.value.code == 2
-    assert "--seeds must be at least 1, not 0" in capsys.readouterr().err
-
-
-def test_demo_refuses_an_out_path_that_is_a_file_before_training(tmp_path, capsys):
-    taken = tmp_path / "plots"
-    taken.write_text("not a folder")
-    assert main(["demo", "--quick", "--out", str(taken)]) == 2
-    assert "is a file: pass another --out" in capsys.readouterr().out
-    assert taken.read_text() == "not a folder"

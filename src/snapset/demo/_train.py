@@ -1,0 +1,220 @@
+"""One training loop for float, ``ste`` and ``flip`` (Bop) runs, and what a run measured."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import snapset.torch as st
+
+from ._data import Split
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model trains: Adam with a one-cycle schedule for float and latent tensors, and Bop
+    for flip tensors, whose ``gamma`` decays linearly to ``gamma_floor * gamma`` over the run so
+    that flips settle at the end (as the learning rate's decay does for the others).
+
+    Examples:
+        >>> Recipe(epochs=3).batch
+        64
+        >>> Recipe(epochs=0)
+        Traceback (most recent call last):
+        ValueError: Invalid epochs for a Recipe: 0
+    """
+
+    epochs: int = 20
+    lr: float = 1e-2
+    batch: int = 64
+    threshold: float = 1e-6
+    gamma: float = 1e-3
+    gamma_floor: float = 0.01
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "lr": self.lr > 0,
+            "batch": self.batch >= 1,
+            "threshold": self.threshold >= 0,
+            "gamma": 0 < self.gamma <= 1,
+            "gamma_floor": 0 <= self.gamma_floor <= 1,
+        }
+        for name, valid in checks.items():
+            if not valid:
+                raise ValueError(f"Invalid {name} for a Recipe: {getattr(self, name)}")
+
+
+@dataclass
+class Run:
+    """What one training run measured.
+
+    Examples:
+        >>> Run(accuracy=0.9, epoch_seconds=[3.0, 1.0, 2.0]).seconds_per_epoch
+        2.0
+    """
+
+    accuracy: float
+    losses: list[float] = field(default_factory=list)
+    test_accuracies: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    packed_bytes: int = 0
+    float32_bytes: int = 0
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Median wall time of an epoch (the first one included when it is the only one)."""
+        ordered = sorted(self.epoch_seconds)
+        return ordered[len(ordered) // 2] if ordered else 0.0
+
+
+def size_text(n: int) -> str:
+    """A byte count as the tables print it.
+
+    Examples:
+        >>> size_text(512), size_text(7577), size_text(3 * 2**20)
+        ('512 B', '7.4 KiB', '3.0 MiB')
+    """
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block, as the demo and the benchmark do.
+
+    These models are small: one thread is as fast as two, far faster on a busy machine, and
+    fair to every library a benchmark compares.
+
+    Examples:
+        >>> with one_thread():
+        ...     torch.get_num_threads()
+        1
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Share of ``x`` that ``model`` (in eval mode) classifies as ``y``.
+
+    Examples:
+        >>> accuracy(nn.Identity(), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([1, 1]))
+        0.5
+    """
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        correct = float((model(x).argmax(dim=1) == y).float().mean())
+    model.train(was_training)
+    return correct
+
+
+def train(
+    model: nn.Module,
+    data: Split,
+    recipe: Recipe = Recipe(),
+    seed: int = 0,
+    tracker: st.FlipTracker | None = None,
+    progress: Callable[[Iterator[int]], Iterator[int]] | None = None,
+) -> Run:
+    """Train ``model`` on ``data`` with cross-entropy; return the test accuracy and timings.
+
+    Float and latent tensors go to Adam (one-cycle learning rate), flip tensors to Bop, as
+    [`param_groups`][snapset.torch.param_groups] splits them. ``tracker``, if given, is updated
+    after every step; ``progress`` wraps the epoch iterator (a ``tqdm`` for instance).
+
+    Examples:
+        >>> from snapset.demo import build, digits
+        >>> run = train(build("digits", "sign"), digits(), Recipe(epochs=1))
+        >>> 0.5 < run.accuracy <= 1.0
+        True
+    """
+    groups = st.param_groups(model)
+    optimizers: list[torch.optim.Optimizer] = []
+    steps_per_epoch = -(-len(data.x_train) // recipe.batch)
+    total = recipe.epochs * steps_per_epoch
+    schedules: list[Any] = []
+    gradient_params = groups.latent + groups.other
+    if gradient_params:
+        adam = torch.optim.Adam(gradient_params, lr=recipe.lr)
+        optimizers.append(adam)
+        schedules.append(torch.optim.lr_scheduler.OneCycleLR(adam, recipe.lr, total_steps=total))
+    if groups.flip:
+        bop = st.Bop(groups.flip, threshold=recipe.threshold, gamma=recipe.gamma)
+        optimizers.append(bop)
+        floor = recipe.gamma_floor
+        decay = st.optim.HyperparameterSchedule(bop, "gamma", lambda t: max(1 - t / total, floor))
+        schedules.append(decay)
+    shuffle = torch.Generator().manual_seed(seed)
+    run = Run(accuracy=0.0)
+    epochs: Iterator[int] = iter(range(recipe.epochs))
+    for _ in progress(epochs) if progress is not None else epochs:
+        model.train()
+        start = time.perf_counter()
+        total_loss = 0.0
+        for idx in torch.randperm(len(data.x_train), generator=shuffle).split(recipe.batch):
+            loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            for schedule in schedules:
+                schedule.step()
+            if tracker is not None:
+                tracker.update()
+            total_loss += float(loss.detach()) * len(idx)
+        run.epoch_seconds.append(time.perf_counter() - start)
+        run.losses.append(total_loss / len(data.x_train))
+        run.test_accuracies.append(accuracy(model, data.x_test, data.y_test))
+    run.accuracy = (
+        run.test_accuracies[-1]
+        if run.test_accuracies
+        else accuracy(model, data.x_test, data.y_test)
+    )
+    sizes = st.summary(model)
+    run.packed_bytes, run.float32_bytes = sizes.packed_bytes, sizes.float32_bytes
+    return run
+
+
+def fit_bop(
+    layer: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    steps: int = 150,
+    threshold: float = 3e-3,
+    gamma: float = 0.1,
+    batch: int = 128,
+    seed: int = 0,
+) -> nn.Module:
+    """Mean-squared-error regression of a flip-constrained ``layer`` with Bop alone.
+
+    Examples:
+        >>> import snapset
+        >>> from snapset.demo import planted_binary_matrix
+        >>> planted, x, y = planted_binary_matrix()
+        >>> layer = st.constrain(nn.Linear(32, 64, bias=False), "weight", snapset.Binary(), "flip")
+        >>> bool(torch.equal(fit_bop(layer, x, y).weight, planted))
+        True
+    """
+    draws = torch.Generator().manual_seed(seed)
+    optimizer = st.Bop(st.param_groups(layer).flip, threshold=threshold, gamma=gamma)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=draws)
+        optimizer.zero_grad()
+        nn.functional.mse_loss(layer(x[idx]), y[idx]).backward()
+        optimizer.step()
+    return layer
