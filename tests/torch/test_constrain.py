@@ -1,4 +1,4 @@
-"""constrain, constrain_, harden_ and Multiplier: lifecycle, exactness and bad input."""
+"""constrain, constrain_ and harden_: lifecycle, exactness and bad input."""
 
 import copy
 import io
@@ -212,16 +212,6 @@ def test_nearest_init_keeps_values_on_the_sets_scale():
         layer.weight.copy_(torch.tensor([[-0.9, -0.2, 0.3, 2.0]]))
     st.constrain(layer, "weight", snapset.Ternary(), init="nearest")
     assert layer.weight.tolist() == [[-1.0, 0.0, 0.0, 1.0]]
-
-
-def test_multiplier_multiplies_by_set_values():
-    layer = st.Multiplier(8, [1, -1, 0.5, -0.5])
-    assert uses_all(layer.weight, snapset.ValueSet([1, -1, 0.5, -0.5]))
-    x = torch.randn(3, 5, 8)
-    assert torch.equal(layer(x), x * layer.weight)
-    assert "Multiplier(\n  num_features=8" in repr(layer)
-    gumbel = st.Multiplier(4, snapset.Sign(), "gumbel", temperature=0.5)
-    assert gumbel.parametrizations.weight[0].temperature == 0.5
 
 
 def test_set_temperature_reaches_every_gumbel_constraint():

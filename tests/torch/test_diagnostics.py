@@ -13,18 +13,8 @@ import snapset
 import snapset.torch as st
 
 
-def _small_model() -> nn.Sequential:
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(4, 3), st.Multiplier(3, [1, -1, 0.5, -0.5], method="flip"), nn.Linear(3, 2)
-    )
-    st.constrain(model[0], "weight", snapset.Binary(), method="flip")
-    st.constrain(model[2], "weight", snapset.Ternary(), method="gumbel")
-    return model
-
-
-def test_summary_numbers_by_hand() -> None:
-    table = st.summary(_small_model())
+def test_summary_numbers_by_hand(small_mixed_model: nn.Sequential) -> None:
+    table = st.summary(small_mixed_model)
     rows = {row.name: row for row in table.rows}
     # Binary 4x3: 12 weights, 1 bit each -> 12 bits -> 2 bytes; 48 bytes in float32.
     assert (rows["0.weight"].count, rows["0.weight"].bits, rows["0.weight"].packed_bytes) == (
@@ -63,8 +53,10 @@ def test_summary_numbers_by_hand() -> None:
     assert "21 of 26 weights (80.8%) in a value set; 25 B packed" in text
 
 
-def test_flip_ratio_and_histograms_by_hand_for_every_method() -> None:
-    model = _small_model()
+def test_flip_ratio_and_histograms_by_hand_for_every_method(
+    small_mixed_model: nn.Sequential,
+) -> None:
+    model = small_mixed_model
     st.constrain(model[0], "bias", snapset.Sign(), method="ste")
     tracker = st.FlipTracker(model)
     assert sorted(tracker.names) == ["0.bias", "0.weight", "1.weight", "2.weight"]
@@ -125,16 +117,9 @@ def test_tracker_needs_a_constrained_tensor() -> None:
         st.FlipTracker(nn.Linear(2, 2))
 
 
-def test_param_groups_report_counts() -> None:
-    groups = st.param_groups(_small_model())
-    assert str(groups) == (
-        "flip: 2 tensors, 15 entries; latent: 1 tensor, 18 entries; other: 2 tensors, 5 entries"
-    )
-
-
-def test_plot_writes_a_png(tmp_path: Path) -> None:
+def test_plot_writes_a_png(tmp_path: Path, small_mixed_model: nn.Sequential) -> None:
     pytest.importorskip("matplotlib")
-    model = _small_model()
+    model = small_mixed_model
     tracker = st.FlipTracker(model)
     opt = st.Bop(st.param_groups(model).flip, threshold=1e-3, gamma=0.5)
     for _ in range(4):
@@ -148,13 +133,13 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 
 
 def test_plot_without_matplotlib_says_how_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_mixed_model: nn.Sequential
 ) -> None:
     for name in list(sys.modules):
         if name == "matplotlib" or name.startswith("matplotlib."):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    tracker = st.FlipTracker(_small_model())
+    tracker = st.FlipTracker(small_mixed_model)
     with pytest.raises(ImportError, match=r"pip install 'snapset\[plot\]'"):
         st.plot_training(tracker, tmp_path / "x.png")
 

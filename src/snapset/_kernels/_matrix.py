@@ -96,7 +96,7 @@ def small_matmul(x: F32, m: PackedMatrix, bias: F32, max_rows: int) -> tuple[str
 
     Returns ``("xnor", y)`` when ``W`` and every input are in {-1, +1}, ``("lookup", y)`` for
     at most ``max_rows`` rows, and ``("tiles", None)`` otherwise (the caller then uses
-    :func:`decode_rows` and BLAS).
+    ``decode_rows`` and BLAS).
     """
     kernels = _numba_kernels()
     if kernels is not None:

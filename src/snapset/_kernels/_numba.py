@@ -1,4 +1,4 @@
-"""The numba-compiled kernels behind :mod:`snapset._kernels` (imported on first use).
+"""The numba-compiled kernels behind ``snapset._kernels`` (imported on first use).
 
 Each is a plain loop nest that LLVM vectorises for the machine it runs on (``fastmath`` lets it
 reorder the float sums, so results agree with float32 BLAS to rounding, not bit for bit).
@@ -100,7 +100,7 @@ def decode(codes: Any, decoded: Any, g: int, start: int, stop: int, out: Any) ->
 
 @_compiled
 def decode_two(codes: Any, low: Any, high: Any, start: int, stop: int, out: Any) -> None:
-    """:func:`decode` for two values (8 codes a byte): a masked blend, no table."""
+    """``decode`` for two values (8 codes a byte): a masked blend, no table."""
     for j in range(start, stop):
         c = codes[j]
         for i in range(8):

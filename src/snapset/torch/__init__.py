@@ -1,12 +1,13 @@
 """The PyTorch front of snapset: constraints, transforms and layers.
 
-Example:
+Examples:
     >>> import torch, snapset, snapset.torch as st
     >>> model = st.constrain_(torch.nn.Linear(16, 4), snapset.Sign())
     >>> bool(model.weight.abs().eq(1).all())
     True
 """
 
+from .._spec import ESTIMATORS as ESTIMATORS
 from . import export as export
 from . import optim as optim
 from ._constrain import constrain as constrain
@@ -18,11 +19,8 @@ from ._diagnostics import FlipTracker as FlipTracker
 from ._diagnostics import Summary as Summary
 from ._diagnostics import SummaryRow as SummaryRow
 from ._diagnostics import summary as summary
-from ._functional import ESTIMATORS as ESTIMATORS
-from ._functional import estimator_grad as estimator_grad
-from ._gf2linear import GF2Linear as GF2Linear
-from ._groups import ParamGroups as ParamGroups
-from ._groups import param_groups as param_groups
+from ._estimators import estimator_grad as estimator_grad
+from ._layers import GF2Linear as GF2Linear
 from ._layers import Multiplier as Multiplier
 from ._methods import METHODS as METHODS
 from ._methods import STE as STE
@@ -39,3 +37,40 @@ from .export import load as load
 from .export import pack as pack
 from .export import save as save
 from .optim import Bop as Bop
+from .optim import ParamGroups as ParamGroups
+from .optim import param_groups as param_groups
+
+__all__ = [
+    "ESTIMATORS",
+    "METHODS",
+    "STE",
+    "Bop",
+    "Constraint",
+    "Flip",
+    "FlipTracker",
+    "GF2Linear",
+    "GumbelSoftmax",
+    "Multiplier",
+    "PackedConv",
+    "PackedLinear",
+    "ParamGroups",
+    "SnapsetFileError",
+    "StochasticRounding",
+    "Summary",
+    "SummaryRow",
+    "constrain",
+    "constrain_",
+    "estimator_grad",
+    "export",
+    "export_onnx",
+    "harden_",
+    "load",
+    "named_constraints",
+    "optim",
+    "pack",
+    "param_groups",
+    "plot_training",
+    "save",
+    "set_temperature",
+    "summary",
+]

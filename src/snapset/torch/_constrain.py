@@ -1,24 +1,27 @@
-"""Registering, finding and removing snapset's constraints on modules."""
+"""Registering, finding and removing snapset's constraints on modules.
+
+One walker, ``constrained_tensors``, finds every constrained tensor of a model; one record,
+written by ``register``, leads from a stored parameter back to its constraint. Everything
+else in the front (diagnostics, optimizers, files, packing) goes through these two.
+"""
 
 from __future__ import annotations
 
-import inspect
+import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._sets import ValueSet
-from ._flip import bind_flip
-from ._gf2linear import GF2Linear
-from ._methods import METHODS, Constraint, Flip, GumbelSoftmax, spread
+from .._spec import check_init, check_temperature, method_options
+from ._methods import METHODS, Constraint
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 FilterFn = Callable[[nn.Module, str], bool]
-
-INITS = ("spread", "nearest")
 
 
 def constrain(
@@ -43,7 +46,7 @@ def constrain(
     * ``"stochastic"``: the same latent; random rounding to a neighbouring value while
       training, nearest in eval;
     * ``"gumbel"``: logits over the set for each entry; straight-through Gumbel-softmax with a
-      ``temperature`` (default 1.0) that :func:`set_temperature` anneals; argmax in eval.
+      ``temperature`` (default 1.0) that ``set_temperature`` anneals; argmax in eval.
 
     Latents live on a scale where the set's range is ``[-latent_range, latent_range]``
     (default 0.1, the scale of a fresh float layer's weights), so Adam's usual learning rates
@@ -56,19 +59,16 @@ def constrain(
 
     Raises ``ValueError`` or ``TypeError`` naming the problem, with the module left untouched.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> layer = st.constrain(torch.nn.Linear(8, 4), "weight", snapset.Ternary())
         >>> sorted(layer.weight.unique().tolist())
         [-1.0, 0.0, 1.0]
     """
-    options = _method_options(
-        method, init, estimator=estimator, temperature=temperature, latent_range=latent_range
-    )
+    options = _options(method, init, estimator, temperature, latent_range)
     value_set = ValueSet(values)
     param = _constrainable_parameter(module, name)
-    constraint = METHODS[method](value_set, param, **options)
-    _register(module, name, param, constraint, init)
+    register(module, name, METHODS[method](value_set, param, **options), init)
     return module
 
 
@@ -88,9 +88,9 @@ def constrain_(
     By default every ``nn.Linear`` and convolution (``nn.Conv1d/2d/3d`` and transposed) is
     chosen. ``filter_fn(module, qualified_name) -> bool`` chooses instead, for example to keep
     the first and last layers in float. Everything is checked before anything changes: if one
-    weight cannot be constrained, none is. Options are those of :func:`constrain`.
+    weight cannot be constrained, none is. Options are those of ``constrain``.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
         ...                             torch.nn.Linear(8, 2))
@@ -99,9 +99,7 @@ def constrain_(
         >>> [name for name, _ in st.named_constraints(model)]
         ['0.weight']
     """
-    options = _method_options(
-        method, init, estimator=estimator, temperature=temperature, latent_range=latent_range
-    )
+    options = _options(method, init, estimator, temperature, latent_range)
     value_set = ValueSet(values)
     chosen = filter_fn if filter_fn is not None else _is_linear_or_conv
     plan = []
@@ -113,46 +111,46 @@ def constrain_(
             except (ValueError, TypeError) as error:
                 where = f"'{qualified_name}'" if qualified_name else "the model itself"
                 raise type(error)(f"constrain_ chose {where}: {error}") from None
-            plan.append((module, param, constraint))
-    for module, param, constraint in plan:
-        _register(module, "weight", param, constraint, init)
+            plan.append((module, constraint))
+    for module, constraint in plan:
+        register(module, "weight", constraint, init)
     return model
 
 
 def harden_(model: ModuleT) -> ModuleT:
-    """Replace every snapset constraint in ``model`` by a plain parameter of its exact values.
+    """Replace every snapset constraint in ``model`` by a plain tensor of its exact values.
 
     Each parameter keeps its identity and takes the deterministic (eval-mode) values, so the
     hardened model's outputs equal the constrained model's eval outputs bit for bit, and its
     ``state_dict`` holds only members of the sets. Parametrizations that others stacked on top
-    of a snapset constraint stay. Layers with arithmetic of their own (:class:`GF2Linear`)
-    harden through their ``harden_()`` method. Returns ``model``.
+    of a snapset constraint stay. A ``GF2Linear`` weight, which no gradient reaches once
+    exact, becomes a buffer. Returns ``model``.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> layer = st.constrain(torch.nn.Linear(3, 2), "weight", snapset.Binary())
         >>> hardened = st.harden_(layer)
         >>> type(hardened).__name__, sorted(hardened.weight.unique().tolist())
         ('Linear', [0.0, 1.0])
     """
-    for module, name, index, constraint in list(_constrained_tensors(model)):
+    for record in list(constrained_tensors(model)):
+        module, name, stored = record.module, record.tensor_name, record.stored
         stack = _stack(module, name)
-        original = stack.original
-        hard = constraint.hard(original).detach().clone()
-        if original.grad is not None and original.grad.shape != hard.shape:
-            original.grad = None
+        hard = record.constraint.hard(stored).detach().clone()
+        if stored.grad is not None and stored.grad.shape != hard.shape:
+            stored.grad = None
         with torch.no_grad():
             # set_ keeps the Parameter object (and optimizers' references to it) while its
             # storage and, for logits, its shape change to those of the exact values.
-            original.set_(hard)  # type: ignore[call-overload]
-        if len(stack) == 1:
-            _own_class(module)
-            parametrize.remove_parametrizations(module, name, leave_parametrized=False)
-        else:
-            del stack[index]
-    for module in model.modules():
-        if isinstance(module, GF2Linear):
-            module.harden_()
+            stored.set_(hard)  # type: ignore[call-overload]
+        if len(stack) > 1:
+            del stack[0]
+            continue
+        _own_class(module)
+        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+        if not record.constraint.trainable_when_hard:
+            del module._parameters[name]
+            module.register_buffer(name, hard)
     return model
 
 
@@ -171,46 +169,119 @@ def _own_class(module: nn.Module) -> None:
 def named_constraints(model: nn.Module) -> Iterator[tuple[str, Constraint]]:
     """Yield ``(qualified tensor name, constraint)`` for each constrained tensor of ``model``.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> layer = st.constrain(torch.nn.Linear(3, 2), "weight", snapset.Sign())
         >>> [(name, c.method) for name, c in st.named_constraints(layer)]
         [('weight', 'ste')]
     """
-    prefixes = {id(module): prefix for prefix, module in model.named_modules()}
-    for module, name, _, constraint in _constrained_tensors(model):
-        prefix = prefixes[id(module)]
-        yield (f"{prefix}.{name}" if prefix else name), constraint
+    for record in constrained_tensors(model):
+        yield record.name, record.constraint
 
 
 def set_temperature(model: nn.Module, temperature: float) -> int:
     """Set the temperature of every ``gumbel`` constraint in ``model``; return how many.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> layer = st.constrain(torch.nn.Linear(3, 2), "weight", snapset.Sign(), "gumbel")
         >>> st.set_temperature(layer, 0.5)
         1
     """
-    if not temperature > 0:
-        raise ValueError(f"Invalid temperature: {temperature} (must be > 0)")
-    gumbels = [c for _, c in named_constraints(model) if isinstance(c, GumbelSoftmax)]
-    for constraint in gumbels:
-        constraint.temperature = temperature
-    return len(gumbels)
+    check_temperature(temperature)
+    # the methods that have a temperature (gumbel) say so in their options
+    tempered = [c for _, c in named_constraints(model) if "temperature" in c.spec.options]
+    for constraint in tempered:
+        cast(Any, constraint).temperature = temperature
+    return len(tempered)
+
+
+# ----- the walker and the record -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConstrainedTensor:
+    """One tensor of a model that a snapset constraint restricts."""
+
+    #: Qualified name, as ``named_constraints`` gives it (``"0.weight"``).
+    name: str
+    #: The module that owns the tensor.
+    module: nn.Module
+    #: The tensor's name in that module (``"weight"``).
+    tensor_name: str
+    constraint: Constraint
+    #: The stored tensor (latent, logits or values): the parameter that optimizers train.
+    stored: nn.Parameter
+
+
+def constrained_tensors(model: nn.Module) -> Iterator[ConstrainedTensor]:
+    """Every tensor of ``model`` whose stored tensor a snapset constraint owns, in module order."""
+    for prefix, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for name in cast(nn.ModuleDict, module.parametrizations):
+            stack = _stack(module, name)
+            if isinstance(stack[0], Constraint):
+                qualified = f"{prefix}.{name}" if prefix else name
+                stored = stored_tensor(module, name)
+                yield ConstrainedTensor(qualified, module, name, stack[0], stored)
+
+
+# An optimizer sees parameters, not modules: each stored parameter carries a weak reference to
+# the module that owns it and the tensor's name (as a Keras variable carries its method). The
+# record keeps nothing alive and is checked on every look-up, so a parameter whose constraint
+# was removed (harden_) or replaced has none; a copied or unpickled model has new parameter
+# objects, which param_groups records again. An attribute rather than a weak dictionary keyed by
+# tensors: such a dictionary runs a Python callback wherever a tensor dies, which may be a
+# process group's worker thread while the main thread, holding the GIL, tears the group down.
+_OWNER = "_snapset_owner"
+
+
+def remember(module: nn.Module, name: str) -> None:
+    """Record that the stored tensor of ``module.<name>`` belongs to its constraint."""
+    setattr(stored_tensor(module, name), _OWNER, (weakref.ref(module), name))
+
+
+def constraint_of(param: Tensor) -> Constraint | None:
+    """The snapset constraint whose stored tensor ``param`` currently is, or None."""
+    owner = getattr(param, _OWNER, None)
+    if owner is None:
+        return None
+    module_ref, name = owner
+    module = module_ref()
+    if module is None or not parametrize.is_parametrized(module, name):
+        return None
+    stack = _stack(module, name)
+    if stack.original is not param or not isinstance(stack[0], Constraint):
+        return None
+    return stack[0]
+
+
+def register(module: nn.Module, name: str, constraint: Constraint, init: str = "nearest") -> None:
+    """Put ``constraint`` on ``module.<name>`` and record it; ``init="spread"`` first spreads
+    the current values over the set. On failure the parameter is left as it was."""
+    param = cast(nn.Parameter, module._parameters[name])
+    # The parametrization stores right_inverse(param); hand it the starting values.
+    before = param.detach().clone()
+    try:
+        if init == "spread":
+            start = constraint.values.spread(param.detach().cpu().double().numpy())
+            with torch.no_grad():
+                param.copy_(torch.from_numpy(start))
+        parametrize.register_parametrization(module, name, constraint)
+    except BaseException:
+        with torch.no_grad():
+            param.set_(before)  # type: ignore[call-overload]
+        raise
+    remember(module, name)
 
 
 # ----- helpers -------------------------------------------------------------------------------
 
 
-def _constrained_tensors(model: nn.Module) -> Iterator[tuple[nn.Module, str, int, Constraint]]:
-    for module in model.modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for name in cast(nn.ModuleDict, module.parametrizations):
-            for index, step in enumerate(_stack(module, name)):
-                if isinstance(step, Constraint):
-                    yield module, name, index, step
+def stored_tensor(module: nn.Module, name: str) -> nn.Parameter:
+    """The stored tensor of the parametrized ``module.<name>``."""
+    return cast(nn.Parameter, _stack(module, name).original)
 
 
 def _stack(module: nn.Module, name: str) -> parametrize.ParametrizationList:
@@ -221,22 +292,19 @@ def _is_linear_or_conv(module: nn.Module, qualified_name: str) -> bool:
     return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
 
 
-def _method_options(method: str, init: str, **given: Any) -> dict[str, Any]:
-    """The options given (not None), checked against what ``method``'s class accepts."""
-    if method not in METHODS:
-        raise ValueError(
-            f"Unknown method {method!r}; valid methods: " + ", ".join(repr(m) for m in METHODS)
-        )
-    if init not in INITS:
-        raise ValueError(f"Unknown init {init!r}; valid inits: " + ", ".join(map(repr, INITS)))
-    accepted = list(inspect.signature(METHODS[method]).parameters)[2:]  # after values, like
-    options = {name: value for name, value in given.items() if value is not None}
-    for name in options:
-        if name not in accepted:
-            raise ValueError(
-                f"Option {name!r} does not apply to method {method!r}; its options are "
-                + (", ".join(repr(a) for a in accepted) or "none")
-            )
+def _options(
+    method: str,
+    init: str,
+    estimator: str | None,
+    temperature: float | None,
+    latent_range: float | None,
+) -> dict[str, Any]:
+    """``method``'s options, checked and with defaults filled in, after checking ``init``."""
+    given = {"estimator": estimator, "temperature": temperature, "latent_range": latent_range}
+    options = method_options(
+        method, given, front="snapset.torch", methods=tuple(METHODS), unsupported=("seed",)
+    )
+    check_init(init)
     return options
 
 
@@ -281,21 +349,3 @@ def _constrainable_parameter(module: nn.Module, name: str) -> nn.Parameter:
             "parameters only"
         )
     return param
-
-
-def _register(
-    module: nn.Module, name: str, param: nn.Parameter, constraint: Constraint, init: str
-) -> None:
-    # The parametrization stores right_inverse(param); hand it the starting values.
-    before = param.detach().clone()
-    try:
-        if init == "spread":
-            with torch.no_grad():
-                param.copy_(spread(param, constraint.values))
-        parametrize.register_parametrization(module, name, constraint)
-    except BaseException:
-        with torch.no_grad():
-            param.set_(before)  # type: ignore[call-overload]
-        raise
-    if isinstance(constraint, Flip):
-        bind_flip(module, name)  # so that Bop finds the value set from the parameter alone

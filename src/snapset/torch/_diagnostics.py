@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -14,48 +13,7 @@ from torch import Tensor, nn
 
 from .._packing import radix_for
 from .._sets import ValueSet
-from . import _functional as F
-from ._constrain import _constrained_tensors
-from ._methods import Constraint, Flip, GumbelSoftmax
-
-# ----- codes ---------------------------------------------------------------------------------
-
-
-def value_codes(constraint: Constraint, stored: Tensor, out: Tensor | None = None) -> Tensor:
-    """Index (into the sorted set) of each entry's deterministic value, from the stored tensor.
-
-    The indices come from the same comparisons that choose the values, without building the
-    values: one byte an entry (a bool for two-value sets), so keeping the previous step's codes
-    costs a quarter of a float32 copy or less. ``out``, a tensor of the codes' shape and dtype
-    from an earlier call, is reused when given.
-    """
-    with torch.no_grad():
-        if isinstance(constraint, GumbelSoftmax):
-            return _narrow(F.argmax_ties_up(stored), len(constraint.values))
-        if isinstance(constraint, Flip):
-            return _count_at_least(stored, constraint.midpoints, out)
-        thresholds = getattr(constraint, "thresholds", None)
-        if isinstance(thresholds, Tensor):  # a latent: value j where thresholds[j-1] <= u
-            return _count_at_least(stored, thresholds, out)
-        hard = constraint.hard(stored)
-        midpoints = torch.tensor(constraint.values.midpoints, dtype=torch.float64)
-        return _count_at_least(hard, midpoints.to(hard.dtype).to(hard.device), out)
-
-
-def _count_at_least(x: Tensor, boundaries: Tensor, out: Tensor | None) -> Tensor:
-    if boundaries.numel() == 1:
-        return torch.ge(x, boundaries[0], out=out)
-    if boundaries.numel() > 16:
-        return _narrow(torch.bucketize(x, boundaries, right=True), boundaries.numel() + 1)
-    codes = out if out is not None else torch.empty(x.shape, dtype=torch.uint8, device=x.device)
-    codes.copy_(x.ge(boundaries[0]))
-    for j in range(1, boundaries.numel()):
-        codes.add_(x.ge(boundaries[j]))
-    return codes
-
-
-def _narrow(codes: Tensor, k: int) -> Tensor:
-    return codes.to(torch.bool if k == 2 else torch.uint8 if k <= 256 else torch.int16)
+from ._constrain import ConstrainedTensor, constrained_tensors
 
 
 def _histogram(codes: Tensor, k: int) -> Tensor:
@@ -70,30 +28,27 @@ def _histogram(codes: Tensor, k: int) -> Tensor:
 
 @dataclass
 class _Tracked:
-    name: str
-    module: nn.Module
-    tensor_name: str
-    constraint: Constraint
+    tensor: ConstrainedTensor
     previous: Tensor
     spare: Tensor | None
     flips: list[Tensor]
     histograms: list[Tensor]
 
-    def stored(self) -> Tensor:
-        return cast(Tensor, self.module.parametrizations[self.tensor_name].original)  # type: ignore[index, union-attr]
+    def codes(self, out: Tensor | None = None) -> Tensor:
+        return self.tensor.constraint.codes(self.tensor.stored, out)
 
 
 class FlipTracker:
     """Flip ratio and value histogram of every constrained tensor of a model, over training.
 
-    Call :meth:`update` after each optimizer step (or every ``n`` steps). For each tensor
+    Call ``update`` after each optimizer step (or every ``n`` steps). For each tensor
     constrained by snapset, whatever its method (a flip parameter or a latent one), it
     records the fraction of entries whose exact value changed since the previous update (the
     flip ratio, as larq's ``FlipRatio`` metric) and how many entries hold each value of the set.
     Between updates it keeps only the entries' value indices (one byte each, one bit's worth
     for two-value sets), never a float copy; the counts stay on the tensors' device until read.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), "flip")
         >>> layer.weight = torch.tensor([[1.0, 1, -1, -1], [1, -1, 1, -1]])
@@ -107,25 +62,11 @@ class FlipTracker:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        prefixes = {id(module): prefix for prefix, module in model.named_modules()}
         self._tracked: list[_Tracked] = []
-        for module, name, index, constraint in _constrained_tensors(model):
-            if index != 0:
-                continue
-            prefix = prefixes[id(module)]
-            entry = _Tracked(
-                name=f"{prefix}.{name}" if prefix else name,
-                module=module,
-                tensor_name=name,
-                constraint=constraint,
-                previous=torch.empty(0),
-                spare=None,
-                flips=[],
-                histograms=[],
-            )
-            entry.previous = value_codes(constraint, entry.stored())
-            entry.histograms.append(_histogram(entry.previous, len(constraint.values)))
-            self._tracked.append(entry)
+        for tensor in constrained_tensors(model):
+            codes = tensor.constraint.codes(tensor.stored)
+            histogram = _histogram(codes, len(tensor.constraint.values))
+            self._tracked.append(_Tracked(tensor, codes, None, [], [histogram]))
         if not self._tracked:
             raise ValueError(
                 f"{type(model).__name__} has no tensor constrained by snapset; constrain one "
@@ -134,32 +75,32 @@ class FlipTracker:
 
     @property
     def names(self) -> list[str]:
-        """Qualified names of the tracked tensors (as :func:`named_constraints` gives them)."""
-        return [entry.name for entry in self._tracked]
+        """Qualified names of the tracked tensors (as ``named_constraints`` gives them)."""
+        return [entry.tensor.name for entry in self._tracked]
 
     @property
     def value_sets(self) -> dict[str, ValueSet]:
         """The value set of each tracked tensor."""
-        return {entry.name: entry.constraint.values for entry in self._tracked}
+        return {entry.tensor.name: entry.tensor.constraint.values for entry in self._tracked}
 
     def update(self) -> None:
         """Record the flips since the last update and the current histograms."""
         for entry in self._tracked:
             # Two code buffers take turns, so an update allocates nothing of the tensor's size:
             # the previous codes, once compared, are overwritten by the comparison.
-            codes = value_codes(entry.constraint, entry.stored(), entry.spare)
+            codes = entry.codes(entry.spare)
             if codes.dtype == torch.bool:
                 changed = entry.previous.logical_xor_(codes)
             else:
                 changed = entry.previous.sub_(codes)  # nonzero exactly where the codes differ
             entry.flips.append(torch.count_nonzero(changed))
-            entry.histograms.append(_histogram(codes, len(entry.constraint.values)))
+            entry.histograms.append(_histogram(codes, len(entry.tensor.constraint.values)))
             entry.previous, entry.spare = codes, entry.previous
 
     def flip_ratios(self) -> dict[str, list[float]]:
         """Fraction of entries whose value changed, per tensor, one number per update."""
         return {
-            entry.name: [int(f) / entry.previous.numel() for f in entry.flips]
+            entry.tensor.name: [int(f) / entry.previous.numel() for f in entry.flips]
             for entry in self._tracked
         }
 
@@ -169,14 +110,14 @@ class FlipTracker:
         Row 0 is the state when the tracker was made; columns follow the sorted set.
         """
         return {
-            entry.name: torch.stack(entry.histograms).cpu().numpy().astype(np.int64)
+            entry.tensor.name: torch.stack(entry.histograms).cpu().numpy().astype(np.int64)
             for entry in self._tracked
         }
 
     def plot(self, path: str | Path, max_tensors: int = 8) -> Path:
         """Draw flip ratios and value shares over training to a PNG; needs matplotlib.
 
-        See :func:`snapset.torch.plot_training`.
+        See [`snapset.torch.plot_training`][].
         """
         from ._plot import plot_training
 
@@ -188,7 +129,7 @@ class FlipTracker:
 
 @dataclass(frozen=True)
 class SummaryRow:
-    """One parameter tensor of a :class:`Summary`."""
+    """One parameter tensor of a ``Summary``."""
 
     name: str
     #: The value set, or None for a plain (float) parameter.
@@ -202,7 +143,8 @@ class SummaryRow:
 
     @property
     def packed_bytes(self) -> int:
-        """Bytes of the codes as :func:`snapset.torch.save` packs them, or of the plain tensor.
+        """Bytes of the codes as [`snapset.torch.save`][] packs them, or of the
+        plain tensor.
 
         Codes are packed in mixed radix (``snapset._packing``): ``ceil(count * bits / 8)`` for
         two, four or sixteen values, fewer for others (ternary: 1.59 bits a weight).
@@ -233,7 +175,7 @@ class SummaryRow:
 class Summary:
     """Per-tensor table of a model's parameters: set, method, count, bits and sizes.
 
-    ``str(summary)`` is a markdown table with a totals line; :attr:`rows` holds the numbers.
+    ``str(summary)`` is a markdown table with a totals line; ``rows`` holds the numbers.
     """
 
     rows: tuple[SummaryRow, ...]
@@ -327,7 +269,7 @@ def summary(model: nn.Module) -> Summary:
     against float32. The totals line gives the model's packed size, as larq's
     ``models.summary`` does for Keras 2.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> layer = st.constrain(torch.nn.Linear(4, 3), "weight", snapset.Binary(), "flip")
         >>> print(st.summary(layer))
@@ -338,25 +280,16 @@ def summary(model: nn.Module) -> Summary:
         | total  |        |        |    15 |             |   14 B |    60 B |  4.29x |
         12 of 15 weights (80.0%) in a value set; 14 B packed, 4.29x smaller than float32.
     """
-    prefixes = {id(module): prefix for prefix, module in model.named_modules()}
-    constrained: dict[int, tuple[str, Constraint]] = {}
-    for module, name, index, constraint in _constrained_tensors(model):
-        if index == 0:
-            prefix = prefixes[id(module)]
-            stored = module.parametrizations[name].original  # type: ignore[index, union-attr]
-            constrained[id(stored)] = (f"{prefix}.{name}" if prefix else name, constraint)
+    constrained = {id(tensor.stored): tensor for tensor in constrained_tensors(model)}
     rows = []
     for name, param in model.named_parameters():
-        if id(param) in constrained:
-            tensor_name, constraint = constrained[id(param)]
-            count = param.numel()
-            if isinstance(constraint, GumbelSoftmax):
-                count //= len(constraint.values)
-            vs = constraint.values
-            rows.append(SummaryRow(tensor_name, vs, constraint.method, count, vs.bits))
-        else:
-            bits = param.element_size() * 8
-            rows.append(SummaryRow(name, None, "-", param.numel(), bits))
+        tensor = constrained.get(id(param))
+        if tensor is None:
+            rows.append(SummaryRow(name, None, "-", param.numel(), param.element_size() * 8))
+            continue
+        vs = tensor.constraint.values
+        count = math.prod(tensor.constraint.value_shape(param.shape))
+        rows.append(SummaryRow(tensor.name, vs, tensor.constraint.method, count, vs.bits))
     return Summary(tuple(rows))
 
 

@@ -1,4 +1,5 @@
-"""Tensor-level maths of the PyTorch front: exact projections and surrogate gradients.
+"""Tensor-level maths of the PyTorch front: exact projections, value codes, stochastic rounding,
+Gumbel-softmax and the straight-through function that applies an estimator (``_estimators``).
 
 Every function here takes plain tensors, so the parametrizations in ``_methods`` stay thin and
 the maths can be tested against closed forms on its own.
@@ -14,8 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-ESTIMATORS = ("inward", "clip", "identity")
-"""Surrogate derivatives of the rounding, on the latent scale where the set spans [-1, 1]."""
+from ._estimators import estimator_grad
 
 
 def nearest(latent: Tensor, thresholds: Tensor, table: Tensor, steps: Tensor | None) -> Tensor:
@@ -37,6 +37,30 @@ def nearest(latent: Tensor, thresholds: Tensor, table: Tensor, steps: Tensor | N
     return out.add_(table[0])
 
 
+def count_at_least(x: Tensor, boundaries: Tensor, out: Tensor | None = None) -> Tensor:
+    """Index of the value of each entry: how many sorted ``boundaries`` it reaches (``>=``).
+
+    The same comparisons that choose the values, without building them, in the narrowest
+    dtype (``narrow``). ``out``, a tensor of the codes' shape and dtype from an earlier
+    call, is reused when given.
+    """
+    if boundaries.numel() == 1:
+        return torch.ge(x, boundaries[0], out=out)
+    if boundaries.numel() > 16:
+        return narrow(torch.bucketize(x, boundaries, right=True), boundaries.numel() + 1)
+    codes = out if out is not None else torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    codes.copy_(x.ge(boundaries[0]))
+    for j in range(1, boundaries.numel()):
+        codes.add_(x.ge(boundaries[j]))
+    return codes
+
+
+def narrow(codes: Tensor, k: int) -> Tensor:
+    """Codes into a set of ``k`` values in the narrowest dtype that holds them: a bool for two
+    values, a byte up to 256, else ``int16``."""
+    return codes.to(torch.bool if k == 2 else torch.uint8 if k <= 256 else torch.int16)
+
+
 def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor) -> Tensor:
     """Round at random to one of the two neighbouring values, unbiased on the latent scale.
 
@@ -50,34 +74,6 @@ def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor) -> Tensor:
     p_up = (t - below) / (above - below)
     up = torch.rand_like(t) < p_up
     return table[low + up]
-
-
-def estimator_grad(
-    estimator: str, latent: Tensor, grad: Tensor, scale: float, bound: float
-) -> Tensor:
-    """Surrogate derivative of the rounding, applied to an incoming gradient.
-
-    On the latent scale the set spans ``[-1, 1]`` and the straight-through derivative is
-    ``scale`` (the set's half range, the slope of value against latent). Outside ``[-1, 1]``:
-
-    * ``"inward"`` (default): only gradients that move the latent back towards the range pass,
-      so a latent can overshoot by at most an optimizer step or two and never starves;
-    * ``"clip"``: nothing passes (the classic clipped straight-through estimator of
-      Courbariaux et al., 2016, and larq's ``ste_sign``); a latent that leaves never returns;
-    * ``"identity"``: everything passes (the plain straight-through estimator of Bengio et al.,
-      2013); a latent may drift far and take long to come back.
-    """
-    if estimator == "identity":
-        return grad * scale
-    # Each branch computes a 0/1 mask in place in one float buffer, then scales the gradient
-    # into it: on CPU this is several times faster than boolean masks and masked_fill.
-    if estimator == "clip":
-        keep = latent.abs().le_(bound)
-    else:
-        # Gradient descent moves the latent by -grad, outward where grad has the sign of the
-        # latent's distance beyond the range: (clamp(u) - u) * grad > 0 there.
-        keep = latent.clamp(-bound, bound).sub_(latent).mul_(grad).le_(0)
-    return keep.mul_(grad).mul_(scale)
 
 
 class _StraightThrough(torch.autograd.Function):

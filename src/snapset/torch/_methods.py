@@ -1,33 +1,67 @@
 """The methods: parametrizations that map a stored tensor to exact values of a set.
 
-Each method is a small ``nn.Module`` registered with ``torch.nn.utils.parametrize``. It states
-what it stores, how the forward value is chosen (always an exact member of the set, in the
-parameter's dtype), how the gradient reaches the stored tensor, and how a value assigned to the
-parameter is stored (``right_inverse``).
+Each method is a small ``nn.Module`` registered with ``torch.nn.utils.parametrize``, and every
+one answers the same protocol, so that nothing else in the front needs to know which method
+it holds:
+
+* ``method``, ``stores`` (its ``MethodSpec``) and ``values``;
+* ``forward(stored)``: the exact values the parameter shows (in training, perhaps drawn at
+  random), with the gradient the method sends to the stored tensor;
+* ``hard(stored)``: the deterministic exact values (eval mode, ``harden_``, ``save``);
+* ``codes(stored, out=None)``: the index into the sorted set of each entry's hard value, in
+  the narrowest dtype (a bool for two values, a byte up to 256);
+* ``right_inverse(value)``: the stored tensor that shows ``value``;
+* ``value_shape(stored_shape)``: the shape of the values (``gumbel`` stores one more axis);
+* ``trainable_when_hard``: whether ``harden_`` leaves the exact values in a parameter.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from .._sets import ValueSet
+from .._sets import Binary, Tables, ValueSet
+from .._spec import ESTIMATORS, LATENT_RANGE, MethodSpec, NamedMethod, check_temperature
+from .._spec import METHODS as SPECS
 from . import _functional as F
 
+__all__ = [
+    "METHODS",
+    "STE",
+    "Constraint",
+    "Flip",
+    "GF2Weight",
+    "GumbelSoftmax",
+    "StochasticRounding",
+]
 
-class Constraint(nn.Module):
+
+class Constraint(NamedMethod, nn.Module):
     """Base of snapset's parametrizations: a stored tensor in, exact set values out.
 
-    Lookup tables are non-persistent buffers: they follow ``.to(device)`` and ``.half()``, they
-    are rebuilt from the exact :class:`~snapset.ValueSet` after each such move, and they stay out
-    of ``state_dict``, which holds only the stored tensor. The projection therefore depends on
-    nothing but ``state_dict`` and the value set named at ``constrain`` time.
+    Lookup tables are non-persistent buffers: they follow ``.to(device)`` and ``.half()``, they are
+    rebuilt from the exact [`ValueSet`][snapset.ValueSet] after each such move, and they stay out of
+    ``state_dict``, which holds only the stored tensor. The projection therefore depends on nothing
+    but ``state_dict`` and the value set named at ``constrain`` time.
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> layer = st.constrain(torch.nn.Linear(3, 2), "weight", snapset.Ternary(), "gumbel")
+        >>> c = layer.parametrizations.weight[0]
+        >>> c.method, c.stores, c.value_shape(layer.parametrizations.weight.original.shape)
+        ('gumbel', 'logits', torch.Size([2, 3]))
     """
 
-    method: ClassVar[str]
+    #: ``harden_`` leaves the exact values in the parameter (which keeps its identity); a
+    #: method whose layer computes with them by arithmetic no gradient crosses (``gf2``) makes
+    #: them a buffer instead, out of every optimizer.
+    trainable_when_hard: ClassVar[bool] = True
     table: Tensor
+    midpoints: Tensor
 
     def __init__(self, values: ValueSet, like: Tensor) -> None:
         super().__init__()
@@ -38,13 +72,38 @@ class Constraint(nn.Module):
         """The deterministic exact values (what eval mode and ``harden_`` use)."""
         raise NotImplementedError
 
+    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
+        """Index (into the sorted set) of each entry's ``hard`` value, one byte an entry or
+        less, from the same comparisons that choose the values; ``out``, a tensor of the codes'
+        shape and dtype from an earlier call, is reused when given."""
+        raise NotImplementedError
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        """The stored tensor whose ``hard`` values are ``value`` (exact members of the set)."""
+        raise NotImplementedError
+
+    def value_shape(self, stored_shape: torch.Size) -> torch.Size:
+        """The shape of the values that a stored tensor of ``stored_shape`` shows."""
+        return stored_shape
+
+    def _tables(self, dtype: torch.dtype) -> Tables:
+        """The set's tables as ``dtype`` holds them; refuses a dtype that merges two values."""
+        return self.values.tables(str(dtype))
+
     def _build(self, dtype: torch.dtype, device: torch.device) -> None:
-        """(Re)derive the buffers for ``dtype``; refuse a dtype that merges two values."""
-        table = torch.tensor(self.values.values, dtype=torch.float64).to(dtype)
-        if not bool(table.isfinite().all()):
-            raise ValueError(f"{self.values!r} does not fit in {dtype}: a value overflows")
-        _check_increasing(self.values, dtype, table)
-        self.register_buffer("table", table.to(device), persistent=False)
+        """(Re)derive the buffers for ``dtype`` on ``device``."""
+        self._keep(self._tables(dtype), dtype, device)
+
+    def _keep(self, tables: Tables, dtype: torch.dtype, device: torch.device) -> None:
+        self._buffer("table", tables.values, dtype, device)
+        self._buffer("midpoints", tables.midpoints, dtype, device)
+
+    def _buffer(
+        self, name: str, array: npt.NDArray[np.float64], dtype: torch.dtype, device: torch.device
+    ) -> None:
+        # The tables' numbers are exact in dtype: this cast rounds nothing.
+        tensor = torch.from_numpy(array).to(device=device, dtype=dtype)
+        self.register_buffer(name, tensor, persistent=False)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Constraint:
         super()._apply(fn, recurse)
@@ -72,39 +131,36 @@ class _LatentConstraint(Constraint):
         self,
         values: ValueSet,
         like: Tensor,
-        estimator: str = "inward",
-        latent_range: float = 0.1,
+        estimator: str = ESTIMATORS[0],
+        latent_range: float = LATENT_RANGE,
     ) -> None:
-        if estimator not in F.ESTIMATORS:
-            raise ValueError(
-                f"Unknown estimator {estimator!r}; valid estimators: "
-                + ", ".join(repr(e) for e in F.ESTIMATORS)
-            )
-        if not latent_range > 0:
-            raise ValueError(f"Invalid latent_range: {latent_range} (must be > 0)")
         self.estimator = estimator
         self.latent_range = float(latent_range)
-        # Slope of value against latent: the straight-through derivative inside the range.
-        self.scale = values.half_range / self.latent_range
         super().__init__(values, like)
 
-    def _build(self, dtype: torch.dtype, device: torch.device) -> None:
-        super()._build(dtype, device)
-        vs, r = self.values, self.latent_range
-        levels = torch.tensor(vs.to_latent(vs.values) * r, dtype=torch.float64).to(dtype)
-        thresholds = torch.tensor(vs.to_latent(vs.midpoints) * r, dtype=torch.float64).to(dtype)
-        _check_increasing(vs, dtype, torch.stack([levels[:-1], thresholds, levels[1:]], 1))
-        levels, thresholds = levels.to(device), thresholds.to(device)
+    def _tables(self, dtype: torch.dtype) -> Tables:
+        return self.values.tables(str(dtype), self.latent_range)
+
+    def _keep(self, tables: Tables, dtype: torch.dtype, device: torch.device) -> None:
+        super()._keep(tables, dtype, device)
+        assert tables.levels is not None and tables.thresholds is not None  # latent tables
+        self._buffer("levels", tables.levels, dtype, device)
+        self._buffer("thresholds", tables.thresholds, dtype, device)
+        #: Slope of value against latent: the straight-through derivative inside the range.
+        self.scale = tables.scale
         steps: Tensor | None = self.table.diff()
         # The fast summed projection is used only where it reproduces every value exactly.
-        if not torch.equal(F.nearest(levels, thresholds, self.table, steps), self.table):
+        if not torch.equal(F.nearest(self.levels, self.thresholds, self.table, steps), self.table):
             steps = None
-        self.register_buffer("levels", levels, persistent=False)
-        self.register_buffer("thresholds", thresholds, persistent=False)
         self.register_buffer("steps", steps, persistent=False)
 
     def hard(self, stored: Tensor) -> Tensor:
         return F.nearest(stored, self.thresholds, self.table, self.steps)
+
+    @torch.no_grad()
+    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
+        # value j where thresholds[j-1] <= u: the comparisons of hard(), counted
+        return F.count_at_least(stored, self.thresholds, out)
 
     def right_inverse(self, value: Tensor) -> Tensor:
         """Latent of an assigned value: ``(value - centre) / half_range * latent_range``."""
@@ -121,15 +177,23 @@ class STE(_LatentConstraint):
     Forward, in training and eval alike, the nearest value of the set (a tie goes to the larger
     value):
 
-    .. math:: q = \mathrm{nearest}(w) \in V
+    ```text
+    q = nearest(w) in V
+    ```
 
-    Backward: ``dq/du = half_range / r`` inside ``[-r, r]``, shaped outside by the estimator
-    (see :func:`snapset.torch.estimator_grad`). Courbariaux et al., 2016, "Binarized Neural
-    Networks"; Bengio et al., 2013, "Estimating or Propagating Gradients Through Stochastic
-    Neurons".
+    Backward: ``dq/du = half_range / r`` inside ``[-r, r]``, shaped outside by the estimator (see
+    [`snapset.torch.estimator_grad`][]). Courbariaux et al., 2016,
+    "Binarized Neural Networks"; Bengio et al., 2013, "Estimating or Propagating Gradients Through
+    Stochastic Neurons".
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> ste = st.STE(snapset.Sign(), torch.empty(0))
+        >>> ste(torch.tensor([-0.3, 0.0, 0.02])).tolist()  # a tie goes to the larger value
+        [-1.0, 1.0, 1.0]
     """
 
-    method = "ste"
+    spec = SPECS["ste"]
 
     def forward(self, latent: Tensor) -> Tensor:
         hard = self.hard(latent)
@@ -139,13 +203,19 @@ class STE(_LatentConstraint):
 class StochasticRounding(_LatentConstraint):
     r"""Random rounding to a neighbouring value while training, nearest value in eval.
 
-    Same latent as :class:`STE`. While training, a latent between two neighbouring values
+    Same latent as ``STE``. While training, a latent between two neighbouring values
     rounds up with probability proportional to its distance from the lower one, so that
     ``E[q] = w`` inside the range: the straight-through gradient is then the derivative of the
     expectation. Gupta et al., 2015, "Deep Learning with Limited Numerical Precision".
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> rounding = st.StochasticRounding(snapset.Binary(), torch.empty(0)).eval()
+        >>> rounding(torch.tensor([-0.05, 0.05])).tolist()  # eval: the nearest value
+        [0.0, 1.0]
     """
 
-    method = "stochastic"
+    spec = SPECS["stochastic"]
 
     def forward(self, latent: Tensor) -> Tensor:
         if self.training:
@@ -158,26 +228,34 @@ class StochasticRounding(_LatentConstraint):
 class GumbelSoftmax(Constraint):
     r"""A categorical distribution over the set for every entry, trained by Gumbel-softmax.
 
-    Stores ``u = logits * r`` of shape ``(*shape, len(values))``, with ``r = latent_range``
-    (default 0.1) for the reason given in :class:`STE`: the same learning rate suits every
-    method. While training, each entry draws ``j = argmax(logits + g)`` with Gumbel noise ``g``
-    and takes the exact value ``v_j``; the gradient is that of
-    ``E = sum_j softmax((logits + g) / tau)_j v_j``. In eval the entry takes the value of its
-    largest logit (ties go to the larger value). Anneal ``temperature`` (tau) with
-    :func:`snapset.torch.set_temperature`. Jang et al., 2017, "Categorical Reparameterization
-    with Gumbel-Softmax"; Maddison et al., 2017, "The Concrete Distribution".
+    Stores ``u = logits * r`` of shape ``(*shape, len(values))``, with ``r = latent_range`` (default
+    0.1) for the reason given in ``STE``: the same learning rate suits every method. While training,
+    each entry draws ``j = argmax(logits + g)`` with Gumbel noise ``g`` and takes the exact value
+    ``v_j``; the gradient is that of ``E = sum_j softmax((logits + g) / tau)_j v_j``. In eval the
+    entry takes the value of its largest logit (ties go to the larger value). Anneal ``temperature``
+    (tau) with [`snapset.torch.set_temperature`][]. Jang et al., 2017,
+    "Categorical Reparameterization with Gumbel-Softmax"; Maddison et al., 2017, "The Concrete
+    Distribution".
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> gumbel = st.GumbelSoftmax(snapset.Ternary(), torch.empty(0)).eval()
+        >>> gumbel(torch.tensor([[0.3, 0.1, 0.0], [0.0, 0.2, 0.2]])).tolist()
+        [-1.0, 1.0]
     """
 
-    method = "gumbel"
+    spec = SPECS["gumbel"]
     #: Logits of an assigned value ``w``: ``-SHARPNESS * ((w - v_j) / half_range)^2``, so a
     #: member of ``{-1, 1}`` starts with a logit lead of 2 (a sample agrees about 80% of the time).
     SHARPNESS = 0.5
 
     def __init__(
-        self, values: ValueSet, like: Tensor, temperature: float = 1.0, latent_range: float = 0.1
+        self,
+        values: ValueSet,
+        like: Tensor,
+        temperature: float = SPECS["gumbel"].options["temperature"],
+        latent_range: float = LATENT_RANGE,
     ) -> None:
-        if not latent_range > 0:
-            raise ValueError(f"Invalid latent_range: {latent_range} (must be > 0)")
         super().__init__(values, like)
         self.temperature = temperature
         self.latent_range = float(latent_range)
@@ -189,12 +267,15 @@ class GumbelSoftmax(Constraint):
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        if not value > 0:
-            raise ValueError(f"Invalid temperature: {value} (must be > 0)")
+        check_temperature(value)
         self._temperature = float(value)
 
     def hard(self, stored: Tensor) -> Tensor:
         return self.table[F.argmax_ties_up(stored)]
+
+    @torch.no_grad()
+    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
+        return F.narrow(F.argmax_ties_up(stored), len(self.values))
 
     def forward(self, stored: Tensor) -> Tensor:
         if self.training:
@@ -206,6 +287,10 @@ class GumbelSoftmax(Constraint):
         distance = (value.unsqueeze(-1) - self.table) / self.values.half_range
         return distance.square().mul_(-self.SHARPNESS * self.latent_range)
 
+    def value_shape(self, stored_shape: torch.Size) -> torch.Size:
+        """The stored shape without its last axis, which runs over the set."""
+        return stored_shape[:-1]
+
     def extra_repr(self) -> str:
         return f"{self.values!r}, temperature={self.temperature}, latent_range={self.latent_range}"
 
@@ -213,79 +298,101 @@ class GumbelSoftmax(Constraint):
 class Flip(Constraint):
     r"""No latent weight: the stored tensor *is* the set value, moved only by a flip optimizer.
 
-    Forward is the identity, ``w = s`` with ``s`` exact members of the set, and the gradient
-    reaches the stored tensor unchanged (``dL/ds = dL/dw``). Nothing here moves a value: a flip
-    optimizer (:class:`snapset.torch.Bop`) reads the gradient and moves an entry to a
-    neighbouring value of the set. A gradient optimizer (SGD, Adam) would push the values off
-    the set, so route flip parameters with :func:`snapset.torch.param_groups`. An assigned value
-    is stored as its nearest member of the set (ties go to the larger value). Helwegen et al.,
-    2019, "Latent Weights Do Not Exist: Rethinking Binarized Neural Network Optimization".
+    Forward is the identity, ``w = s`` with ``s`` exact members of the set, and the gradient reaches
+    the stored tensor unchanged (``dL/ds = dL/dw``). Nothing here moves a value: a flip optimizer
+    ([`snapset.torch.Bop`][]) reads the gradient and moves an entry to a
+    neighbouring value of the set. A gradient optimizer (SGD, Adam) would push the values off the
+    set, so route flip parameters with [`snapset.torch.param_groups`][].
+    An assigned value is stored as its nearest member of the set (ties go to the larger value).
+    Helwegen et al., 2019, "Latent Weights Do Not Exist: Rethinking Binarized Neural Network
+    Optimization".
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> flip = st.Flip(snapset.Binary(), torch.empty(0))
+        >>> flip.right_inverse(torch.tensor([0.5, 0.49, -3.0])).tolist()
+        [1.0, 0.0, 0.0]
     """
 
-    method = "flip"
-    midpoints: Tensor
-
-    def _build(self, dtype: torch.dtype, device: torch.device) -> None:
-        super()._build(dtype, device)
-        midpoints = torch.tensor(self.values.midpoints, dtype=torch.float64).to(dtype)
-        rows = torch.stack([self.table[:-1].cpu(), midpoints, self.table[1:].cpu()], 1)
-        _check_increasing(self.values, dtype, rows)
-        self.register_buffer("midpoints", midpoints.to(device), persistent=False)
+    spec = SPECS["flip"]
 
     def hard(self, stored: Tensor) -> Tensor:
         return stored
+
+    @torch.no_grad()
+    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
+        return F.count_at_least(stored, self.midpoints, out)
 
     def forward(self, stored: Tensor) -> Tensor:
         return stored
 
     def right_inverse(self, value: Tensor) -> Tensor:
         """The nearest member of the set for each assigned entry (ties go up)."""
-        if bool(value.isnan().any()):
-            raise ValueError(f"cannot store NaN in a parameter constrained to {self.values!r}")
+        _refuse_nan(value, self.values)
         return self.table[torch.bucketize(value, self.midpoints, right=True)]
 
 
+class GF2Weight(Constraint):
+    r"""The weight of a [`snapset.torch.GF2Linear`][]: stored logits, shown
+    as exact bits.
+
+    Stores a logit ``l`` per entry (the layer's trainable ``logits``); the value is ``sigmoid(l) >=
+    1/2``, in {0, 1} (``l = 0`` gives 1). Forward returns that hard weight without gradient: the
+    layer trains the logits through its own expected-parity surrogate
+    ([`snapset.torch.GF2Linear.log_odds`][]), not through the
+    weight. An assigned 0 or 1 is stored as ``-CERTAIN_LOGIT`` or ``+CERTAIN_LOGIT``. Not a method
+    of [`snapset.torch.constrain`][]; once hardened, the weight is a buffer
+    (the layer's exact GF(2) product has no gradient).
+
+    Examples:
+        >>> import torch
+        >>> from snapset.torch._methods import GF2Weight
+        >>> gf2 = GF2Weight(torch.empty(0))
+        >>> gf2(torch.tensor([-3.0, 0.0, 2.5])).tolist()
+        [0.0, 1.0, 1.0]
+        >>> gf2.right_inverse(torch.tensor([1.0, 0.0])).tolist()
+        [12.0, -12.0]
+    """
+
+    spec = MethodSpec("gf2", "logits", {})
+    trainable_when_hard = False
+    #: Magnitude of the logits stored for an assigned bit: ``sigmoid(-12) = 6e-6``, a weight as
+    #: good as certain (the training forward then agrees with the exact product to ~1e-3 even
+    #: for a hundred inputs), which gradient training can still move (Adam at lr 0.1 reverses it
+    #: in about 120 steps). Exact in every float dtype.
+    CERTAIN_LOGIT = 12.0
+
+    def __init__(self, like: Tensor) -> None:
+        super().__init__(Binary(), like)
+
+    def hard(self, stored: Tensor) -> Tensor:
+        return self._bits(stored).to(stored.dtype)
+
+    @torch.no_grad()
+    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
+        return self._bits(stored, out)
+
+    def forward(self, stored: Tensor) -> Tensor:
+        return self.hard(stored)
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        """``+CERTAIN_LOGIT`` where the assigned value is nearer 1 (ties go up), else minus it."""
+        _refuse_nan(value, self.values)
+        return value.ge(0.5).to(value.dtype).mul_(2 * self.CERTAIN_LOGIT).sub_(self.CERTAIN_LOGIT)
+
+    @staticmethod
+    def _bits(stored: Tensor, out: Tensor | None = None) -> Tensor:
+        # sigmoid(l) >= 1/2 rather than l >= 0: a tiny negative logit whose sigmoid rounds to
+        # 1/2 shows 1, as it always has
+        return torch.ge(torch.sigmoid(stored.detach()), 0.5, out=out)
+
+
 METHODS: dict[str, type[Constraint]] = {
-    cls.method: cls for cls in (STE, StochasticRounding, GumbelSoftmax, Flip)
+    cls.spec.name: cls for cls in (STE, StochasticRounding, GumbelSoftmax, Flip)
 }
+"""The methods [`snapset.torch.constrain`][] offers, by name."""
 
 
-def spread(weight: Tensor, values: ValueSet) -> Tensor:
-    """Map a freshly initialised weight onto the set's range, using every value equally.
-
-    Entries keep their order: the smallest ``1/k`` of the entries land in the bin of the
-    smallest value, and so on, spread evenly inside each bin. A layer with at least ``k``
-    entries therefore uses every value, whatever its init's scale (PyTorch's default inits are
-    far narrower than ``{0, 1}`` or ``{-1, 0, 1}``, whose nearest rounding would be all zeros).
-    """
-    k, n = len(values), weight.numel()
-    flat = weight.detach().reshape(-1).to(torch.float64)
-    ranks = torch.empty(n, dtype=torch.float64, device=weight.device)
-    ranks[flat.argsort(stable=True)] = torch.arange(n, dtype=torch.float64, device=weight.device)
-    position = (ranks + 0.5) * (k / n)  # in (0, k): the integer part picks the bin
-    bins = position.floor().clamp_(max=k - 1)
-    edges = torch.tensor(
-        [values.values[0], *values.midpoints, values.values[-1]],
-        dtype=torch.float64,
-        device=weight.device,
-    )
-    low, high = edges[bins.long()], edges[bins.long() + 1]
-    spread_values = low + (position - bins) * (high - low)
-    return spread_values.reshape(weight.shape).to(weight.dtype)
-
-
-def _check_increasing(vs: ValueSet, dtype: torch.dtype, sequence: Tensor) -> None:
-    """Refuse a dtype in which two neighbouring values (or their boundary) merge.
-
-    ``sequence`` is the values, or one row ``(value_i, boundary_i, value_i+1)`` per neighbour
-    pair; each must increase strictly.
-    """
-    rows = sequence if sequence.dim() == 2 else sequence.unfold(0, 2, 1)
-    merged = ~(rows.diff(dim=-1) > 0).all(dim=-1)
-    if bool(merged.any()):
-        i = int(merged.nonzero()[0])
-        raise ValueError(
-            f"{vs!r} cannot be told apart in {dtype}: {vs.values[i]} and {vs.values[i + 1]} "
-            "round together. Use a wider dtype (torch.float32 or torch.float64) or values "
-            "further apart."
-        )
+def _refuse_nan(value: Tensor, values: ValueSet) -> None:
+    if bool(value.isnan().any()):
+        raise ValueError(f"cannot store NaN in a parameter constrained to {values!r}")

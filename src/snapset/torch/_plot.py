@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def plot_training(tracker: FlipTracker, path: str | Path, max_tensors: int = 8) -> Path:
-    """Draw a :class:`FlipTracker`'s flip ratios and value shares over training to a PNG.
+    """Draw a ``FlipTracker``'s flip ratios and value shares over training to a PNG.
 
     The top panel shows each tensor's flip ratio per update (log scale; updates without a flip
     sit at the bottom edge); below, one panel per tensor (the first ``max_tensors``) shows the
@@ -20,7 +20,7 @@ def plot_training(tracker: FlipTracker, path: str | Path, max_tensors: int = 8) 
     Needs matplotlib (``pip install snapset[plot]``); it draws off screen and changes no global
     matplotlib setting. Returns the path written.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib, torch, snapset, snapset.torch as st
         >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Ternary(), "flip")
         >>> tracker = st.FlipTracker(layer)

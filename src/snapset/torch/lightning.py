@@ -26,22 +26,22 @@ class FlipMonitor(pl.Callback):
 
     Every ``every_n_steps`` training batches it writes to the trainer's loggers (at step
     ``trainer.global_step``), for each tensor constrained by snapset (``name`` as
-    :func:`snapset.torch.named_constraints` gives it):
+    [`snapset.torch.named_constraints`][] gives it):
 
     * ``flip_ratio/<name>``: the share of entries whose exact value changed since the previous
       log (larq's ``FlipRatio``), and ``flip_ratio/all`` over all constrained entries;
     * ``values/<name>/<value>``: the share of entries that hold each value of the set (the
       value histogram), when ``histograms`` is true.
 
-    The counting is :class:`snapset.torch.FlipTracker`'s: one byte per entry between logs, never
-    a float copy. Under DDP every replica holds the same values, so each rank logs the same
-    numbers (Lightning's loggers write on rank 0).
+    The counting is [`snapset.torch.FlipTracker`][]'s: one byte per entry
+    between logs, never a float copy. Under DDP every replica holds the same values, so each rank
+    logs the same numbers (Lightning's loggers write on rank 0).
 
     Args:
         every_n_steps: log after every this many training batches (default 1).
         histograms: also log the value shares (default True).
 
-    Example:
+    Examples:
         >>> import lightning, snapset.torch.lightning as sl
         >>> monitor = sl.FlipMonitor(every_n_steps=10)
         >>> trainer = lightning.Trainer(callbacks=[monitor], max_epochs=1, logger=False,

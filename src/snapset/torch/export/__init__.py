@@ -1,7 +1,7 @@
 """Leaving training: packed files (``save``/``load``), packed inference layers (``pack``) and
 ONNX export.
 
-Example:
+Examples:
     >>> import os, tempfile, torch, snapset, snapset.torch as st
     >>> model = st.constrain(torch.nn.Linear(64, 4), "weight", snapset.Sign())
     >>> path = st.export.save(model, os.path.join(tempfile.mkdtemp(), "m.safetensors"))
@@ -15,8 +15,20 @@ from ._file import SnapsetFileError as SnapsetFileError
 from ._file import load as load
 from ._file import save as save
 from ._onnx import export_onnx as export_onnx
+from ._pack import LUT_MAX_ROWS as LUT_MAX_ROWS
 from ._pack import PackedConv as PackedConv
 from ._pack import PackedLinear as PackedLinear
+from ._pack import kernel_backend as kernel_backend
 from ._pack import pack as pack
 
-__all__ = ["PackedConv", "PackedLinear", "SnapsetFileError", "export_onnx", "load", "pack", "save"]
+__all__ = [
+    "LUT_MAX_ROWS",
+    "PackedConv",
+    "PackedLinear",
+    "SnapsetFileError",
+    "export_onnx",
+    "kernel_backend",
+    "load",
+    "pack",
+    "save",
+]

@@ -1,7 +1,7 @@
 """Packed model files: ``save`` and ``load`` in safetensors, with no pickle anywhere.
 
 A file holds, for each constrained tensor, its value set, shape, dtype and its codes packed by
-:mod:`snapset._packing` (close to ``log2(k)`` bits a weight), and every other ``state_dict``
+``snapset._packing`` (close to ``log2(k)`` bits a weight), and every other ``state_dict``
 tensor as it is. The safetensors header's ``__metadata__`` carries::
 
     "format": "snapset", "snapset.version": "1",
@@ -12,7 +12,7 @@ and the tensor ``name`` is the ``uint8`` stream of codes. Any safetensors reader
 
 Loading reads and checks the header itself before it allocates anything: a truncated file, a
 damaged header, a tensor that claims more bytes than the file holds, a shape or value set that
-does not match the model, each raise :class:`SnapsetFileError` naming the problem. All tensors
+does not match the model, each raise ``SnapsetFileError`` naming the problem. All tensors
 are decoded into new memory first and copied into the model only when every one is ready, so a
 failed load leaves the model exactly as it was.
 """
@@ -26,17 +26,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..._packing import Radix, pack_codes, radix_for, unpack_codes
-from ..._sets import Binary, ValueSet
-from .._constrain import _constrained_tensors, _stack
-from .._diagnostics import value_codes
-from .._gf2linear import GF2Linear
-from .._methods import Constraint, GumbelSoftmax
+from ..._sets import ValueSet
+from .._constrain import ConstrainedTensor, constrained_tensors
 
 __all__ = ["SnapsetFileError", "load", "save"]
 
@@ -67,76 +64,47 @@ class SnapsetFileError(ValueError):
 # ----- what a model holds ---------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Slot:
-    """One constrained tensor of a model: where it lives and how to write its values."""
+    """One constrained tensor of a model, as a file holds it: its exact values' codes."""
 
-    name: str
-    values: ValueSet
-    method: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    module: nn.Module
-    attr: str
-    constraint: Constraint | None  # None for a GF2Linear weight
+    tensor: ConstrainedTensor
+
+    @property
+    def values(self) -> ValueSet:
+        return self.tensor.constraint.values
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.tensor.constraint.value_shape(self.tensor.stored.shape))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensor.stored.dtype
 
     def codes(self) -> Tensor:
-        if self.constraint is None:
-            return cast(GF2Linear, self.module).hard_weight().to(torch.uint8)
-        return value_codes(self.constraint, self.stored())
-
-    def stored(self) -> Tensor:
-        return _stack(self.module, self.attr).original
+        return self.tensor.constraint.codes(self.tensor.stored)
 
     def new_stored(self, value: Tensor) -> Tensor:
         """The tensor to store so that the slot shows ``value``; checked to be exact."""
-        if self.constraint is None:
-            return value
-        # every snapset constraint defines right_inverse; the base class leaves it to them
-        stored: Tensor = cast(Any, self.constraint).right_inverse(value)
-        if not torch.equal(self.constraint.hard(stored), value):
-            raise SnapsetFileError(f"'{self.name}': the values do not round-trip its constraint")
+        stored = self.tensor.constraint.right_inverse(value)
+        if not torch.equal(self.tensor.constraint.hard(stored), value):
+            raise SnapsetFileError(
+                f"'{self.tensor.name}': the values do not round-trip its constraint"
+            )
         return stored
 
 
 def _slots(model: nn.Module) -> dict[str, _Slot]:
-    prefixes = {id(module): prefix for prefix, module in model.named_modules()}
-    slots: dict[str, _Slot] = {}
-    for module, attr, _, constraint in _constrained_tensors(model):
-        prefix = prefixes[id(module)]
-        name = f"{prefix}.{attr}" if prefix else attr
-        stored = _stack(module, attr).original
-        # gumbel stores logits with one more axis, over the set
-        shape = tuple(stored.shape[:-1] if isinstance(constraint, GumbelSoftmax) else stored.shape)
-        slots[name] = _Slot(
-            name,
-            constraint.values,
-            constraint.method,
-            shape,
-            stored.dtype,
-            module,
-            attr,
-            constraint,
-        )
-    for prefix, module in model.named_modules():
-        if isinstance(module, GF2Linear):
-            name = f"{prefix}.weight" if prefix else "weight"
-            weight = module.weight
-            slots[name] = _Slot(
-                name, Binary(), "gf2", tuple(weight.shape), weight.dtype, module, "weight", None
-            )
-    return slots
+    return {tensor.name: _Slot(tensor) for tensor in constrained_tensors(model)}
 
 
 def _plain_state(model: nn.Module, slots: dict[str, _Slot]) -> dict[str, Tensor]:
     """``state_dict`` entries that are not the stored tensor of a slot."""
     skip = set()
     for name, slot in slots.items():
-        prefix = name[: -len(slot.attr)]
-        if slot.constraint is None:
-            skip.update({prefix + "logits", prefix + "weight"})
-        else:
-            skip.add(f"{prefix}parametrizations.{slot.attr}.original")
+        owner = name[: -len(slot.tensor.tensor_name)]  # "0." of "0.weight"
+        skip.add(f"{owner}parametrizations.{slot.tensor.tensor_name}.original")
     return {k: v for k, v in model.state_dict().items() if k not in skip}
 
 
@@ -146,7 +114,7 @@ def _plain_state(model: nn.Module, slots: dict[str, _Slot]) -> dict[str, Tensor]
 def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write ``model`` to a safetensors file with its constrained tensors packed; return the path.
 
-    Each tensor constrained by snapset (and each :class:`GF2Linear` weight) is stored as its
+    Each tensor constrained by snapset (a ``GF2Linear`` weight too) is stored as its
     value set, shape, dtype and codes packed at close to ``log2(k)`` bits a weight (1 bit for
     two values, 1.59 for ternary, 2 for four values); every other ``state_dict`` tensor (biases,
     float layers, buffers) is stored as it is. What is saved is the values the model computes
@@ -154,7 +122,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     ``torch.save`` to resume training). The file is written to a temporary name and renamed, so
     an interrupted save never leaves a half-written file under ``path``.
 
-    Example:
+    Examples:
         >>> import os, tempfile, torch, snapset, snapset.torch as st
         >>> model = st.constrain(torch.nn.Linear(1000, 10), "weight", snapset.Sign())
         >>> path = st.save(model, os.path.join(tempfile.mkdtemp(), "model.safetensors"))
@@ -175,7 +143,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
             "values": list(slot.values.values),
             "shape": list(slot.shape),
             "dtype": str(slot.dtype).removeprefix("torch."),
-            "method": slot.method,
+            "method": slot.tensor.constraint.method,
             "group": radix.group,
         }
     for name, tensor in _plain_state(model, slots).items():
@@ -270,12 +238,14 @@ class _File:
         """The exact values of a packed tensor, in ``dtype`` (default: the file's)."""
         packed = self.packed[name]
         data = self.read(name).numpy()
+        dtype = dtype or packed.dtype
         try:
             codes = unpack_codes(data, packed.radix, packed.count)
-        except ValueError as error:
+            # the core's table: the numbers as dtype holds them, so this cast rounds nothing
+            table = torch.from_numpy(packed.values.tables(str(dtype)).values).to(dtype)
+        except ValueError as error:  # impossible codes, or a set that dtype cannot hold
             raise SnapsetFileError(f"{self.path}: tensor '{name}': {error}") from None
-        table = torch.tensor(packed.values.values, dtype=torch.float64)
-        return table.to(dtype or packed.dtype)[torch.from_numpy(codes)].reshape(packed.shape)
+        return table[torch.from_numpy(codes)].reshape(packed.shape)
 
 
 def _entry(path: Path, name: str, spec: object, data_size: int) -> _Entry:
@@ -366,7 +336,7 @@ def _packed_entry(spec: dict[str, Any], entry: _Entry | None) -> _Packed:
 
 
 def load(model: nn.Module | None, path: str | os.PathLike[str]) -> Any:
-    """Load a file written by :func:`save` into ``model`` (returned), or into a dict.
+    """Load a file written by ``save`` into ``model`` (returned), or into a dict.
 
     ``model`` may be constrained the same way as the saved one (same value sets; the method may
     differ, so a file from a ``flip``-trained model loads into an ``ste`` model and back), or a
@@ -378,10 +348,10 @@ def load(model: nn.Module | None, path: str | os.PathLike[str]) -> Any:
     ``load_state_dict`` accepts: the constrained tensors decoded to their exact values and
     dtype, under their names (``"0.weight"``), and every other tensor as saved.
 
-    Raises :class:`SnapsetFileError` (a ``ValueError``) for a damaged file, or one whose names,
+    Raises ``SnapsetFileError`` (a ``ValueError``) for a damaged file, or one whose names,
     shapes or value sets do not match ``model``; nothing in ``model`` changes then.
 
-    Example:
+    Examples:
         >>> import os, tempfile, torch, snapset, snapset.torch as st
         >>> model = st.constrain(torch.nn.Linear(6, 3), "weight", snapset.Ternary()).eval()
         >>> path = st.save(model, os.path.join(tempfile.mkdtemp(), "m.safetensors"))
@@ -396,11 +366,7 @@ def load(model: nn.Module | None, path: str | os.PathLike[str]) -> Any:
     writes = list(_plan(file, model))
     with torch.no_grad():
         for target, value in writes:
-            if isinstance(target, GF2Linear):
-                target.harden_()
-                target.weight.copy_(value)
-            else:
-                target.copy_(value)
+            target.copy_(value)
     return model
 
 
@@ -408,7 +374,7 @@ def _read_any(file: _File, name: str) -> Tensor:
     return file.decode(name) if name in file.packed else file.read(name)
 
 
-def _plan(file: _File, model: nn.Module) -> Iterator[tuple[Tensor | GF2Linear, Tensor]]:
+def _plan(file: _File, model: nn.Module) -> Iterator[tuple[Tensor, Tensor]]:
     """Every (target, new value) pair, all decoded and checked before anything is written."""
     slots = _slots(model)
     plain = _plain_state(model, slots)
@@ -423,14 +389,10 @@ def _plan(file: _File, model: nn.Module) -> Iterator[tuple[Tensor | GF2Linear, T
                 if names
             )
         )
-    writes: list[tuple[Tensor | GF2Linear, Tensor]] = []
+    writes: list[tuple[Tensor, Tensor]] = []
     for name, slot in slots.items():
         value = _value_for(file, name, slot.shape, slot.dtype, slot.values)
-        if slot.constraint is None:
-            module = cast(GF2Linear, slot.module)
-            writes.append((module if not module.is_hard else module.weight, value))
-        else:
-            writes.append((slot.stored(), slot.new_stored(value)))
+        writes.append((slot.tensor.stored, slot.new_stored(value)))
     for name, tensor in plain.items():
         writes.append((tensor, _value_for(file, name, tuple(tensor.shape), tensor.dtype, None)))
     return iter(writes)

@@ -28,7 +28,7 @@ def export_onnx(
 ) -> Path:
     """Export a hardened copy of ``model`` to ONNX (standard operators, opset 18+); return the path.
 
-    ``model`` is left as it is: a deep copy is hardened (:func:`harden_`), put in eval mode and
+    ``model`` is left as it is: a deep copy is hardened (``harden_``), put in eval mode and
     exported with ``torch.onnx.export`` (the ``torch.export`` based exporter), so the graph holds
     ordinary ``Gemm``/``MatMul``/``Conv`` nodes that any ONNX runtime executes. With
     ``dynamic_batch`` the first input axis may take any size. With ``codes`` (default) each
@@ -36,7 +36,7 @@ def export_onnx(
     standard ``Cast`` and ``Gather`` nodes, so the file holds a byte a weight instead of four
     (ONNX has no sub-byte type that runtimes compute with); ``codes=False`` keeps floats.
 
-    Example:
+    Examples:
         >>> import os, tempfile, torch, snapset, snapset.torch as st
         >>> import onnxruntime as ort
         >>> model = st.constrain_(torch.nn.Linear(8, 3), snapset.Ternary()).eval()

@@ -11,26 +11,41 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..._kernels import PackedMatrix, decode_rows, small_matmul
+from ..._kernels import PackedMatrix, backend, decode_rows, small_matmul
 from ..._sets import ValueSet
 from .._constrain import harden_, named_constraints
 
-__all__ = ["PackedConv", "PackedLinear", "pack"]
+__all__ = ["LUT_MAX_ROWS", "PackedConv", "PackedLinear", "kernel_backend", "pack"]
 
-#: Up to this many input rows, the table-lookup kernel; beyond, decoded tiles and BLAS (the
-#: crossover measured by ``benchmarks/inference.py`` on a 4096x4096 layer).
 LUT_MAX_ROWS = 8
+"""Default of the packed layers' ``lookup_max_rows``: up to this many input rows use the
+table-lookup kernel, beyond it decoded tiles and BLAS (the crossover measured by
+``benchmarks/inference.py`` on a 4096x4096 layer)."""
 #: Float32 bytes of the decoded block of ``W.T`` (512 inputs by 4096 outputs), the size that
 #: ran fastest with BLAS in ``benchmarks/inference.py``: one such workspace per thread, shared
 #: by all packed layers.
 TILE_BYTES = 8 << 20
 
 
-def packed_matmul(x: Tensor, matrix: PackedMatrix, bias: Tensor) -> tuple[Tensor, str]:
+def kernel_backend() -> str:
+    """The kernels that packed layers run: ``"numba"`` (compiled for this CPU on first use) or
+    ``"numpy"`` (the fallback, where numba is missing or ``SNAPSET_KERNELS=numpy`` is set).
+
+    Examples:
+        >>> import snapset.torch as st
+        >>> st.export.kernel_backend() in ("numba", "numpy")
+        True
+    """
+    return backend()
+
+
+def packed_matmul(
+    x: Tensor, matrix: PackedMatrix, bias: Tensor, lookup_max_rows: int = LUT_MAX_ROWS
+) -> tuple[Tensor, str]:
     """``x @ W.T + bias`` for float rows ``x`` of shape ``(rows, n_in)``, on the packed ``W``.
 
     Returns the result and the kernel that ran: ``"xnor"`` (XNOR-popcount, when ``W`` and every
-    input are in {-1, +1}), ``"lookup"`` (table lookups, up to ``LUT_MAX_ROWS`` rows) or
+    input are in {-1, +1}), ``"lookup"`` (table lookups, up to ``lookup_max_rows`` rows) or
     ``"tiles"`` (``W.T`` decoded a block at a time, times BLAS). ``bias`` is float32 (zeros for
     a layer without one).
     """
@@ -39,7 +54,7 @@ def packed_matmul(x: Tensor, matrix: PackedMatrix, bias: Tensor) -> tuple[Tensor
     rows = x.detach()
     if rows.dtype != torch.float32 or not rows.is_contiguous():
         rows = rows.to(torch.float32).contiguous()
-    kernel, y = small_matmul(rows.numpy(), matrix, bias.numpy(), LUT_MAX_ROWS)
+    kernel, y = small_matmul(rows.numpy(), matrix, bias.numpy(), lookup_max_rows)
     if y is not None:
         return torch.from_numpy(y), kernel
     return _tiled_matmul(rows, matrix).add_(bias), kernel
@@ -70,12 +85,15 @@ def _tiled_matmul(rows: Tensor, matrix: PackedMatrix) -> Tensor:
 
 
 class PackedLinear(nn.Module):
-    """An inference-only ``nn.Linear`` whose weight lives as packed codes (see :func:`pack`).
+    """An inference-only ``nn.Linear`` whose weight lives as packed codes (see ``pack``).
 
     The weight takes ``g`` codes a byte (1 bit a weight for two values, 1.6 for ternary, 2 for
     four); the bias stays float32. It computes in float32 on the CPU, and has no gradient.
+    ``lookup_max_rows`` (default ``LUT_MAX_ROWS``) picks the kernel by batch size: up to
+    this many input rows use the table-lookup kernel, beyond it decoded tiles and BLAS; 0
+    always uses tiles. XNOR-popcount runs instead when weights and inputs are all in {-1, +1}.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> layer = st.harden_(st.constrain(torch.nn.Linear(64, 8), "weight", snapset.Sign()))
         >>> packed = st.PackedLinear.from_linear(layer, snapset.Sign())
@@ -84,6 +102,9 @@ class PackedLinear(nn.Module):
         >>> x = torch.randn(3, 64)
         >>> torch.allclose(packed(x), layer(x), atol=1e-5)
         True
+        >>> packed.lookup_max_rows = 0   # decoded tiles and BLAS even for one row
+        >>> _ = packed(x[:1]); packed.last_kernel
+        'tiles'
     """
 
     bias: Tensor | None
@@ -92,6 +113,9 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.matrix = matrix
         self.in_features, self.out_features = matrix.n_in, matrix.out
+        #: Up to this many input rows use the table-lookup kernel, beyond it decoded tiles and
+        #: BLAS; 0 always uses tiles.
+        self.lookup_max_rows = LUT_MAX_ROWS
         #: The kernel the last call ran: "xnor", "lookup" or "tiles".
         self.last_kernel = ""
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
@@ -109,7 +133,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)
-        y, self.last_kernel = packed_matmul(flat, self.matrix, self._shift)
+        y, self.last_kernel = packed_matmul(flat, self.matrix, self._shift, self.lookup_max_rows)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -120,12 +144,13 @@ class PackedLinear(nn.Module):
 
 
 class PackedConv(nn.Module):
-    """An inference-only ``nn.Conv1d`` or ``nn.Conv2d`` on packed codes (see :func:`pack`).
+    """An inference-only ``nn.Conv1d`` or ``nn.Conv2d`` on packed codes (see ``pack``).
 
     The input is unfolded into patches (``F.unfold``) and the patches times the packed
-    ``(out_channels, in_channels * kernel)`` weight go through the packed matrix product.
+    ``(out_channels, in_channels * kernel)`` weight go through the packed matrix product, whose
+    kernel ``lookup_max_rows`` picks as in ``PackedLinear`` (rows are patches here).
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> conv = st.harden_(st.constrain(torch.nn.Conv2d(3, 4, 3, padding=1), "weight",
         ...                                snapset.Ternary()))
@@ -148,6 +173,9 @@ class PackedConv(nn.Module):
     ) -> None:
         super().__init__()
         self.matrix, self.dims = matrix, dims
+        #: Up to this many patch rows use the table-lookup kernel, beyond it decoded tiles and
+        #: BLAS; 0 always uses tiles.
+        self.lookup_max_rows = LUT_MAX_ROWS
         #: The kernel the last call ran: "xnor", "lookup" or "tiles".
         self.last_kernel = ""
         self.kernel_size, self.stride = kernel_size, stride
@@ -192,7 +220,7 @@ class PackedConv(nn.Module):
         patches = F.unfold(images, k, dilation=d, padding=p, stride=s)  # (N, C*k, L)
         n, _, count = patches.shape
         flat = patches.transpose(1, 2).reshape(n * count, -1)
-        y, self.last_kernel = packed_matmul(flat, self.matrix, self._shift)
+        y, self.last_kernel = packed_matmul(flat, self.matrix, self._shift, self.lookup_max_rows)
         y = y.reshape(n, count, -1).transpose(1, 2)
         size = [
             (images.shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)
@@ -211,7 +239,7 @@ class PackedConv(nn.Module):
 
 
 def packable_conv(module: nn.Module) -> bool:
-    """Whether ``module`` is a ``Conv1d``/``Conv2d`` that :class:`PackedConv` can run."""
+    """Whether ``module`` is a ``Conv1d``/``Conv2d`` that ``PackedConv`` can run."""
     return (
         type(module) in (nn.Conv1d, nn.Conv2d)
         and cast(nn.Conv2d, module).groups == 1
@@ -223,18 +251,19 @@ def packable_conv(module: nn.Module) -> bool:
 def pack(model: nn.Module) -> nn.Module:
     """An inference-only copy of ``model`` whose constrained layers run on packed codes.
 
-    The copy is hardened (:func:`harden_`), put in eval mode and frozen; then every
+    The copy is hardened (``harden_``), put in eval mode and frozen; then every
     ``nn.Linear`` whose weight was constrained to a set of at most 256 values becomes a
-    :class:`PackedLinear`, and every such ``Conv1d``/``Conv2d`` (``groups=1``, zero padding)
-    a :class:`PackedConv`; other layers stay as they are, in float. ``model`` is unchanged.
+    ``PackedLinear``, and every such ``Conv1d``/``Conv2d`` (``groups=1``, zero padding)
+    a ``PackedConv``; other layers stay as they are, in float. ``model`` is unchanged.
     Outputs match the hardened float model to float32 rounding. Packed layers compute in
     float32 on the CPU and do not propagate gradients.
 
     Kernels, chosen per call (see ``benchmarks/inference.py`` for their speed): XNOR-popcount
     when the weights are in {-1, +1} and so is every input; table lookups (T-MAC style) for up
-    to ``LUT_MAX_ROWS`` input rows; decoded tiles times BLAS for more.
+    to ``lookup_max_rows`` input rows (a knob of each packed layer, default
+    ``LUT_MAX_ROWS``); decoded tiles times BLAS for more.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> model = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.ReLU(),
         ...                             torch.nn.Linear(16, 4))

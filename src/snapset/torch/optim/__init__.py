@@ -1,6 +1,7 @@
-"""Flip optimizers: train parameters that are exact set values, with no latent weights.
+"""Flip optimizers: train parameters that are exact set values, with no latent weights;
+``param_groups`` routes a model's parameters between them and a gradient optimizer.
 
-Example:
+Examples:
     >>> import torch, snapset, snapset.torch as st
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
     >>> model = st.constrain_(model, snapset.Binary(), method="flip",
@@ -15,4 +16,17 @@ from ._bop import THRESHOLD_MODES as THRESHOLD_MODES
 from ._bop import Bop as Bop
 from ._bop import bop as bop
 from ._bop import grad_norms as grad_norms
+from ._groups import ParamGroups as ParamGroups
+from ._groups import param_groups as param_groups
 from ._schedule import HyperparameterSchedule as HyperparameterSchedule
+
+__all__ = [
+    "MOMENTUM_RESETS",
+    "THRESHOLD_MODES",
+    "Bop",
+    "HyperparameterSchedule",
+    "ParamGroups",
+    "bop",
+    "grad_norms",
+    "param_groups",
+]

@@ -12,9 +12,9 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT, _default_to_fused_or_foreach
 
 from ..._sets import ValueSet
-from ..._spec import MOMENTUM_RESETS, THRESHOLD_MODES, check_bop_options
-from .._flip import flip_constraint
-from .._methods import Flip
+from ..._spec import BOP_DEFAULTS, MOMENTUM_RESETS, THRESHOLD_MODES, check_bop_options
+from .._constrain import constraint_of
+from .._methods import Constraint
 
 __all__ = ["MOMENTUM_RESETS", "THRESHOLD_MODES", "Bop", "bop"]
 
@@ -23,11 +23,11 @@ class Bop(Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        threshold: float = 1e-8,
-        gamma: float = 1e-4,
+        threshold: float = BOP_DEFAULTS["threshold"],
+        gamma: float = BOP_DEFAULTS["gamma"],
         *,
-        threshold_mode: str = "abs",
-        momentum_reset: str = "interior",
+        threshold_mode: str = BOP_DEFAULTS["threshold_mode"],
+        momentum_reset: str = BOP_DEFAULTS["momentum_reset"],
         foreach: bool | None = None,
     ) -> None:
         defaults = {
@@ -62,8 +62,8 @@ class Bop(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            group.setdefault("threshold_mode", "abs")
-            group.setdefault("momentum_reset", "interior")
+            group.setdefault("threshold_mode", BOP_DEFAULTS["threshold_mode"])
+            group.setdefault("momentum_reset", BOP_DEFAULTS["momentum_reset"])
             group.setdefault("foreach", None)
             group.setdefault("nonfinite_steps", 0)
 
@@ -175,25 +175,20 @@ exact value ``v_i`` of its sorted set ``v_0 < v_1 < ... < v_{k-1}``; there is no
 Bop keeps an exponential moving average ``m`` of the gradient and moves ``w`` one level when
 ``m`` is strong enough:
 
-.. math::
-   \begin{aligned}
-   &\textbf{input}: \gamma \text{ (gamma)},\ \tau \text{ (threshold)},\
-     w_0 = v_{i_0} \text{ (params)},\ m_0 = 0,\ s_0 = 0                                  \\
-   &\textbf{for}\ t = 1, 2, \ldots\ \textbf{do}                                          \\
-   &\quad g_t \leftarrow \nabla_w f_t(w_{t-1})                                           \\
-   &\quad \textbf{if}\ g_t \text{ is not finite anywhere: skip the step (nothing changes)} \\
-   &\quad m_t \leftarrow (1 - \gamma)\, m_{t-1} + \gamma\, g_t                           \\
-   &\quad s_t \leftarrow (1 - \gamma)\, s_{t-1} + \gamma\, \mathrm{mean}(g_t^2)
-     \quad \text{(one number per tensor)}                                                \\
-   &\quad \theta_t \leftarrow \tau \ \text{(abs)} \quad\text{or}\quad
-     \tau \sqrt{s_t / (1 - (1 - \gamma)^t)} \ \text{(rel)}                               \\
-   &\quad i_t \leftarrow \begin{cases}
-       \max(i_{t-1} - 1,\ 0) & m_t > \theta_t \\
-       \min(i_{t-1} + 1,\ k - 1) & m_t < -\theta_t \\
-       i_{t-1} & \text{otherwise}\end{cases},\qquad w_t \leftarrow v_{i_t}               \\
-   &\quad m_t \leftarrow 0 \ \text{where the entry moved and the reset rule says so}     \\
-   &\textbf{return}\ w_t
-   \end{aligned}
+```text
+input: gamma, threshold tau, w_0 = v_{i_0} (the params), m_0 = 0, s_0 = 0
+for t = 1, 2, ...
+    g_t     <- the gradient of f_t at w_{t-1}
+    if g_t is not finite anywhere: skip the step (nothing changes)
+    m_t     <- (1 - gamma) m_{t-1} + gamma g_t
+    s_t     <- (1 - gamma) s_{t-1} + gamma mean(g_t^2)          (one number per tensor)
+    theta_t <- tau (abs)   or   tau sqrt(s_t / (1 - (1 - gamma)^t)) (rel)
+    i_t     <- max(i_{t-1} - 1, 0)        where m_t > theta_t
+               min(i_{t-1} + 1, k - 1)    where m_t < -theta_t
+               i_{t-1}                    elsewhere;                w_t <- v_{i_t}
+    m_t     <- 0 where the entry moved and the reset rule says so
+return w_t
+```
 
 A positive average gradient means the loss wants the entry smaller, so it steps one level
 down; at either end of the set it stays. For ``{-1, +1}`` this is exactly the Bop of Helwegen
@@ -219,13 +214,13 @@ multiplying the loss by a power of two leaves the whole run unchanged, bit for b
 
 A step whose gradients hold NaN or infinity anywhere (or are so large that their squared
 norm overflows) is skipped whole, as ``torch.amp.GradScaler`` does: no entry moves, no
-momentum changes, a ``RuntimeWarning`` says which parameters, and :attr:`nonfinite_steps`
+momentum changes, a ``RuntimeWarning`` says which parameters, and ``nonfinite_steps``
 counts the skips.
 
 Bop refuses, with a ``ValueError``, parameters that are not flip-constrained or that hold
 values outside their set. ``state_dict`` / ``load_state_dict`` resume a run bit for bit.
 Hyperparameters live in each param group; schedule them with
-:class:`snapset.torch.optim.HyperparameterSchedule`.
+[`snapset.torch.optim.HyperparameterSchedule`][].
 
 Args:
     params (iterable): flip parameters or dicts defining param groups (for a mixed model,
@@ -243,7 +238,7 @@ Args:
         averages; by default as torch decides for its own optimizers (on CUDA, yes). Both
         paths give the same result, bit for bit.
 
-Example:
+Examples:
     >>> import torch, snapset, snapset.torch as st
     >>> layer = st.constrain(torch.nn.Linear(4, 3), "weight", snapset.Binary(), "flip")
     >>> opt = st.Bop([layer.weight], threshold=1e-3, gamma=0.5)
@@ -270,20 +265,20 @@ def bop(
     *,
     gamma: float,
     threshold: float,
-    threshold_mode: str = "abs",
-    momentum_reset: str = "interior",
+    threshold_mode: str = BOP_DEFAULTS["threshold_mode"],
+    momentum_reset: str = BOP_DEFAULTS["momentum_reset"],
 ) -> None:
-    r"""Functional form of :class:`Bop`: one step, in place, on finite gradients.
+    r"""Functional form of ``Bop``: one step, in place, on finite gradients.
 
     ``values[i]`` is the value set of ``params[i]``, whose entries are members of it;
     ``momentums``, ``grad_sqs`` (0-dim, float32 or wider) and ``steps`` (0-dim, on the CPU)
     are the state that this call updates. ``norms`` are the gradients' L2 norms
-    (:func:`grad_norms`), computed here when not given; ``scratch[i]``, a tensor shaped like
+    (``grad_norms``), computed here when not given; ``scratch[i]``, a tensor shaped like
     ``params[i]`` that may be shared between parameters, holds the directions (allocated here
     when not given). Checking that the gradients are
-    finite is the caller's job (:class:`Bop` skips the whole step when one is not).
+    finite is the caller's job (``Bop`` skips the whole step when one is not).
 
-    Example:
+    Examples:
         >>> import torch, snapset
         >>> from snapset.torch.optim import bop
         >>> w, g = torch.tensor([-1.0, 1.0, -1.0, 1.0]), torch.tensor([-0.5, -0.5, 0.5, 0.5])
@@ -359,9 +354,10 @@ def _direction(momentum: Tensor, theta: float | Tensor, out: Tensor | None) -> T
 class _Plan(NamedTuple):
     """How to move an entry one level in a given set and dtype."""
 
-    low: float
-    high: float
-    #: Added times the direction, then clamped to [low, high]; None: look the index up.
+    #: The values and the midpoints between them as the dtype holds them (the core's tables).
+    table: tuple[float, ...]
+    midpoints: tuple[float, ...]
+    #: Added times the direction, then clamped to the ends of the table; None: look the index up.
     stride: float | None
 
 
@@ -384,15 +380,17 @@ _plan: Callable[[ValueSet, torch.dtype], _Plan] = torch.compiler.assume_constant
 
 
 def _new_plan(values: ValueSet, dtype: torch.dtype) -> _Plan:
-    table = torch.tensor(values.values, dtype=torch.float64).to(dtype)
+    tables = values.tables(str(dtype))
+    held = (tuple(tables.values.tolist()), tuple(tables.midpoints.tolist()))
+    table = torch.from_numpy(tables.values).to(dtype)  # exact: the numbers are dtype's own
     low, high = float(table[0]), float(table[-1])
     if len(values) == 2:
         # Overshoot by twice the gap; the clamp lands exactly on the other value.
         stride = torch.tensor(2.0 * (high - low), dtype=dtype)
-        return _Plan(low, high, float(stride) if bool(stride.isfinite()) else None)
+        return _Plan(*held, float(stride) if bool(stride.isfinite()) else None)
     gap = table[1] - table[0]
     exact = torch.equal(table[:-1] + gap, table[1:]) and torch.equal(table[1:] - gap, table[:-1])
-    return _Plan(low, high, float(gap) if exact else None)
+    return _Plan(*held, float(gap) if exact else None)
 
 
 def _tables(values: ValueSet, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -405,8 +403,9 @@ def _tables(values: ValueSet, dtype: torch.dtype, device: torch.device) -> tuple
 def _new_tables(
     values: ValueSet, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    table = torch.tensor(values.values, dtype=torch.float64).to(dtype).to(device)
-    midpoints = torch.tensor(values.midpoints, dtype=torch.float64).to(dtype).to(device)
+    plan = _plan(values, dtype)
+    table = torch.tensor(plan.table, dtype=dtype, device=device)
+    midpoints = torch.tensor(plan.midpoints, dtype=dtype, device=device)
     return table, midpoints
 
 
@@ -421,12 +420,14 @@ def _move(
     if plan.stride is not None:
         # Evenly spaced sets (two values, ternary, 0..n): one exact add and a clamp.
         before = param.clone() if momentum_reset == "always" else None
-        param.add_(direction, alpha=plan.stride).clamp_(plan.low, plan.high)
+        param.add_(direction, alpha=plan.stride).clamp_(plan.table[0], plan.table[-1])
         if before is not None:
             momentum.masked_fill_(param.ne(before), 0.0)
         elif momentum_reset == "interior" and k > 2:
             # A nonzero direction that ends inside the range did move (a blocked one is at an end).
-            momentum.masked_fill_(direction.ne(0) & param.gt(plan.low) & param.lt(plan.high), 0.0)
+            momentum.masked_fill_(
+                direction.ne(0) & param.gt(plan.table[0]) & param.lt(plan.table[-1]), 0.0
+            )
         return
     table, midpoints = _tables(values, param.dtype, param.device)
     if k <= 16:
@@ -465,9 +466,9 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
     )
 
 
-def _owning_constraint(param: Tensor, where: str) -> Flip:
-    constraint = flip_constraint(param)
-    if constraint is None:
+def _owning_constraint(param: Tensor, where: str) -> Constraint:
+    constraint = constraint_of(param)
+    if constraint is None or constraint.method != "flip":
         raise ValueError(
             f"Bop cannot train {where}: it is not flip-constrained, so Bop does not know which "
             "values it may take. Constrain it with snapset.torch.constrain(module, name, "

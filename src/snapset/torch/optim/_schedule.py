@@ -15,13 +15,13 @@ class HyperparameterSchedule:
 
     Made for Bop's ``gamma`` and ``threshold`` (torch's schedulers move ``lr`` only), it works
     for any numeric hyperparameter of any optimizer. The first value is set at construction
-    (``step = 0``); call :meth:`step` once per optimizer step (or epoch), after
+    (``step = 0``); call ``step`` once per optimizer step (or epoch), after
     ``optimizer.step()``. Each group's starting value is kept as ``initial_<name>`` in the
     group, so it travels with the optimizer's ``state_dict``; the schedule's own
     ``state_dict`` holds its step count. ``factor`` is not saved: build the schedule again with
     the same function, then load its state.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> from snapset.torch.optim import HyperparameterSchedule
         >>> layer = st.constrain(torch.nn.Linear(4, 3), "weight", snapset.Sign(), "flip")

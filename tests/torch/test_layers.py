@@ -1,4 +1,5 @@
-"""GF2Linear: exact eval forward, the surrogate's maths, hardening, and planted recovery."""
+"""Multiplier, and GF2Linear: exact eval forward, the surrogate's maths, a constrained tensor like
+any other, hardening, and planted recovery."""
 
 from __future__ import annotations
 
@@ -12,9 +13,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+import snapset
 import snapset.torch
 from snapset import gf2
-from snapset.torch._gf2linear import GF2Linear
+from snapset.torch import GF2Linear
+
+# ----- Multiplier ------------------------------------------------------------------------------
+
+
+def test_multiplier_multiplies_by_set_values() -> None:
+    layer = snapset.torch.Multiplier(8, [1, -1, 0.5, -0.5])
+    assert layer.weight.unique().tolist() == [-1.0, -0.5, 0.5, 1.0]
+    x = torch.randn(3, 5, 8)
+    assert torch.equal(layer(x), x * layer.weight)
+    assert "Multiplier(\n  num_features=8" in repr(layer)
+    gumbel = snapset.torch.Multiplier(4, snapset.Sign(), "gumbel", temperature=0.5)
+    assert gumbel.parametrizations.weight[0].temperature == 0.5
+
+
+# ----- GF2Linear -------------------------------------------------------------------------------
 
 
 def random_layer(in_features: int, out_features: int, seed: int) -> GF2Linear:
@@ -105,7 +122,9 @@ def test_log_odds_gradient_matches_finite_differences() -> None:
     layer = GF2Linear(6, 3, dtype=torch.float64)
 
     def log_odds(logits: torch.Tensor) -> torch.Tensor:
-        return F.sigmoid(torch.func.functional_call(layer, {"logits": logits}, (x,)))
+        # the logits are the stored tensor of the constrained weight, named as in state_dict
+        stored = {"parametrizations.weight.original": logits}
+        return F.sigmoid(torch.func.functional_call(layer, stored, (x,)))
 
     assert torch.autograd.gradcheck(log_odds, (logits,))
 
@@ -236,3 +255,53 @@ def test_harden_of_a_whole_model_hardens_its_gf2_layers():
     assert all(layer.is_hard for layer in model)
     assert set(model.state_dict()) == {"0.weight", "1.weight"}
     assert torch.equal(model(x), before)
+
+
+# ----- a constrained tensor like any other ----------------------------------------------------
+
+
+def test_the_weight_is_a_constrained_tensor_stored_as_logits() -> None:
+    layer = random_layer(5, 3, seed=9)
+    assert [(name, c.method, c.values) for name, c in snapset.torch.named_constraints(layer)] == [
+        ("weight", "gf2", snapset.Binary())
+    ]
+    assert list(layer.state_dict()) == ["parametrizations.weight.original"]
+    assert [p is layer.logits for p in layer.parameters()] == [True]
+    layer.weight = torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.0]]).repeat(3, 1)  # stores sure logits
+    assert layer.logits.tolist() == [[12.0, -12.0, 12.0, -12.0, -12.0]] * 3
+    assert layer.weight.tolist() == [[1.0, 0.0, 1.0, 0.0, 0.0]] * 3
+
+
+def test_training_moves_the_logits_and_the_weight_follows() -> None:
+    layer = random_layer(8, 2, seed=10)
+    x = random_bits(32, 8, seed=11)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.5)
+    start = layer.logits.detach().clone()
+    for _ in range(5):
+        loss = F.binary_cross_entropy_with_logits(layer.log_odds(x), torch.ones(32, 2))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not torch.equal(layer.logits, start)
+    assert torch.equal(layer.weight, (torch.sigmoid(layer.logits) >= 0.5).float())
+
+
+def test_summary_and_flip_tracker_see_the_weight() -> None:
+    layer = random_layer(16, 4, seed=12)
+    (row,) = snapset.torch.summary(layer).rows
+    assert (row.name, row.method, row.count, row.bits, row.packed_bytes) == (
+        "weight",
+        "gf2",
+        64,
+        1,
+        8,
+    )
+    tracker = snapset.torch.FlipTracker(layer)
+    with torch.no_grad():
+        layer.logits[0, :3] = -layer.logits[0, :3] - (layer.logits[0, :3] == 0).float()
+    tracker.update()
+    assert tracker.flip_ratios() == {"weight": [3 / 64]}
+    assert tracker.histograms()["weight"][-1].tolist() == [
+        int((layer.weight == 0).sum()),
+        int((layer.weight == 1).sum()),
+    ]

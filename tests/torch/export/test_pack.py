@@ -10,7 +10,6 @@ from torch import nn
 import snapset
 import snapset.torch as st
 from snapset import _kernels
-from snapset.torch.export import _pack
 
 SETS = {
     "sign": snapset.Sign(),
@@ -46,7 +45,7 @@ def test_packed_linear_matches_float_on_odd_shapes(kernels: str, set_name: str) 
         layer = hardened_linear(n_in, out, values, seed)
         packed = st.PackedLinear.from_linear(layer, values)
         # below and above LUT_MAX_ROWS: the table-lookup and the decoded-tile paths
-        for batch in (1, _pack.LUT_MAX_ROWS, _pack.LUT_MAX_ROWS + 5, 40):
+        for batch in (1, st.export.LUT_MAX_ROWS, st.export.LUT_MAX_ROWS + 5, 40):
             x = torch.randn(batch, n_in, generator=torch.Generator().manual_seed(seed))
             torch.testing.assert_close(packed(x), layer(x), rtol=1e-5, atol=1e-5)
 
@@ -69,7 +68,7 @@ def test_each_kernel_is_the_one_used(kernels: str) -> None:
     ternary = st.PackedLinear.from_linear(
         hardened_linear(50, 6, snapset.Ternary(), 0), snapset.Ternary()
     )
-    few, many = 2, _pack.LUT_MAX_ROWS + 1
+    few, many = 2, st.export.LUT_MAX_ROWS + 1
     for layer, x, kernel in [
         (packed, torch.ones(few, 50), "xnor"),
         (packed, -torch.ones(many, 50), "xnor"),
@@ -80,6 +79,26 @@ def test_each_kernel_is_the_one_used(kernels: str) -> None:
     ]:
         layer(x)
         assert layer.last_kernel == kernel
+
+
+def test_lookup_max_rows_picks_the_kernel_per_layer(kernels: str) -> None:
+    layer = hardened_linear(50, 6, snapset.Ternary(), 0)
+    packed = st.PackedLinear.from_linear(layer, snapset.Ternary())
+    assert packed.lookup_max_rows == st.export.LUT_MAX_ROWS
+    x = torch.randn(12, 50)
+    results = {}
+    for limit, kernel in [(0, "tiles"), (12, "lookup"), (11, "tiles"), (1000, "lookup")]:
+        packed.lookup_max_rows = limit
+        results[limit] = packed(x)
+        assert packed.last_kernel == kernel
+    torch.testing.assert_close(results[0], results[12], rtol=1e-5, atol=1e-5)
+    conv = st.pack(st.constrain(nn.Conv1d(2, 3, 3), "weight", snapset.Sign()).eval())
+    conv.lookup_max_rows = 0
+    conv(torch.randn(1, 2, 5))  # three patch rows
+    assert conv.last_kernel == "tiles"
+    conv.lookup_max_rows = 3
+    conv(torch.randn(1, 2, 5))
+    assert conv.last_kernel == "lookup"
 
 
 def test_pack_model_with_convs(kernels: str) -> None:

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ._constrain import _constrained_tensors
-from ._flip import bind_flip
-from ._methods import Flip
+from .._constrain import constrained_tensors, remember
+
+__all__ = ["ParamGroups", "param_groups"]
 
 
 @dataclass
@@ -16,9 +16,9 @@ class ParamGroups:
     """A model's trainable parameters, split by how they train.
 
     ``flip``: the stored tensors of ``method="flip"`` constraints, for a flip optimizer
-    (:class:`snapset.torch.Bop`). ``latent``: the stored tensors (latents, logits) of the other
-    snapset methods, and ``other``: every remaining parameter, both for a gradient optimizer.
-    ``str(groups)`` reports how many tensors and entries went where.
+    ([`snapset.torch.Bop`][]). ``latent``: the stored tensors (latents, logits) of
+    the other snapset methods, and ``other``: every remaining parameter, both for a gradient
+    optimizer. ``str(groups)`` reports how many tensors and entries went where.
     """
 
     flip: list[nn.Parameter] = field(default_factory=list)
@@ -46,12 +46,13 @@ class ParamGroups:
 def param_groups(model: nn.Module) -> ParamGroups:
     """Split ``model``'s trainable parameters into ``.flip``, ``.latent`` and ``.other``.
 
-    The rule, in one line: the stored tensor of a flip constraint is ``flip``, that of any
-    other snapset constraint is ``latent``, everything else is ``other``. Parameters with
+    The rule, in one line: a stored tensor that holds the set's values (``flip``) is ``flip``,
+    one that holds latents or logits (``ste``, ``stochastic``, ``gumbel``, a
+    ``GF2Linear``'s logits) is ``latent``, everything else is ``other``. Parameters with
     ``requires_grad=False`` are left out, and a shared parameter appears once. Calling this on
-    a copied or unpickled model also registers its flip parameters for :class:`Bop`.
+    a copied or unpickled model also registers its constrained parameters for ``Bop``.
 
-    Example:
+    Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
         >>> _ = st.constrain(model[0], "weight", snapset.Binary(), "flip")
@@ -63,15 +64,11 @@ def param_groups(model: nn.Module) -> ParamGroups:
         >>> float_opt = torch.optim.Adam(groups.latent + groups.other, lr=1e-3)
     """
     kinds: dict[int, str] = {}
-    for module, name, index, constraint in _constrained_tensors(model):
-        if index != 0:
-            continue
-        stored = module.parametrizations[name].original  # type: ignore[index, union-attr]
-        if isinstance(constraint, Flip):
-            bind_flip(module, name)
-            kinds[id(stored)] = "flip"
-        else:
-            kinds[id(stored)] = "latent"
+    for tensor in constrained_tensors(model):
+        remember(tensor.module, tensor.tensor_name)
+        # a stored tensor that holds the values themselves moves by flips; latents and logits
+        # by gradient steps
+        kinds[id(tensor.stored)] = "flip" if tensor.constraint.stores == "values" else "latent"
     groups = ParamGroups()
     for param in model.parameters():
         if param.requires_grad:
