@@ -68,7 +68,7 @@ def radix_for(k: int, max_bits: int = 64) -> Radix:
 
     Ties go to the larger group (fewer fields; 8 signs a byte rather than 1).
 
-    Example:
+    Examples:
         >>> r = radix_for(3)
         >>> r.group, r.field_bits, round(r.bits_per_weight, 3)
         (29, 46, 1.586)
@@ -93,7 +93,7 @@ def radix_for(k: int, max_bits: int = 64) -> Radix:
 def pack_codes(codes: npt.ArrayLike, radix: Radix) -> npt.NDArray[np.uint8]:
     """Pack codes in ``[0, k)`` (any shape, read flat in C order) into bytes.
 
-    Example:
+    Examples:
         >>> pack_codes([1, 0, 1, 1, 0, 0, 0, 0, 1], radix_for(2)).tolist()
         [13, 1]
         >>> unpack_codes(pack_codes([2, 0, 1, 2], radix_for(3)), radix_for(3), 4).tolist()
@@ -121,7 +121,7 @@ def pack_codes(codes: npt.ArrayLike, radix: Radix) -> npt.NDArray[np.uint8]:
 
 
 def unpack_codes(data: npt.NDArray[np.uint8], radix: Radix, count: int) -> npt.NDArray[np.int64]:
-    """Inverse of :func:`pack_codes`: ``count`` codes (flat int64) from the bytes.
+    """Inverse of ``pack_codes``: ``count`` codes (flat int64) from the bytes.
 
     Raises ``ValueError`` if ``data`` has the wrong length or holds a group that is not a valid
     base-``k`` number (a damaged file).

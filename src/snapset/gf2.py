@@ -5,11 +5,11 @@ takes 0/1 (or boolean) matrices as numpy arrays or torch tensors, packs each row
 words (64 entries per word, entry ``j`` in bit ``j % 64`` of word ``j // 64``) and works on
 whole words, so that one XOR adds 64 entries at once.
 
-* Elimination (:func:`rank`, :func:`solve`, :func:`nullspace`, :func:`inv`) takes the pivot
+* Elimination (``rank``, ``solve``, ``nullspace``, ``inv``) takes the pivot
   columns eight at a time, in the manner of the "method of four Russians" (M4RI): it finds up to
   eight pivot rows among those columns, tabulates all 256 XOR combinations of them, and clears
   those columns from every row with a single table look-up and one XOR of whole rows.
-* :func:`matmul` is the four-Russians product: for each group of eight rows of ``b`` it
+* ``matmul`` is the four-Russians product: for each group of eight rows of ``b`` it
   tabulates their 256 XOR combinations and adds to every row of the result the combination
   selected by the matching byte of ``a``.
 
@@ -17,7 +17,7 @@ Results come back as the kind of array that was given: numpy in, numpy out (with
 dtype); torch in, torch out (same dtype and device). torch is never imported unless a tensor
 is passed in. Rank and shapes come back as Python ints.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from snapset import gf2
     >>> a = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]])
@@ -165,7 +165,7 @@ def pack(bits: ArrayT) -> ArrayT:
     ``(..., ceil(n / 64))`` and dtype ``uint64`` (numpy ``uint64`` for numpy input,
     ``torch.uint64`` on the input's device for a tensor).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from snapset import gf2
         >>> gf2.pack(np.array([[1, 0, 1], [0, 0, 0]])).tolist()
@@ -185,12 +185,12 @@ def pack(bits: ArrayT) -> ArrayT:
 
 
 def unpack(words: ArrayT, n: int) -> ArrayT:
-    """Inverse of :func:`pack`: the first ``n`` bits of each row of 64-bit words, as 0/1.
+    """Inverse of ``pack``: the first ``n`` bits of each row of 64-bit words, as 0/1.
 
     ``words`` may be numpy ``uint64``/``int64`` or a torch ``uint64``/``int64`` tensor (the same
     64 bits either way). Returns ``uint8`` entries of shape ``(..., n)``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from snapset import gf2
         >>> gf2.unpack(np.array([5], dtype=np.uint64), 4).tolist()
@@ -274,7 +274,7 @@ def matmul(a: ArrayT, b: ArrayT) -> ArrayT:
     the promoted dtype of the inputs (booleans stay booleans) and is a torch tensor if either
     input is one.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from snapset import gf2
         >>> a = np.array([[1, 1], [0, 1]])
@@ -400,7 +400,7 @@ def _eliminate(words: Words, ncols: int) -> tuple[npt.NDArray[np.intp], list[int
 def rank(a: object) -> int:
     """Rank of a 0/1 matrix over GF(2).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from snapset import gf2
         >>> gf2.rank(np.array([[1, 1], [1, 1]]))  # over the reals too
@@ -426,10 +426,10 @@ def solve(a: ArrayT, b: ArrayT) -> ArrayT:
 
     ``a`` is ``(m, n)``, any shape and rank; ``b`` is ``(m,)`` or ``(m, k)`` (k right-hand sides
     at once). Where the solution is not unique, the free variables are set to 0; add any
-    combination of the rows of :func:`nullspace` to get the others. Raises ``ValueError`` if the
+    combination of the rows of ``nullspace`` to get the others. Raises ``ValueError`` if the
     system is inconsistent (has no solution).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from snapset import gf2
         >>> a = np.array([[1, 1, 0], [0, 1, 1]])
@@ -477,7 +477,7 @@ def nullspace(a: ArrayT) -> ArrayT:
     are independent and ``a @ nullspace(a).T == 0``. Every solution of ``a @ x = b`` is
     ``solve(a, b)`` plus a combination of these rows.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from snapset import gf2
         >>> gf2.nullspace(np.array([[1, 1, 0], [0, 1, 1]])).tolist()
@@ -503,7 +503,7 @@ def nullspace(a: ArrayT) -> ArrayT:
 def inv(a: ArrayT) -> ArrayT:
     """Inverse of a square matrix over GF(2); ``ValueError`` if it is not square or singular.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from snapset import gf2
         >>> a = np.array([[1, 1], [0, 1]])
