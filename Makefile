@@ -1,49 +1,80 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test` (the tests).
-# Each creates .venv if it is missing and installs what it needs.
+# Each creates .venv if it is missing and installs what it needs: the demo only what the demo
+# needs, the tests the whole development set (every Keras backend, the docs, the runtimes).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 # torch first, pinned: this CPU build lies on the machines' disk; an open range would pull a
 # CUDA build of several GB.
 TORCH := torch==2.13.0
+DEMO_STAMP := $(VENV)/.installed-demo
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-fast lint typecheck bench clean
+.PHONY: demo test test-fast test-wheel lint typecheck docs docs-serve bench clean
 
-$(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
+
+$(DEMO_STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	touch $@
+
+# The development set includes the demo's.
+$(DEV_STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $@ $(DEMO_STAMP)
 
-demo: $(STAMP)
-	$(BIN)/snapset demo
+# The demo's Keras part runs on the torch backend, which the demo installs anyway.
+demo: $(DEMO_STAMP)
+	KERAS_BACKEND=$${KERAS_BACKEND:-torch} $(BIN)/snapset demo
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
+
+# The documentation site, built strictly (a broken link or reference fails): build/site.
+docs: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
+docs-serve: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # Keras 3 picks its backend once per process, so the Keras tests run once per backend.
 KERAS_BACKENDS := tensorflow torch jax
 KERAS_PATHS := src/snapset/keras tests/keras
 
-test: lint typecheck
+test: lint typecheck docs
 	$(BIN)/python -m pytest --doctest-modules src tests $(KERAS_PATHS:%=--ignore=%)
 	for backend in $(KERAS_BACKENDS); do \
 		KERAS_BACKEND=$$backend $(BIN)/python -m pytest --doctest-modules $(KERAS_PATHS) || exit 1; \
 	done
+	$(MAKE) test-wheel
 
 # The unit tests alone, without the slow training runs.
-test-fast: $(STAMP)
+test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest --doctest-modules -m "not slow" src tests $(KERAS_PATHS:%=--ignore=%)
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest --doctest-modules -m "not slow" $(KERAS_PATHS)
 
-bench: $(STAMP)
+# The wheel as users get it: built, checked by twine, installed (not editable) into a fresh
+# environment with the demo's extras, and run from outside the checkout.
+WHEEL_VENV := build/wheel-venv
+test-wheel: $(DEV_STAMP)
+	rm -rf build/dist $(WHEEL_VENV)
+	$(BIN)/python -m build --wheel --no-isolation --outdir build/dist
+	$(BIN)/twine check --strict build/dist/*.whl
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet "$$(ls build/dist/*.whl)[demo]"
+	cd /tmp && KERAS_BACKEND=torch $(CURDIR)/$(WHEEL_VENV)/bin/python \
+		$(CURDIR)/tests/installed_wheel.py
+
+bench: $(DEV_STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/gf2.py
@@ -55,4 +86,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis
