@@ -8,6 +8,7 @@ Examples:
 """
 
 from .._spec import ESTIMATORS as ESTIMATORS
+from .._spec import INITS as INITS
 from . import export as export
 from . import optim as optim
 from ._constrain import constrain as constrain
@@ -42,6 +43,7 @@ from .optim import param_groups as param_groups
 
 __all__ = [
     "ESTIMATORS",
+    "INITS",
     "METHODS",
     "STE",
     "Bop",
