@@ -61,11 +61,25 @@ def test_repr_round_trips():
         (3, "list of numbers"),
         ([-1e308, 1e308], "overflows"),
         ([0, 5e-324], "too close to tell apart"),
+        ([10**400, 1], "finite, got <an integer of 1329 bits>"),
+        ([-(10**6000), 1], "finite, got <an integer of 19932 bits>"),
     ],
 )
 def test_rejects_bad_values(values, message):
     with pytest.raises(ValueError, match=message):
         ValueSet(values)
+
+
+def test_a_hostile_list_is_refused_in_linear_time():
+    # 200,000 distinct values and one repeat: a quadratic check would take hours
+    hostile = [*range(200_000), 7]
+    with pytest.raises(ValueError, match=r"7.0 more than once in \[0, 1, .*\(200001 entries\)\]"):
+        ValueSet(hostile)
+
+
+def test_accepts_an_array_or_tensor_of_values():
+    torch = pytest.importorskip("torch")
+    assert ValueSet(np.array([1, -1])) == ValueSet(torch.tensor([-1.0, 1.0])) == snapset.Sign()
 
 
 @given(value_sets, st.lists(finite, min_size=1, max_size=50))

@@ -14,6 +14,7 @@ import numbers
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -51,30 +52,25 @@ class ValueSet:
     def __init__(self, values: Iterable[float] | ValueSet) -> None:
         if isinstance(values, ValueSet):
             values = values.values
+        elif hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
+            values = values.tolist()  # a numpy array or a framework's tensor of values
         if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
             raise ValueError(f"ValueSet needs a list of numbers such as [-1, 1], got {values!r}")
         entries = list(values)
-        for entry in entries:
-            if isinstance(entry, bool) or not isinstance(entry, numbers.Real):
-                raise ValueError(
-                    f"ValueSet entries must be real numbers, got {entry!r} "
-                    f"({type(entry).__name__}) in {entries!r}"
-                )
-        floats = [float(entry) for entry in entries]
-        bad = [v for v in floats if not math.isfinite(v)]
-        if bad:
-            raise ValueError(f"ValueSet entries must be finite, got {bad[0]} in {entries!r}")
+        floats = [_finite_float(entry, entries) for entry in entries]
         if len(floats) < 2:
             raise ValueError(
-                f"ValueSet needs at least two values to choose between, got {entries!r}"
-            )
-        duplicates = sorted({v for v in floats if floats.count(v) > 1})
-        if duplicates:
-            raise ValueError(
-                f"ValueSet entries must be distinct, got {duplicates[0]} more than once "
-                f"in {entries!r}"
+                f"ValueSet needs at least two values to choose between, got {_brief(entries)}"
             )
         ordered = tuple(sorted(floats))
+        # Neighbours after sorting: linear after the sort, so a hostile list of thousands
+        # of values is checked as fast as it is read.
+        repeated = next((a for a, b in pairwise(ordered) if a == b), None)
+        if repeated is not None:
+            raise ValueError(
+                f"ValueSet entries must be distinct, got {repeated} more than once "
+                f"in {_brief(entries)}"
+            )
         if not math.isfinite(ordered[-1] - ordered[0]):
             raise ValueError(f"ValueSet range {ordered[0]} .. {ordered[-1]} overflows a float")
         self._values = ordered
@@ -400,6 +396,38 @@ def Ternary() -> ValueSet:
         (-1.0, 0.0, 1.0)
     """
     return ValueSet([-1, 0, 1])
+
+
+def _finite_float(entry: object, entries: list[Any]) -> float:
+    """``entry`` as a finite float, or a ValueError that names it."""
+    if isinstance(entry, bool) or not isinstance(entry, numbers.Real):
+        raise ValueError(
+            f"ValueSet entries must be real numbers, got {_clip(entry)} "
+            f"({type(entry).__name__}) in {_brief(entries)}"
+        )
+    try:
+        value = float(entry)
+    except OverflowError:  # an int such as 10**400
+        value = math.inf
+    if not math.isfinite(value):
+        raise ValueError(
+            f"ValueSet entries must be finite, got {_clip(entry)} in {_brief(entries)}"
+        )
+    return value
+
+
+def _brief(entries: list[Any], limit: int = 8) -> str:
+    """A list for a message, cut short: a hostile list may hold thousands of huge numbers."""
+    shown = ", ".join(_clip(entry) for entry in entries[:limit])
+    more = f", ... ({len(entries)} entries)" if len(entries) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def _clip(entry: object, limit: int = 40) -> str:
+    if isinstance(entry, int) and entry.bit_length() > 4 * limit:
+        return f"<an integer of {entry.bit_length()} bits>"  # repr may exceed Python's digit limit
+    text = repr(entry)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _short(v: float) -> str:
