@@ -19,10 +19,11 @@ from ._sets import Binary as Binary
 from ._sets import Sign as Sign
 from ._sets import Ternary as Ternary
 from ._sets import ValueSet as ValueSet
+from ._spec import OutsideSetError as OutsideSetError
 
 try:
     __version__ = version("snapset")
 except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["Binary", "Sign", "Ternary", "ValueSet", "__version__"]
+__all__ = ["Binary", "OutsideSetError", "Sign", "Ternary", "ValueSet", "__version__"]

@@ -31,13 +31,17 @@ __all__ = [
     "LATENT_RANGE",
     "METHODS",
     "MOMENTUM_RESETS",
+    "NOT_BY_FLIP_OPTIMIZER",
     "THRESHOLD_MODES",
     "MethodSpec",
     "NamedMethod",
+    "OutsideSetError",
     "check_bop_options",
     "check_init",
     "check_temperature",
     "method_options",
+    "nonfinite_gradient_message",
+    "outside_set_error",
 ]
 
 LATENT_RANGE = 0.1
@@ -229,3 +233,62 @@ def check_bop_options(threshold: Any, gamma: Any, threshold_mode: Any, momentum_
     ):
         if value not in valid:
             raise ValueError(f"Invalid {name}: {value!r} (valid: {', '.join(map(repr, valid))})")
+
+
+# ----- what may hold a value outside the set --------------------------------------------------
+
+
+class OutsideSetError(ValueError):
+    """A stored tensor that must hold members of its set holds something else: a flip
+    parameter stepped by an ordinary optimizer or assigned by hand, a loaded state or file with
+    values outside the set, NaN. Raised before anything computes with the values, saves them or
+    makes them plain; the model is left as it was.
+
+    Examples:
+        >>> import snapset
+        >>> from snapset._spec import outside_set_error
+        >>> raise outside_set_error("flip parameter 'weight'", snapset.Sign(), 3, 0.97, "Fix.")
+        Traceback (most recent call last):
+        snapset.OutsideSetError: flip parameter 'weight' holds 3 values outside \
+ValueSet([-1, 1]) (for example 0.97). Fix.
+    """
+
+
+OutsideSetError.__module__ = "snapset"  # where users import it from
+
+
+def outside_set_error(
+    where: str, values: object, count: int, example: float, fix: str
+) -> OutsideSetError:
+    """The error both fronts raise when ``where`` holds ``count`` entries outside ``values``.
+
+    ``example`` is one offending entry; ``fix`` says what to do instead, in the front's names.
+    """
+    plural = "value" if count == 1 else "values"
+    return OutsideSetError(
+        f"{where} holds {count} {plural} outside {values!r} (for example {example!r}). {fix}"
+    )
+
+
+NOT_BY_FLIP_OPTIMIZER = (
+    "Something other than a flip optimizer wrote it (another optimizer, an assignment)"
+)
+"""What most often puts a flip parameter off its set; the start of both fronts' ``fix``."""
+
+
+def nonfinite_gradient_message(where: str, count: int) -> str:
+    """The warning both fronts give when they zero non-finite gradient entries of a latent.
+
+    A single NaN gradient entry would make an Adam-trained latent NaN forever, its value pinned
+    to one member of the set while the outputs stay finite; snapset zeroes such entries instead,
+    counts them, and says so.
+
+    Examples:
+        >>> nonfinite_gradient_message("'fc.weight'", 2)  # doctest: +ELLIPSIS
+        "snapset zeroed 2 non-finite (NaN or inf) gradient entries of 'fc.weight' ..."
+    """
+    return (
+        f"snapset zeroed {count} non-finite (NaN or inf) gradient entries of {where} before "
+        "they reached its latent weights, which would otherwise stay NaN for good. Look for "
+        "an overflow in the loss (a lower learning rate, gradient clipping, or a loss scaler)."
+    )
