@@ -143,6 +143,7 @@ def harden_(model: ModuleT) -> ModuleT:
             # set_ keeps the Parameter object (and optimizers' references to it) while its
             # storage and, for logits, its shape change to those of the exact values.
             stored.set_(hard)  # type: ignore[call-overload]
+        setattr(stored, _HARDENED, record.constraint.values)
         if len(stack) > 1:
             del stack[0]
             continue
@@ -151,7 +152,26 @@ def harden_(model: ModuleT) -> ModuleT:
         if not record.constraint.trainable_when_hard:
             del module._parameters[name]
             module.register_buffer(name, hard)
+            setattr(hard, _HARDENED, record.constraint.values)
     return model
+
+
+# harden_ marks each tensor it makes plain with its set, so that files and summaries still
+# know it (a hardened model is what users save); the mark travels with the tensor object.
+_HARDENED = "_snapset_hardened"
+
+
+def hardened_values(tensor: Tensor) -> ValueSet | None:
+    """The set whose members ``harden_`` left in ``tensor``, or None if ``harden_`` did not
+    make it. The mark says what the values were when hardened; a reader checks them.
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> layer = st.harden_(st.constrain(torch.nn.Linear(3, 2), "weight", snapset.Sign()))
+        >>> hardened_values(layer.weight), hardened_values(layer.bias)
+        (ValueSet([-1, 1]), None)
+    """
+    return cast(ValueSet | None, getattr(tensor, _HARDENED, None))
 
 
 def _own_class(module: nn.Module) -> None:
