@@ -202,7 +202,7 @@ layer's `lookup_max_rows` (`batch`: lookups, `0`: tiles); the default is
 {table(["batch", "lookups ms", "tiles + BLAS ms"], cross)}
 
 numba compile time of the kernels, first call in a fresh process: {compile_first:.2f} s with an
-empty cache, {compile_cached:.2f} s once cached (`cache=True`).
+empty cache, {compile_cached:.2f} s with numba's on-disk cache filled.
 """
     print(text)
     write_result("inference.md", text)

@@ -4,7 +4,11 @@ Every contender runs in the same process, interleaved round by round so that the
 noise hits all alike; each figure is the median over rounds, and each ratio is against
 float32 ``nn.Linear`` at the same batch size and mode. Writes ``results/overhead.md``.
 
-    python benchmarks/overhead.py [--rounds 30] [--quick]
+The last section measures what keeping the values exact costs on the hot path (the optimizer
+guard, the flip check), at the default number of threads and at one; ``--exactness`` runs it
+alone and replaces only that section of the results file.
+
+    python benchmarks/overhead.py [--rounds 30] [--quick] [--exactness]
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -75,6 +80,90 @@ def measure(rounds: int, compiled: bool, input_grad: bool) -> dict[tuple[str, in
     return {key: statistics.median(values) for key, values in times.items()}
 
 
+def guard_cost(rounds: int) -> dict[str, float]:
+    """Median seconds of one training step (forward, backward, optimizer step) at batch 256,
+    with snapset's optimizer guard and with the same step's hooks bypassed."""
+    torch.manual_seed(0)
+    x = torch.randn(256, SIZE)
+    layer = st.constrain(nn.Linear(SIZE, SIZE), "weight", snapset.Ternary())
+    adam = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    bare_step = type(adam).step.__wrapped__  # torch's step without the step hooks
+    flip = st.constrain(nn.Linear(SIZE, SIZE), "weight", snapset.Sign(), "flip")
+    bop = st.Bop(st.param_groups(flip).flip, threshold=1e-6, gamma=1e-3)
+    stored = flip.parametrizations.weight.original
+    constraint = flip.parametrizations.weight[0]
+
+    def train(module: nn.Module, step: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            module.zero_grad(set_to_none=True)
+            module(x).sum().backward()
+            step()
+
+        return run
+
+    def recheck() -> None:
+        constraint._trusted = None  # what any write but snapset's costs: one pass
+        constraint.check(stored)
+
+    cases: dict[str, Callable[[], None]] = {
+        "ste Ternary + Adam, guard on": train(layer, adam.step),
+        "ste Ternary + Adam, no guard": train(layer, lambda: bare_step(adam)),
+        "the guard alone (before each Adam step)": lambda: st.optim.refuse_flip_parameters(
+            adam, (), {}
+        ),
+        "flip Sign + Bop (check and record)": train(flip, bop.step),
+        "flip check, unchanged key (O(1))": lambda: constraint.check(stored),
+        "flip check after another write (O(n))": recheck,
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for run in cases.values():
+        run()  # warm-up
+    for _ in range(rounds):
+        for name, run in cases.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+EXACTNESS = "## What keeping the values exact costs"
+
+
+def exactness_report(rounds: int) -> str:
+    default = torch.get_num_threads()
+    columns = {}
+    for threads in (default, 1):
+        torch.set_num_threads(threads)
+        columns[threads] = guard_cost(rounds)
+    torch.set_num_threads(default)
+    lines = [
+        f"{EXACTNESS} (1024x1024 Linear, batch 256, eager)",
+        "",
+        machine_line(),
+        "",
+        f"Median of {rounds} interleaved rounds. A training step is forward, backward and the",
+        "optimizer's step; 'no guard' calls the same Adam step with torch's step hooks bypassed.",
+        "",
+        "| case | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}: ms" for t in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for name in columns[default]:
+        cells = [f"{columns[t][name] * 1e3:.4f}" for t in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for label, ratio in [
+        ("Guard on / no guard, whole steps (noise included)", "ste Ternary + Adam, guard on"),
+        ("The guard alone / a step without it", "the guard alone (before each Adam step)"),
+    ]:
+        cells = []
+        for t, column in columns.items():
+            share = column[ratio] / column["ste Ternary + Adam, no guard"]
+            if ratio.startswith("the guard alone"):
+                share += 1.0
+            cells.append(f"{share:.4f}x at {t} thread{'s' if t > 1 else ''}")
+        lines += ["", f"{label}: " + ", ".join(cells) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def table(results: dict[tuple[str, int], float], title: str) -> str:
     names = list(dict.fromkeys(name for name, _ in results))
     lines = [
@@ -98,7 +187,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="eager, hidden layer, 5 rounds")
     parser.add_argument("--compiled-only", action="store_true", help="skip the eager settings")
+    parser.add_argument("--exactness", action="store_true", help="the cost of the checks only")
     args = parser.parse_args()
+    if args.exactness:
+        section = exactness_report(args.rounds)
+        print(section)
+        path = Path(__file__).parent / "results" / "overhead.md"
+        earlier = path.read_text().split(f"\n{EXACTNESS}")[0] if path.exists() else ""
+        write_result("overhead.md", earlier.rstrip("\n") + "\n\n" + section)
+        return
     settings = [(False, True), (False, False), (True, True), (True, False)]
     if args.quick:
         settings, args.rounds = settings[:1], 5
@@ -120,6 +217,7 @@ def main() -> None:
         report.append(table(measure(args.rounds, compiled, input_grad), title))
         print(report[-1], flush=True)
     if not args.quick:
+        report.append(exactness_report(args.rounds))
         write_result("overhead.md", "\n".join(report))
 
 

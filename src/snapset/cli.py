@@ -50,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from . import demo
     except ImportError as error:
-        print(f"snapset {args.command} needs PyTorch: pip install torch (see the README; {error})")
+        print(
+            f"snapset {args.command} needs PyTorch ({error}): pip install torch (the build "
+            "you want), then pip install 'snapset[demo]'"
+        )
         return 1
     if args.command == "demo":
         return demo.run_demo(

@@ -63,3 +63,38 @@ def test_the_bench_writes_to_the_current_folder_by_default(monkeypatch):
     monkeypatch.setattr(snapset.demo, "run_accuracy", run_accuracy)
     assert main(["bench", "accuracy"]) == 0
     assert calls == [{"seeds": 3, "quick": False, "out": Path("snapset-accuracy.md")}]
+
+
+@pytest.mark.parametrize(
+    ("argv", "absent", "needs"),
+    [
+        (["demo", "--quick"], "mnist1d", "mnist1d"),
+        (["demo"], "matplotlib", "matplotlib"),
+        (["bench", "accuracy", "--quick"], "sklearn", "scikit-learn"),
+    ],
+)
+def test_a_missing_package_is_named_before_any_work(monkeypatch, capsys, argv, absent, needs):
+    import importlib.util
+
+    import snapset.demo._accuracy
+    import snapset.demo._report
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the requirements were checked")
+
+    for module, name in [
+        (snapset.demo._report, "matrix_report"),
+        (snapset.demo._report, "one_thread"),
+        (snapset.demo._accuracy, "datasets"),
+        (snapset.demo._accuracy, "one_thread"),
+    ]:
+        monkeypatch.setattr(module, name, no_work)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == absent else find_spec(name)
+    )
+    assert main(argv) == 1
+    command = " ".join(argv[: 2 if argv[0] == "bench" else 1])
+    assert capsys.readouterr().out == (
+        f"snapset {command} needs {needs}, which is not installed: pip install 'snapset[demo]'\n"
+    )

@@ -353,12 +353,20 @@ def test_constrain_underscore_is_all_or_nothing():
     assert not parametrize.is_parametrized(model[0])
 
 
-def test_constrain_underscore_names_a_chosen_module_without_weight():
-    model = small_model()
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=r"chose '1': Module 'ReLU' has no parameter named"):
-        st.constrain_(model, snapset.Sign(), filter_fn=lambda m, n: n in ("0", "1"))
-    assert_unchanged(model, before)
+def test_filter_fn_narrows_the_default_choice_instead_of_replacing_it():
+    # issue 13, item 16: the README's filter_fn once chose the model itself and every ReLU
+    model = st.constrain_(small_model(), snapset.Sign(), filter_fn=lambda m, n: n not in ("0",))
+    assert [name for name, _ in st.named_constraints(model)] == ["3.weight", "4.weight"]
+
+
+def test_modules_chooses_any_module_with_a_weight():
+    model = nn.Sequential(nn.Embedding(5, 4), nn.LayerNorm(4), nn.ReLU(), nn.Linear(4, 2))
+    everything = st.constrain_(model, snapset.Sign(), modules=(nn.Module,))
+    assert [name for name, _ in st.named_constraints(everything)] == [
+        "0.weight",
+        "1.weight",
+        "3.weight",
+    ]
 
 
 def test_deepcopy_keeps_constraints():

@@ -53,6 +53,31 @@ def test_summary_numbers_by_hand(small_mixed_model: nn.Sequential) -> None:
     assert "21 of 26 weights (80.8%) in a value set; 25 B packed" in text
 
 
+def test_summary_counts_hardened_tensors_in_their_sets(small_mixed_model: nn.Sequential) -> None:
+    def numbers(table: st.Summary) -> dict[str, tuple[object, ...]]:
+        return {row.name: (row.values, row.count, row.bits, row.packed_bytes) for row in table.rows}
+
+    constrained = st.summary(small_mixed_model)
+    hardened = st.summary(st.harden_(small_mixed_model))
+    assert numbers(hardened) == numbers(constrained)
+    assert {row.method for row in hardened.rows if row.values is not None} == {"hardened"}
+    assert "21 of 26 weights (80.8%) in a value set; 25 B packed" in str(hardened)
+    with torch.no_grad():
+        small_mixed_model[0].weight[0, 0] = 0.5  # a value outside {0, 1}: plain again
+    assert st.summary(small_mixed_model).constrained_count == 21 - 12
+    gf2 = st.summary(st.GF2Linear(8, 3).harden_())  # its hardened weight is a buffer
+    assert [(row.name, row.method, row.count, row.packed_bytes) for row in gf2.rows] == [
+        ("weight", "hardened", 24, 3)
+    ]
+
+
+def test_summary_refuses_a_flip_parameter_off_its_set(small_mixed_model: nn.Sequential) -> None:
+    with torch.no_grad():
+        small_mixed_model[0].parametrizations.weight.original[0, 0] = 0.5
+    with pytest.raises(snapset.OutsideSetError, match=r"'0\.weight' holds 1 value outside"):
+        st.summary(small_mixed_model)
+
+
 def test_flip_ratio_and_histograms_by_hand_for_every_method(
     small_mixed_model: nn.Sequential,
 ) -> None:

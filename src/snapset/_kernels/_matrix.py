@@ -17,14 +17,20 @@ so that every kernel runs over the outputs in SIMD lanes.
 * **Inputs in {-1, +1} with sign weights** (``small_matmul``, any number of rows): the
   input's sign bits are XORed with the weight bytes and counted: ``y = n - 2 popcount(x ^ w)``.
 
-The kernels are compiled by numba (``cache=True``, so the first call in a fresh environment
-takes a second or two and later processes load the machine code from the cache). Where numba is
-missing, or ``SNAPSET_KERNELS=numpy`` is set, vectorised numpy versions compute the same thing.
+The kernels are compiled by numba on the first packed call, all at once under a lock, and kept
+in numba's on-disk cache, so the first call in a fresh environment takes a few seconds and later
+processes load the machine code. Without a writable cache directory, or with damaged cache
+files, they compile uncached (with a warning). Where numba is missing or fails, or
+``SNAPSET_KERNELS=numpy`` is set, vectorised numpy versions compute the same thing.
+``backend(explain=True)`` says which kernels run and why.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,28 +92,30 @@ class PackedMatrix:
         return int(self.codes.nbytes)
 
 
-def backend() -> str:
-    """``"numba"`` when the compiled kernels are in use, else ``"numpy"``."""
-    return "numpy" if _numba_kernels() is None else "numba"
+def backend(explain: bool = False) -> str:
+    """``"numba"`` when the compiled kernels are in use, else ``"numpy"``; with ``explain``, a
+    sentence that starts with that name and says why (loading the kernels if need be)."""
+    loaded = _loaded()
+    if explain:
+        return loaded.reason
+    return "numpy" if loaded.kernels is None else "numba"
 
 
-def small_matmul(x: F32, m: PackedMatrix, bias: F32, max_rows: int) -> tuple[str, F32 | None]:
+def small_matmul(x: F32, m: PackedMatrix, bias: F32, max_rows: int) -> tuple[str, str, F32 | None]:
     """``x @ W.T + bias`` for float32 rows ``x`` (``(rows, n_in)``) by XNOR or table lookups.
 
-    Returns ``("xnor", y)`` when ``W`` and every input are in {-1, +1}, ``("lookup", y)`` for
-    at most ``max_rows`` rows, and ``("tiles", None)`` otherwise (the caller then uses
-    ``decode_rows`` and BLAS).
+    Returns the backend that ran (``"numba"`` or ``"numpy"``), then ``("xnor", y)`` when ``W``
+    and every input are in {-1, +1}, ``("lookup", y)`` for at most ``max_rows`` rows, and
+    ``("tiles", None)`` otherwise (the caller then uses ``decode_rows`` and BLAS).
     """
     kernels = _numba_kernels()
     if kernels is not None:
-        y = np.empty((x.shape[0], m.out), dtype=np.float32)
-        used = kernels["small"](x, m.table, m.k, m.group, m.codes, bias, m.signs, max_rows, y)
-        return ("tiles", None) if used == 0 else ("xnor" if used == 1 else "lookup", y)
+        return ("numba", *_run_small(kernels, x, m, bias, max_rows))
     if m.signs and bool(np.all(np.abs(x) == 1)):
-        return "xnor", _xnor_numpy(x, m) + bias
+        return "numpy", "xnor", _xnor_numpy(x, m) + bias
     if x.shape[0] > max_rows:
-        return "tiles", None
-    return "lookup", _lookup_numpy(x, m) + bias
+        return "numpy", "tiles", None
+    return "numpy", "lookup", _lookup_numpy(x, m) + bias
 
 
 def decode_rows(m: PackedMatrix, start: int, stop: int, out: F32) -> F32:
@@ -121,11 +129,24 @@ def decode_rows(m: PackedMatrix, start: int, stop: int, out: F32) -> F32:
     if kernels is None:
         block = m.codes[start:stop]  # (bytes, out)
         out[:rows] = m.decoded[: m.group, block].transpose(1, 0, 2).reshape(rows, m.out)
-    elif m.k == 2:
+    else:
+        _run_decode(kernels, m, start, stop, out)
+    return out[:rows]
+
+
+def _run_small(
+    kernels: Kernels, x: F32, m: PackedMatrix, bias: F32, max_rows: int
+) -> tuple[str, F32 | None]:
+    y = np.empty((x.shape[0], m.out), dtype=np.float32)
+    used = kernels["small"](x, m.table, m.k, m.group, m.codes, bias, m.signs, max_rows, y)
+    return ("tiles", None) if used == 0 else ("xnor" if used == 1 else "lookup", y)
+
+
+def _run_decode(kernels: Kernels, m: PackedMatrix, start: int, stop: int, out: F32) -> None:
+    if m.k == 2:
         kernels["decode_two"](m.codes, m.table[0], m.table[1], start, stop, out)
     else:
         kernels["decode"](m.codes, m.decoded, m.group, start, stop, out)
-    return out[:rows]
 
 
 # ----- numpy versions --------------------------------------------------------------------------
@@ -172,21 +193,91 @@ def _popcount(bytes_: U8) -> npt.NDArray[np.int64]:
 
 # ----- numba versions --------------------------------------------------------------------------
 
-_KERNELS: dict[str, Callable[..., Any]] | None = None
-_LOADED = False
+Kernels = dict[str, Callable[..., Any]]
 
 
-def _numba_kernels() -> dict[str, Callable[..., Any]] | None:
+@dataclass(frozen=True)
+class _Loaded:
+    kernels: Kernels | None  # None: the numpy versions run
+    reason: str  # which kernels and why, in a sentence that starts with "numba" or "numpy"
+
+
+_STATE: _Loaded | None = None
+# Threads making their first packed call at once all wait for one load; none may see a
+# half-loaded state and run numpy while the others run numba.
+_LOAD_LOCK = threading.Lock()
+
+
+def _numba_kernels() -> Kernels | None:
     """The compiled kernels, built on first use; None where numba is missing or turned off."""
-    global _KERNELS, _LOADED
+    return _loaded().kernels
+
+
+def _loaded() -> _Loaded:
+    global _STATE
     if os.environ.get("SNAPSET_KERNELS", "").lower() == "numpy":
-        return None
-    if not _LOADED:
-        _LOADED = True
+        return _Loaded(None, "numpy, because SNAPSET_KERNELS=numpy is set")
+    if _STATE is None:
+        with _LOAD_LOCK:
+            if _STATE is None:
+                _STATE = _load()
+    return _STATE
+
+
+def _load() -> _Loaded:
+    """Import numba's kernels and compile them for this CPU, from its cache where it can.
+
+    Without a writable cache directory, or with cache files that do not load (truncated,
+    corrupt), the kernels compile afresh, uncached, with a warning: every process then pays the
+    compile time. Where even that fails, the numpy versions run.
+    """
+    try:
+        from . import _numba
+    except ImportError as error:
+        return _Loaded(
+            None, f"numpy, because numba is not installed ({error}): pip install 'snapset[kernels]'"
+        )
+    try:
+        folder = _numba.enable_cache()
+    except RuntimeError as error:  # numba's "cannot cache function": no writable directory
+        problem = (
+            f"no writable cache directory ({error}); set NUMBA_CACHE_DIR to a writable folder "
+            "to compile them once"
+        )
+    else:
         try:
-            from . import _numba as _numba_kernels
-        except ImportError:
-            _KERNELS = None
+            _warm_up(_numba.KERNELS)
+        except Exception as error:  # a damaged cache file can raise anything
+            problem = (
+                f"its files in {folder} do not load ({type(error).__name__}: {error}); delete "
+                "them to compile once and cache again"
+            )
         else:
-            _KERNELS = _numba_kernels.KERNELS
-    return _KERNELS
+            return _Loaded(_numba.KERNELS, f"numba, compiled for this CPU, cached in {folder}")
+    # a fresh copy of the module: its kernels have no cache attached
+    _numba = importlib.reload(_numba)
+    try:
+        _warm_up(_numba.KERNELS)
+    except Exception as error:  # whatever numba raises, numpy computes the same
+        loaded = _Loaded(
+            None,
+            f"numpy, because numba could not compile the kernels ({type(error).__name__}: "
+            f"{error}) after its cache failed: {problem}",
+        )
+    else:
+        loaded = _Loaded(
+            _numba.KERNELS,
+            "numba, compiled for this CPU without its on-disk cache, so every process compiles "
+            f"them again on its first packed call (a few seconds): {problem}",
+        )
+    warnings.warn(f"snapset's packed kernels: {loaded.reason}", RuntimeWarning, stacklevel=2)
+    return loaded
+
+
+def _warm_up(kernels: Kernels) -> None:
+    """Compile (or load from the cache) every kernel for the argument types of real calls."""
+    for values in (ValueSet([-1, 1]), ValueSet([-1, 0, 1])):
+        m = PackedMatrix.from_codes(np.zeros((1, 1), dtype=np.int64), values)
+        x = np.ones((1, 1), dtype=np.float32)
+        _run_small(kernels, x, m, np.zeros(1, dtype=np.float32), 1)
+        _run_decode(kernels, m, 0, 1, np.empty((m.group, 1), dtype=np.float32))

@@ -2,8 +2,10 @@
 
 Each is a plain loop nest that LLVM vectorises for the machine it runs on (``fastmath`` lets it
 reorder the float sums, so results agree with float32 BLAS to rounding, not bit for bit).
-``cache=True`` keeps the machine code in ``__pycache__`` (or numba's user cache directory where
-that is read-only), so only the first process in an environment pays the compile time.
+``enable_cache`` keeps the machine code on disk (``__pycache__``, or numba's user cache directory
+where that is read-only), so only the first process in an environment pays the compile time.
+The kernels are defined without it so that the caller can run them uncached when there is no
+writable cache directory or the cache files are damaged (``snapset._kernels`` decides).
 """
 
 from __future__ import annotations
@@ -20,10 +22,8 @@ KernelT = TypeVar("KernelT", bound=Callable[..., Any])
 
 
 def _compiled(kernel: KernelT) -> KernelT:
-    """numba's ``njit`` with the options every kernel here uses."""
-    return cast(
-        KernelT, numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")(kernel)
-    )
+    """numba's ``njit`` with the options every kernel here uses (the cache comes later)."""
+    return cast(KernelT, numba.njit(nogil=True, fastmath=True, error_model="numpy")(kernel))
 
 
 def _ctpop(typingctx: Any, word: Any) -> Any:
@@ -211,3 +211,16 @@ KERNELS: dict[str, Callable[..., Any]] = {
     "decode": decode,
     "decode_two": decode_two,
 }
+#: Every compiled function, the ones that ``KERNELS`` call included: each has its own cache.
+_DISPATCHERS: tuple[Any, ...] = (build_tables, lookup, decode, decode_two, sign_bytes, xnor, small)
+
+
+def enable_cache() -> str:
+    """Keep the kernels' machine code in numba's on-disk cache; returns the cache's folder.
+
+    Raises numba's ``RuntimeError`` ("cannot cache function") when no cache directory is
+    writable (a read-only install without ``NUMBA_CACHE_DIR``).
+    """
+    for dispatcher in _DISPATCHERS:
+        dispatcher.enable_caching()
+    return str(_DISPATCHERS[0].stats.cache_path)  # the same folder for every kernel here

@@ -19,6 +19,7 @@ from ._data import Split, datasets
 from ._machine import machine_line
 from ._models import SET_LABELS, build
 from ._paths import unusable
+from ._requirements import missing
 from ._train import Recipe, one_thread, size_text, train
 
 PAPER_FLOAT = {"logistic": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0.91, "human": 0.96}
@@ -198,7 +199,8 @@ def run_accuracy(
 ) -> int:
     """Train snapset's rows of the accuracy table, print it and write it to ``out``.
 
-    Returns 0, or 2 for an ``out`` that cannot be written (said before any training).
+    Returns 0; before any training, 1 when a package it needs is missing (it names
+    ``pip install 'snapset[demo]'``) and 2 for an ``out`` that cannot be written.
     ``quick``: one seed and two epochs, a smoke run.
 
     Examples:
@@ -207,6 +209,10 @@ def run_accuracy(
         snapset bench accuracy writes a markdown file; ... is a folder: pass another --out
         2
     """
+    absent = missing("bench accuracy")
+    if absent:
+        echo(absent)
+        return 1
     path = Path(out)
     problem = unusable(path, folder=False)
     if problem:

@@ -21,6 +21,7 @@ from ._data import mnist1d
 from ._models import FOUR_VALUES, SET_LABELS, build
 from ._paths import unusable
 from ._plots import plot_demo
+from ._requirements import missing
 from ._train import Recipe, fit_bop, one_thread, size_text, train
 
 Echo = Callable[[str], Any]
@@ -47,7 +48,8 @@ def run_demo(
     4. PNG plots in ``out`` and the Sign model's ``summary`` table.
 
     ``quick`` shortens the CNN runs for a smoke test. Returns 0 when every snapset method
-    recovered its planted values exactly, else 1 (2 for an unusable ``out``, before any work).
+    recovered its planted values exactly, else 1; before any work, 1 when a package it needs
+    is missing (it names ``pip install 'snapset[demo]'``) and 2 for an unusable ``out``.
 
     Examples:
         >>> import pathlib, tempfile
@@ -57,6 +59,10 @@ def run_demo(
         snapset demo writes its plots to a folder; .../plots is a file: pass another --out
         2
     """
+    absent = missing("demo")
+    if absent:
+        echo(absent)
+        return 1
     folder = Path(out)
     problem = unusable(folder, folder=True)
     if problem:

@@ -11,6 +11,8 @@ from .._spec import ESTIMATORS as ESTIMATORS
 from .._spec import INITS as INITS
 from . import export as export
 from . import optim as optim
+from ._constrain import LINEAR_AND_CONV as LINEAR_AND_CONV
+from ._constrain import check_values as check_values
 from ._constrain import constrain as constrain
 from ._constrain import constrain_ as constrain_
 from ._constrain import harden_ as harden_
@@ -44,6 +46,7 @@ from .optim import param_groups as param_groups
 __all__ = [
     "ESTIMATORS",
     "INITS",
+    "LINEAR_AND_CONV",
     "METHODS",
     "STE",
     "Bop",
@@ -60,6 +63,7 @@ __all__ = [
     "StochasticRounding",
     "Summary",
     "SummaryRow",
+    "check_values",
     "constrain",
     "constrain_",
     "estimator_grad",

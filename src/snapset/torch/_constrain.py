@@ -7,6 +7,8 @@ else in the front (diagnostics, optimizers, files, packing) goes through these t
 
 from __future__ import annotations
 
+import contextlib
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,11 +19,15 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._sets import ValueSet
-from .._spec import check_init, check_temperature, method_options
+from .._spec import OutsideSetError, check_init, check_temperature, method_options
 from ._methods import METHODS, Constraint
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 FilterFn = Callable[[nn.Module, str], bool]
+
+#: The modules whose ``weight`` ``constrain_`` chooses by default: linear layers and every
+#: convolution (``nn.Conv1d/2d/3d`` and the transposed ones).
+LINEAR_AND_CONV: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
 
 
 def constrain(
@@ -58,6 +64,10 @@ def constrain(
     tensor already on the set's scale (pretrained weights, or values you assigned).
 
     Raises ``ValueError`` or ``TypeError`` naming the problem, with the module left untouched.
+    A parameter that ``module`` holds twice, or that is the stored tensor of another
+    constraint (tied weights), is refused: constraining it would let the other holder compute
+    with the stored latents. A tie to a module outside ``module`` is invisible here; constrain
+    the whole model with ``constrain_``, which sees and refuses it.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -68,6 +78,7 @@ def constrain(
     options = _options(method, init, estimator, temperature, latent_range)
     value_set = ValueSet(values)
     param = _constrainable_parameter(module, name)
+    _refuse_tied(module, {(id(module), name): name}, "constrain")
     register(module, name, METHODS[method](value_set, param, **options), init)
     return module
 
@@ -78,6 +89,7 @@ def constrain_(
     method: str = "ste",
     *,
     filter_fn: FilterFn | None = None,
+    modules: tuple[type[nn.Module], ...] = LINEAR_AND_CONV,
     estimator: str | None = None,
     temperature: float | None = None,
     latent_range: float | None = None,
@@ -85,35 +97,47 @@ def constrain_(
 ) -> ModuleT:
     """Constrain the ``weight`` of every chosen submodule of ``model``, in place; return it.
 
-    By default every ``nn.Linear`` and convolution (``nn.Conv1d/2d/3d`` and transposed) is
-    chosen. ``filter_fn(module, qualified_name) -> bool`` chooses instead, for example to keep
-    the first and last layers in float. Everything is checked before anything changes: if one
-    weight cannot be constrained, none is. Options are those of ``constrain``.
+    A submodule is chosen when it is an instance of one of ``modules`` (default: ``nn.Linear``
+    and every convolution, ``LINEAR_AND_CONV``) that has a ``weight`` parameter, and
+    ``filter_fn(module, qualified_name)``, if given, returns True: ``filter_fn`` narrows the
+    choice, for example to keep the first and last layers in float. ``modules=(nn.Module,)``
+    lets it choose among every module with a ``weight`` (embeddings, norms, your own layers).
+    Everything is checked before anything changes: if one weight cannot be constrained, none
+    is. A chosen weight that another module also holds (tied weights, such as an embedding
+    and a head) is refused, naming both. Options are those of ``constrain``.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
         ...                             torch.nn.Linear(8, 2))
-        >>> keep_last_float = lambda m, name: isinstance(m, torch.nn.Linear) and name != "2"
-        >>> model = st.constrain_(model, snapset.Sign(), filter_fn=keep_last_float)
+        >>> model = st.constrain_(model, snapset.Sign(), filter_fn=lambda m, name: name != "2")
         >>> [name for name, _ in st.named_constraints(model)]
         ['0.weight']
     """
     options = _options(method, init, estimator, temperature, latent_range)
     value_set = ValueSet(values)
-    chosen = filter_fn if filter_fn is not None else _is_linear_or_conv
     plan = []
     for qualified_name, module in model.named_modules():
-        if chosen(module, qualified_name):
-            try:
-                param = _constrainable_parameter(module, "weight")
-                constraint = METHODS[method](value_set, param, **options)
-            except (ValueError, TypeError) as error:
-                where = f"'{qualified_name}'" if qualified_name else "the model itself"
-                raise type(error)(f"constrain_ chose {where}: {error}") from None
-            plan.append((module, constraint))
+        if not (
+            isinstance(module, modules)
+            and _has_weight(module)
+            and (filter_fn is None or filter_fn(module, qualified_name))
+        ):
+            continue
+        try:
+            param = _constrainable_parameter(module, "weight")
+            constraint = METHODS[method](value_set, param, **options)
+        except (ValueError, TypeError) as error:
+            where = f"'{qualified_name}'" if qualified_name else "the model itself"
+            raise type(error)(f"constrain_ chose {where}: {error}") from None
+        constraint.tensor_name = f"{qualified_name}.weight" if qualified_name else "weight"
+        plan.append((module, constraint))
+    _refuse_tied(model, {(id(m), "weight"): c.tensor_name for m, c in plan}, "constrain_")
     for module, constraint in plan:
         register(module, "weight", constraint, init)
+    if plan:
+        _watch_loads(model)
+        _watch_moves(model)
     return model
 
 
@@ -124,7 +148,9 @@ def harden_(model: ModuleT) -> ModuleT:
     hardened model's outputs equal the constrained model's eval outputs bit for bit, and its
     ``state_dict`` holds only members of the sets. Parametrizations that others stacked on top
     of a snapset constraint stay. A ``GF2Linear`` weight, which no gradient reaches once
-    exact, becomes a buffer. Returns ``model``.
+    exact, becomes a buffer. Returns ``model``. A flip parameter that holds a value outside
+    its set (see [`check_values`][snapset.torch.check_values]) is refused first, with the model
+    unchanged.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -133,7 +159,11 @@ def harden_(model: ModuleT) -> ModuleT:
         >>> type(hardened).__name__, sorted(hardened.weight.unique().tolist())
         ('Linear', [0.0, 1.0])
     """
-    for record in list(constrained_tensors(model)):
+    records = list(constrained_tensors(model))
+    for record in records:
+        record.constraint.check(record.stored, record.name)
+    _changed()
+    for record in records:
         module, name, stored = record.module, record.tensor_name, record.stored
         stack = _stack(module, name)
         hard = record.constraint.hard(stored).detach().clone()
@@ -143,7 +173,9 @@ def harden_(model: ModuleT) -> ModuleT:
             # set_ keeps the Parameter object (and optimizers' references to it) while its
             # storage and, for logits, its shape change to those of the exact values.
             stored.set_(hard)  # type: ignore[call-overload]
-        setattr(stored, _HARDENED, record.constraint.values)
+        mark_hardened(stored, record.constraint.values)
+        # the record would point at nothing now, and a weak reference does not pickle
+        vars(stored).pop(_OWNER, None)
         if len(stack) > 1:
             del stack[0]
             continue
@@ -152,8 +184,37 @@ def harden_(model: ModuleT) -> ModuleT:
         if not record.constraint.trainable_when_hard:
             del module._parameters[name]
             module.register_buffer(name, hard)
-            setattr(hard, _HARDENED, record.constraint.values)
+            mark_hardened(hard, record.constraint.values)
+    for module in model.modules():
+        if next(constrained_tensors(module), None) is None:
+            _unwatch_loads(module)
+            module.__dict__.pop("_apply", None)  # _watch_moves's
     return model
+
+
+def check_values(model: nn.Module) -> None:
+    """Raise [`snapset.OutsideSetError`][] if a flip parameter of ``model`` holds a value
+    outside its set; re-project values that a dtype move left in an earlier dtype's rounding.
+
+    Only ``flip`` stores the values themselves (latents and logits always show members), so
+    only flip parameters are looked at: O(1) each while only snapset wrote them, one pass over
+    the entries after any other write (see [`Flip.check`][snapset.torch.Flip.check]). The
+    forward pass, ``harden_``, ``Bop``, ``save``, ``summary`` and ``pack`` call it; the
+    message names the parameter and the fix.
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> model = st.constrain_(torch.nn.Sequential(torch.nn.Linear(2, 2)), snapset.Sign(),
+        ...                       "flip")
+        >>> st.check_values(model)  # every value in its set: nothing to say
+        >>> with torch.no_grad():
+        ...     _ = model[0].parametrizations.weight.original.mul_(0.5)
+        >>> st.check_values(model)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        snapset.OutsideSetError: flip parameter '0.weight' holds 4 values outside ...
+    """
+    for record in constrained_tensors(model):
+        record.constraint.check(record.stored, record.name)
 
 
 # harden_ marks each tensor it makes plain with its set, so that files and summaries still
@@ -172,6 +233,24 @@ def hardened_values(tensor: Tensor) -> ValueSet | None:
         (ValueSet([-1, 1]), None)
     """
     return cast(ValueSet | None, getattr(tensor, _HARDENED, None))
+
+
+def mark_hardened(tensor: Tensor, values: ValueSet | None) -> None:
+    """Mark ``tensor`` as holding members of ``values``, as ``harden_`` does (a loaded file
+    does too); ``None`` removes a mark.
+
+    Examples:
+        >>> import torch, snapset
+        >>> weight = torch.tensor([1.0, -1.0])
+        >>> mark_hardened(weight, snapset.Sign()); hardened_values(weight)
+        ValueSet([-1, 1])
+        >>> mark_hardened(weight, None); hardened_values(weight) is None
+        True
+    """
+    if values is not None:
+        setattr(tensor, _HARDENED, values)
+    elif hasattr(tensor, _HARDENED):
+        delattr(tensor, _HARDENED)
 
 
 def _own_class(module: nn.Module) -> None:
@@ -260,6 +339,7 @@ _OWNER = "_snapset_owner"
 def remember(module: nn.Module, name: str) -> None:
     """Record that the stored tensor of ``module.<name>`` belongs to its constraint."""
     setattr(stored_tensor(module, name), _OWNER, (weakref.ref(module), name))
+    _changed()
 
 
 def constraint_of(param: Tensor) -> Constraint | None:
@@ -279,7 +359,10 @@ def constraint_of(param: Tensor) -> Constraint | None:
 
 def register(module: nn.Module, name: str, constraint: Constraint, init: str = "nearest") -> None:
     """Put ``constraint`` on ``module.<name>`` and record it; ``init="spread"`` first spreads
-    the current values over the set. On failure the parameter is left as it was."""
+    the current values over the set. On failure the parameter is left as it was.
+
+    Also: a check of what ``load_state_dict`` brings (``_check_loads``; ``harden_`` removes
+    it), and a clear refusal to pickle the module."""
     param = cast(nn.Parameter, module._parameters[name])
     # The parametrization stores right_inverse(param); hand it the starting values.
     before = param.detach().clone()
@@ -293,7 +376,109 @@ def register(module: nn.Module, name: str, constraint: Constraint, init: str = "
         with torch.no_grad():
             param.set_(before)  # type: ignore[call-overload]
         raise
+    if constraint.tensor_name == "weight":  # not named by constrain_
+        constraint.tensor_name = name
     remember(module, name)
+    stored = stored_tensor(module, name)
+    constraint.check(stored)  # records that snapset's own write left members of the set
+    _watch_loads(module)
+    _watch_moves(module)
+    type(module).__getstate__ = _refuse_pickling  # type: ignore[method-assign]
+
+
+def _refuse_pickling(module: nn.Module) -> None:
+    raise RuntimeError(
+        f"{_module_name(module)} holds snapset constraints, which pickle and "
+        "torch.save(model) cannot store (torch serialises parametrized modules only through "
+        "state_dict). Save the weights instead: snapset.torch.save(model, path) (packed, exact) "
+        "or torch.save(model.state_dict(), path), and build the model with the same constrain "
+        "calls before loading; or snapset.torch.harden_(model) first, after which the plain "
+        "model pickles. copy.deepcopy(model) works as it is."
+    )
+
+
+# Every write of a constraint's record (remember, harden_) bumps this, so that caches of
+# "which parameters are flip parameters" (the optimizer guard's) know to look again.
+_GENERATION = [0]
+
+
+def generation() -> int:
+    """A number that changes whenever a constraint is registered or removed."""
+    return _GENERATION[0]
+
+
+def _changed() -> None:
+    _GENERATION[0] += 1
+
+
+def _check_loads(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """A ``load_state_dict`` pre-hook: check every incoming stored tensor of the constraints
+    in ``module`` before torch copies any (on the model that ``constrain_`` was given, before
+    any module copies); the entries of flip parameters become the set's values in the
+    parameter's dtype."""
+    for record in constrained_tensors(module):
+        path = record.name[: -len(record.tensor_name)]  # "block.0." or ""
+        key = f"{prefix}{path}parametrizations.{record.tensor_name}.original"
+        incoming = state_dict.get(key)
+        if isinstance(incoming, Tensor):
+            where = f"The state for {record.constraint.method} parameter '{prefix}{record.name}'"
+            state_dict[key] = record.constraint.check_incoming(incoming, record.stored, where)
+
+
+def _watch_moves(model: nn.Module) -> None:
+    """Make a dtype move of ``model`` (``.half()``, ``.to(dtype)``) probe every constraint in
+    it before any of its modules converts, and re-project flip values onto the new dtype's
+    members right after. (torch converts module by module: without the probe, the modules
+    before the first constraint that refuses would have converted.)
+
+    An instance attribute, so that only this model is affected; ``copy.deepcopy`` rebinds it
+    to the copy, and ``harden_`` removes it."""
+    if "_apply" not in model.__dict__:
+        model._apply = types.MethodType(_probed_apply, model)  # type: ignore[method-assign]
+
+
+def _probed_apply(model: nn.Module, fn: Any, recurse: bool = True) -> nn.Module:
+    records = list(constrained_tensors(model))
+    seen = set()
+    for record in records:
+        constraint = record.constraint
+        key = (constraint.values, getattr(constraint, "latent_range", None))
+        if key not in seen:
+            seen.add(key)
+            constraint._tables(fn(constraint.table).dtype)
+    moved: nn.Module = type(model)._apply(model, fn, recurse)
+    for record in records:
+        # values written off the set before the move stay so: the next consumer says so
+        with contextlib.suppress(OutsideSetError):
+            record.constraint.check(record.stored, record.name)
+    return moved
+
+
+def _watch_loads(module: nn.Module) -> None:
+    if not _load_hooks(module):
+        module.register_load_state_dict_pre_hook(_check_loads)
+
+
+def _unwatch_loads(module: nn.Module) -> None:
+    for key in _load_hooks(module):
+        del module._load_state_dict_pre_hooks[key]
+
+
+def _load_hooks(module: nn.Module) -> list[int]:
+    return [
+        key
+        for key, hook in module._load_state_dict_pre_hooks.items()
+        if getattr(hook, "hook", None) is _check_loads
+    ]
 
 
 # ----- helpers -------------------------------------------------------------------------------
@@ -308,8 +493,41 @@ def _stack(module: nn.Module, name: str) -> parametrize.ParametrizationList:
     return cast(parametrize.ParametrizationList, cast(nn.ModuleDict, module.parametrizations)[name])
 
 
-def _is_linear_or_conv(module: nn.Module, qualified_name: str) -> bool:
-    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
+def _has_weight(module: nn.Module) -> bool:
+    return module._parameters.get("weight") is not None or parametrize.is_parametrized(
+        module, "weight"
+    )
+
+
+def _refuse_tied(model: nn.Module, chosen: dict[tuple[int, str], str], verb: str) -> None:
+    """Refuse a chosen ``(module id, tensor name) -> qualified name`` whose parameter another
+    module of ``model`` also holds, or that is already another constraint's stored tensor."""
+    holders: dict[int, list[tuple[tuple[int, str], str]]] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name, param in module._parameters.items():
+            if param is not None:
+                where = f"{prefix}.{name}" if prefix else name
+                slot = (id(module), name)
+                if all(slot != seen for seen, _ in holders.get(id(param), [])):
+                    holders.setdefault(id(param), []).append((slot, where))
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            slot = (id(module), name)
+            if slot not in chosen or param is None:
+                continue
+            others = [where for seen, where in holders[id(param)] if seen != slot]
+            owner = constraint_of(param)
+            if owner is not None:
+                others.append(f"the stored tensor of a {owner.method} constraint")
+            if others:
+                raise ValueError(
+                    f"{verb} chose '{chosen[slot]}', whose parameter is also "
+                    f"{', '.join(repr(o) for o in others)} (tied weights): constraining it "
+                    "would leave the other holder computing with the stored tensor, not with "
+                    "the set's values. Untie them first (for example "
+                    "head.weight = nn.Parameter(head.weight.detach().clone())), or leave it out "
+                    "(constrain_'s filter_fn)."
+                )
 
 
 def _options(

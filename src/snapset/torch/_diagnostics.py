@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from .._packing import radix_for
 from .._sets import ValueSet
-from ._constrain import ConstrainedTensor, constrained_tensors
+from ._constrain import ConstrainedTensor, check_values, constrained_tensors, hardened_values
+from .export._file import HARDENED, hardened_set
 
 
 def _histogram(codes: Tensor, k: int) -> Tensor:
@@ -134,7 +135,8 @@ class SummaryRow:
     name: str
     #: The value set, or None for a plain (float) parameter.
     values: ValueSet | None
-    #: The snapset method, or ``"-"`` for a plain parameter.
+    #: The snapset method, ``"hardened"`` for a plain tensor of set values that ``harden_``
+    #: made, or ``"-"`` for a plain parameter.
     method: str
     #: Number of weights (for ``gumbel``, entries of the value, not of the stored logits).
     count: int
@@ -263,11 +265,14 @@ class Summary:
 def summary(model: nn.Module) -> Summary:
     """A per-tensor table of ``model``'s parameters: set, method, count, bits, packed size.
 
-    Every parameter appears once. A constrained tensor shows its set and method, the bits a
-    weight needs once packed (``ceil(log2(len(set)))``) and its packed size,
-    ``ceil(count * bits / 8)`` bytes; a plain parameter shows its actual size. Compression is
-    against float32. The totals line gives the model's packed size, as larq's
-    ``models.summary`` does for Keras 2.
+    Every parameter appears once, and so does a buffer that ``harden_`` made of a weight
+    (``GF2Linear``'s). A constrained tensor shows its set and method, the bits a weight needs
+    once packed and its packed size, as [`snapset.torch.save`][] writes it; so does a tensor
+    that ``harden_`` made plain and that still holds members of its set, with the method
+    ``"hardened"``. Any other parameter shows its actual size. Compression is against
+    float32. The totals line gives the model's packed size, as larq's ``models.summary`` does
+    for Keras 2. A ``flip`` parameter that left its set raises [`snapset.OutsideSetError`][]
+    (see [`check_values`][snapset.torch.check_values]): its values are in no set.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -279,17 +284,26 @@ def summary(model: nn.Module) -> Summary:
         | weight | {0, 1} | flip   |    12 |           1 |    2 B |    48 B | 24.00x |
         | total  |        |        |    15 |             |   14 B |    60 B |  4.29x |
         12 of 15 weights (80.0%) in a value set; 14 B packed, 4.29x smaller than float32.
+        >>> [(row.name, row.method) for row in st.summary(st.harden_(layer)).rows]
+        [('bias', '-'), ('weight', 'hardened')]
     """
+    check_values(model)  # a flip parameter off its set is in no set: refused, as save does
     constrained = {id(tensor.stored): tensor for tensor in constrained_tensors(model)}
+    # harden_ may leave a weight in a buffer (GF2Linear's): listed with the parameters
+    hardened_buffers = [(n, b) for n, b in model.named_buffers() if hardened_values(b) is not None]
     rows = []
-    for name, param in model.named_parameters():
+    for name, param in [*model.named_parameters(), *hardened_buffers]:
         tensor = constrained.get(id(param))
-        if tensor is None:
-            rows.append(SummaryRow(name, None, "-", param.numel(), param.element_size() * 8))
+        if tensor is not None:
+            vs = tensor.constraint.values
+            count = math.prod(tensor.constraint.value_shape(param.shape))
+            rows.append(SummaryRow(tensor.name, vs, tensor.constraint.method, count, vs.bits))
             continue
-        vs = tensor.constraint.values
-        count = math.prod(tensor.constraint.value_shape(param.shape))
-        rows.append(SummaryRow(tensor.name, vs, tensor.constraint.method, count, vs.bits))
+        held = hardened_set(param)
+        if held is not None:
+            rows.append(SummaryRow(name, held, HARDENED, param.numel(), held.bits))
+        else:
+            rows.append(SummaryRow(name, None, "-", param.numel(), param.element_size() * 8))
     return Summary(tuple(rows))
 
 

@@ -55,6 +55,24 @@ def count_at_least(x: Tensor, boundaries: Tensor, out: Tensor | None = None) -> 
     return codes
 
 
+def members(x: Tensor, table: Tensor) -> Tensor:
+    """Whether each entry of ``x`` equals one of the (few) numbers of ``table``.
+
+    One comparison per value for small sets: several times faster than ``torch.isin``,
+    which sorts.
+
+    Examples:
+        >>> members(torch.tensor([1.0, 0.5, -1.0]), torch.tensor([-1.0, 1.0])).tolist()
+        [True, False, True]
+    """
+    if table.numel() > 16:
+        return torch.isin(x, table)
+    inside = x.eq(table[0])
+    for value in table[1:]:
+        inside.logical_or_(x.eq(value))
+    return inside
+
+
 def narrow(codes: Tensor, k: int) -> Tensor:
     """Codes into a set of ``k`` values in the narrowest dtype that holds them: a bool for two
     values, a byte up to 256, else ``int16``."""

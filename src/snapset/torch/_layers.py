@@ -12,8 +12,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .. import gf2
-from .._sets import ValueSet
-from ._constrain import constrain, harden_, register, stored_tensor
+from .._sets import Binary, ValueSet
+from .._spec import outside_set_error
+from ._constrain import _check_loads, constrain, harden_, register, stored_tensor
+from ._gf2_fit import from_samples
 from ._methods import GF2Weight
 
 __all__ = ["GF2Linear", "Multiplier"]
@@ -49,6 +51,12 @@ class Multiplier(nn.Module):
         **options: float | str,
     ) -> None:
         super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, int):
+            raise TypeError(
+                f"Invalid num_features: {_brief(num_features)} (must be an int). Multiplier takes "
+                "the number of features first, then the values: Multiplier(64, [1, -1]) "
+                "(Keras's sk.Multiplier, which infers its size, takes the values alone)."
+            )
         if num_features < 1:
             raise ValueError(f"Invalid num_features: {num_features} (must be >= 1)")
         self.num_features = num_features
@@ -61,6 +69,11 @@ class Multiplier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}"
+
+
+def _brief(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ----- GF(2) -------------------------------------------------------------------------------
@@ -201,6 +214,22 @@ class GF2Linear(nn.Module):
         register(self, "weight", GF2Weight(self.weight))
         self.reset_parameters()
 
+    @classmethod
+    def from_samples(cls, x: Tensor, y: Tensor, **options: Any) -> GF2Linear:
+        """A layer whose weight is the GF(2)-linear map that best fits the samples ``x -> y``
+        ([`snapset.gf2.lstsq`][]), each weight at probability 0.95 of its value: an algebraic
+        start to train end to end from. Options: ``probability``, ``seed``, ``budget``,
+        ``miss``, ``device``, ``dtype``.
+
+        Examples:
+            >>> import torch, snapset.torch as st
+            >>> x = torch.randint(0, 2, (256, 16), generator=torch.Generator().manual_seed(0))
+            >>> y = x[:, :3].sum(dim=1, keepdim=True) % 2     # x0 xor x1 xor x2
+            >>> st.GF2Linear.from_samples(x, y).weight[0, :4].tolist()
+            [1.0, 1.0, 1.0, 0.0]
+        """
+        return from_samples(cls, x, y, **options)
+
     @property
     def logits(self) -> nn.Parameter:
         """The trainable logits ``l`` (the weight's stored tensor); gone once hardened."""
@@ -275,9 +304,35 @@ class GF2Linear(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        # A hardened layer's state (key "weight") loads into a fresh layer by hardening it.
-        if prefix + "weight" in state_dict and not self.is_hard:
-            self.harden_()
+        # Everything incoming is checked before anything changes: a refused load keeps the
+        # trained logits.
+        weight = state_dict.get(prefix + "weight")
+        if isinstance(weight, Tensor):
+            bits = weight.double()
+            outside = (bits != 0) & (bits != 1)
+            if bool(outside.any()):
+                raise outside_set_error(
+                    f"The state for GF2Linear weight '{prefix}weight'",
+                    Binary(),
+                    int(outside.sum()),
+                    float(bits[outside][0]),
+                    "Load the state of a hardened GF2Linear (a weight of exact 0s and 1s); "
+                    "nothing was loaded into this layer.",
+                )
+        if not self.is_hard:
+            _check_loads(
+                self,
+                state_dict,
+                prefix,
+                local_metadata,
+                strict,
+                missing_keys,
+                unexpected_keys,
+                error_msgs,
+            )
+            # A hardened layer's state (key "weight") loads into a fresh layer by hardening it.
+            if weight is not None:
+                self.harden_()
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -17,6 +17,7 @@ it holds:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,7 +26,16 @@ import torch
 from torch import Tensor, nn
 
 from .._sets import Binary, Tables, ValueSet
-from .._spec import ESTIMATORS, LATENT_RANGE, MethodSpec, NamedMethod, check_temperature
+from .._spec import (
+    ESTIMATORS,
+    LATENT_RANGE,
+    NOT_BY_FLIP_OPTIMIZER,
+    MethodSpec,
+    NamedMethod,
+    check_temperature,
+    nonfinite_gradient_message,
+    outside_set_error,
+)
 from .._spec import METHODS as SPECS
 from . import _functional as F
 
@@ -66,7 +76,42 @@ class Constraint(NamedMethod, nn.Module):
     def __init__(self, values: ValueSet, like: Tensor) -> None:
         super().__init__()
         self.values = values
+        #: The tensor's name in messages: its name in the module, or its qualified name in the
+        #: model when ``constrain_`` made it (``"0.weight"``).
+        self.tensor_name = "weight"
         self._build(like.dtype, like.device)
+
+    def check(self, stored: Tensor, name: str | None = None) -> None:
+        """Raise [`snapset.OutsideSetError`][] if ``stored`` shows values outside the set.
+
+        Latents and logits always show members of the set, so only ``flip`` has work to do
+        (see [`Flip.check`][snapset.torch.Flip.check]). ``name`` is the tensor's name in
+        the message (default: ``tensor_name``).
+        """
+
+    def trust(self, stored: Tensor) -> None:
+        """Record that ``stored`` shows members of the set after a write snapset made (only
+        ``flip`` keeps such a record)."""
+
+    def check_incoming(self, incoming: Tensor, like: Tensor, where: str) -> Tensor:
+        """Check a tensor about to be loaded as the stored tensor ``like``; return what to load.
+
+        Latents and logits must be finite (a NaN latent would stay NaN for good): a
+        ``ValueError`` says which. ``flip`` overrides this with a check of the values.
+        """
+        if incoming.is_floating_point() and not bool(incoming.isfinite().all()):
+            count = int((~incoming.isfinite()).sum())
+            raise ValueError(
+                f"{where} holds {count} non-finite (NaN or inf) {self.stores}, which would "
+                f"stay so for good; load a state whose {self.stores} are finite. Nothing was "
+                "loaded into this module."
+            )
+        return incoming
+
+    def zero_nonfinite(self, grad: Tensor) -> None:
+        """Zero, count and report the non-finite entries of the stored tensor's gradient, in
+        place, before a gradient optimizer steps it (methods with latents do; see
+        [`snapset.torch.optim.refuse_flip_parameters`][])."""
 
     def hard(self, stored: Tensor) -> Tensor:
         """The deterministic exact values (what eval mode and ``harden_`` use)."""
@@ -106,6 +151,9 @@ class Constraint(NamedMethod, nn.Module):
         self.register_buffer(name, tensor, persistent=False)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Constraint:
+        # Probe the target dtype first: one that merges two values of the set is refused
+        # before this constraint, its stored tensor or its module changes.
+        self._tables(fn(self.table).dtype)
         super()._apply(fn, recurse)
         self._build(self.table.dtype, self.table.device)
         return self
@@ -114,7 +162,36 @@ class Constraint(NamedMethod, nn.Module):
         return repr(self.values)
 
 
-class _LatentConstraint(Constraint):
+class _NonfiniteGradients:
+    """Non-finite gradients of a stored latent or logits (``ste``, ``stochastic``, ``gumbel``).
+
+    A single NaN gradient entry would make an Adam-trained latent NaN for good, its value
+    pinned while the outputs stay finite. Before a gradient optimizer steps the latent, the
+    guard that ``snapset.torch`` puts on every optimizer zeroes such entries, counts them in
+    ``nonfinite_gradients`` and warns. It runs after ``GradScaler`` has looked: a step the
+    scaler skips for an overflow is never seen, so loss scaling works as before.
+    """
+
+    tensor_name: str
+    _nonfinite = 0
+
+    @property
+    def nonfinite_gradients(self) -> int:
+        """How many non-finite gradient entries of this constraint were zeroed so far."""
+        return self._nonfinite
+
+    def zero_nonfinite(self, grad: Tensor) -> None:
+        bad = ~grad.isfinite()
+        count = int(bad.sum())
+        if count:
+            grad.masked_fill_(bad, 0.0)
+            self._nonfinite += count
+            warnings.warn(
+                nonfinite_gradient_message(f"'{self.tensor_name}'", count), RuntimeWarning, 3
+            )
+
+
+class _LatentConstraint(_NonfiniteGradients, Constraint):
     """Stores a float latent ``u`` on a scale where the set's range is ``[-r, r]``.
 
     ``w = centre + half_range * u / r`` with ``r = latent_range`` (default 0.1, the scale of a
@@ -225,7 +302,7 @@ class StochasticRounding(_LatentConstraint):
         return F.straight_through(latent, hard, self.scale, self.latent_range, self.estimator)
 
 
-class GumbelSoftmax(Constraint):
+class GumbelSoftmax(_NonfiniteGradients, Constraint):
     r"""A categorical distribution over the set for every entry, trained by Gumbel-softmax.
 
     Stores ``u = logits * r`` of shape ``(*shape, len(values))``, with ``r = latent_range`` (default
@@ -307,6 +384,9 @@ class Flip(Constraint):
     Helwegen et al., 2019, "Latent Weights Do Not Exist: Rethinking Binarized Neural Network
     Optimization".
 
+    The forward never computes with a value outside the set: see
+    [`check`][snapset.torch.Flip.check].
+
     Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> flip = st.Flip(snapset.Binary(), torch.empty(0))
@@ -316,6 +396,13 @@ class Flip(Constraint):
 
     spec = SPECS["flip"]
 
+    def __init__(self, values: ValueSet, like: Tensor) -> None:
+        super().__init__(values, like)
+        # The key of the stored tensor when it was last found to hold members of the set, and
+        # the dtypes the tables have held since (a dtype move re-projects through them).
+        self._trusted: tuple[torch.dtype, int, int] | None = None
+        self._dtypes = [like.dtype]
+
     def hard(self, stored: Tensor) -> Tensor:
         return stored
 
@@ -324,12 +411,122 @@ class Flip(Constraint):
         return F.count_at_least(stored, self.midpoints, out)
 
     def forward(self, stored: Tensor) -> Tensor:
+        # Under torch.compile the check would make dynamo guard on the tensor's version and
+        # recompile every step; the optimizer hook and the eager consumers check instead.
+        if not torch.compiler.is_compiling():
+            self.check(stored)
         return stored
 
     def right_inverse(self, value: Tensor) -> Tensor:
         """The nearest member of the set for each assigned entry (ties go up)."""
         _refuse_nan(value, self.values)
         return self.table[torch.bucketize(value, self.midpoints, right=True)]
+
+    def check(self, stored: Tensor, name: str | None = None) -> None:
+        """Raise [`snapset.OutsideSetError`][] if ``stored`` holds a value outside the set.
+
+        O(1) while nothing but snapset wrote ``stored``: the check compares a key
+        ``(dtype, data_ptr, _version)`` with the one recorded after the last write snapset
+        made or checked (``_version`` counts every in-place write: ``copy_``,
+        ``load_state_dict``, any optimizer's step). When the key changed it looks at every
+        entry once: members of the set are trusted again; values that a dtype move
+        (``.double()``, ``.half().float()``, bfloat16 to float16) left in an earlier dtype's
+        rounding are re-projected, by their codes, onto this dtype's exact values; anything
+        else is refused, the tensor unchanged.
+
+        Examples:
+            >>> import torch, snapset, snapset.torch as st
+            >>> layer = st.constrain(torch.nn.Linear(2, 1), "weight", snapset.Sign(), "flip")
+            >>> stored = layer.parametrizations.weight.original
+            >>> with torch.no_grad():
+            ...     _ = stored.add_(0.25)  # what Adam would do
+            >>> layer.parametrizations.weight[0].check(stored)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            snapset.OutsideSetError: flip parameter 'weight' holds 2 values outside ...
+        """
+        if _key(stored) == self._trusted:
+            return
+        with torch.no_grad():
+            inside = F.members(stored, self.table)
+            if not bool(inside.all()) and not self._reproject(stored):
+                raise outside_set_error(
+                    f"flip parameter '{name or self.tensor_name}'",
+                    self.values,
+                    int((~inside).sum()),
+                    float(stored[~inside][0]),
+                    FLIP_FIX,
+                )
+        self.trust(stored)
+
+    def trust(self, stored: Tensor) -> None:
+        """Record that ``stored`` holds members of the set (after a write snapset made)."""
+        self._trusted = _key(stored)
+        self._dtypes = [stored.dtype]
+
+    def check_incoming(self, incoming: Tensor, like: Tensor, where: str) -> Tensor:
+        """Refuse a tensor to be loaded into ``like`` unless every entry is a member of the set
+        as the incoming dtype holds it; return the same members in ``like``'s dtype."""
+        dtype = incoming.dtype if incoming.dtype in _FLOATS else torch.float64
+        held = incoming.to(dtype)
+        table, midpoints = self._tables_as(dtype, held.device)
+        inside = F.members(held, table)
+        if not bool(inside.all()):
+            raise outside_set_error(
+                where,
+                self.values,
+                int((~inside).sum()),
+                float(held[~inside][0]),
+                "Load a state saved from a model constrained to this set (flip parameters "
+                "hold the set's values); nothing was loaded into this module.",
+            )
+        if dtype == like.dtype:
+            return incoming
+        return self.table.to(held.device)[F.count_at_least(held, midpoints).long()]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Flip:
+        super()._apply(fn, recurse)
+        if self.table.dtype not in self._dtypes:
+            self._dtypes.append(self.table.dtype)
+        return self
+
+    def _reproject(self, stored: Tensor) -> bool:
+        """Move values that hold an earlier dtype's members onto this dtype's; say if it did."""
+        for dtype in reversed(self._dtypes):
+            back = stored.to(dtype)
+            table, midpoints = self._tables_as(dtype, stored.device)
+            # the values must be that dtype's members exactly, not merely round to them
+            if (
+                dtype != stored.dtype
+                and torch.equal(back.to(stored.dtype), stored)
+                and bool(F.members(back, table).all())
+            ):
+                stored.copy_(self.table[F.count_at_least(back, midpoints).long()])
+                return True
+        return False
+
+    def _tables_as(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The values and midpoints as ``dtype`` holds them (exact: the core rounded them)."""
+        tables = self._tables(dtype)
+        return tuple(  # type: ignore[return-value]
+            torch.from_numpy(array).to(dtype=dtype, device=device)
+            for array in (tables.values, tables.midpoints)
+        )
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+#: What to do about a flip parameter outside its set: both the forward's and Bop's message.
+FLIP_FIX = (
+    f"{NOT_BY_FLIP_OPTIMIZER}. Route flip parameters to snapset.torch.Bop with "
+    "snapset.torch.param_groups (groups = param_groups(model); Bop(groups.flip); "
+    "Adam(groups.latent + groups.other)), or assign set values (module.<name> = tensor stores "
+    "the nearest members)."
+)
+
+
+def _key(stored: Tensor) -> tuple[torch.dtype, int, int]:
+    return (stored.dtype, stored.data_ptr(), stored._version)
 
 
 class GF2Weight(Constraint):

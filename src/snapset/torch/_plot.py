@@ -14,9 +14,12 @@ if TYPE_CHECKING:
 def plot_training(tracker: FlipTracker, path: str | Path, max_tensors: int = 8) -> Path:
     """Draw a ``FlipTracker``'s flip ratios and value shares over training to a PNG.
 
-    The top panel shows each tensor's flip ratio per update (log scale; updates without a flip
-    sit at the bottom edge); below, one panel per tensor (the first ``max_tensors``) shows the
-    share of entries holding each value of its set, stacked, from the start to the last update.
+    The top panel shows each tensor's flip ratio per update on a symmetric log scale: linear
+    from 0 up to the smallest ratio that occurred, logarithmic above, so an update without a
+    flip sits at 0 (a log scale would have to hide it or draw it as a small flip) and every
+    flip that happened stays on the log part. Below, one panel per tensor (the first
+    ``max_tensors``) shows the share of entries holding each value of its set, stacked, from
+    the start to the last update. Update numbers are whole; legends sit right of the data.
     Needs matplotlib (``pip install snapset[plot]``); it draws off screen and changes no global
     matplotlib setting. Returns the path written.
 
@@ -31,31 +34,51 @@ def plot_training(tracker: FlipTracker, path: str | Path, max_tensors: int = 8) 
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError(
             "snapset.torch.plot_training needs matplotlib: pip install 'snapset[plot]' "
             "(or pip install matplotlib)"
         ) from error
+    figure = training_figure(tracker, max_tensors)
+    out = Path(path)
+    FigureCanvasAgg(figure).print_png(str(out))
+    return out
+
+
+def training_figure(tracker: FlipTracker, max_tensors: int = 8) -> Any:
+    """The matplotlib ``Figure`` that ``plot_training`` draws, not yet written anywhere.
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), "flip")
+        >>> tracker = st.FlipTracker(layer)
+        >>> tracker.update()  # no flip
+        >>> top = training_figure(tracker).axes[0]
+        >>> top.get_lines()[0].get_ydata().tolist(), top.get_yscale()
+        ([0.0], 'symlog')
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     if max_tensors < 1:
         raise ValueError(f"Invalid max_tensors: {max_tensors} (must be >= 1)")
     ratios = tracker.flip_ratios()
     histograms = tracker.histograms()
     names = tracker.names[:max_tensors]
-    figure = Figure(figsize=(8, 2.2 * (1 + len(names))), layout="constrained")
-    canvas = FigureCanvasAgg(figure)
+    figure = Figure(figsize=(9, 2.2 * (1 + len(names))), layout="constrained")
     axes: list[Any] = list(figure.subplots(1 + len(names), 1, squeeze=False)[:, 0])
     top = axes[0]
-    floor = min([r for series in ratios.values() for r in series if r > 0], default=1.0) / 2
     for name in tracker.names:
         series = np.asarray(ratios[name], dtype=np.float64)
-        top.plot(np.arange(1, len(series) + 1), np.maximum(series, floor), label=name)
-    top.set_yscale("log")
+        top.plot(np.arange(1, len(series) + 1), series, marker=".", label=name)
+    smallest = min([r for series in ratios.values() for r in series if r > 0], default=1.0)
+    top.set_yscale("symlog", linthresh=smallest, linscale=0.5)
+    top.set_ylim(bottom=0)
     top.set_xlabel("update")
     top.set_ylabel("flip ratio")
-    top.set_title("Share of entries whose value changed")
+    top.set_title("Share of entries whose value changed (0: no flip)")
     if len(tracker.names) <= 12:
-        top.legend(fontsize="small")
+        top.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     for axis, name in zip(axes[1:], names, strict=True):
         counts = histograms[name].astype(np.float64)
         shares = counts / counts.sum(axis=1, keepdims=True)
@@ -65,8 +88,9 @@ def plot_training(tracker: FlipTracker, path: str | Path, max_tensors: int = 8) 
         axis.set_ylim(0, 1)
         axis.set_ylabel("share")
         axis.set_title(f"{name}: entries per value")
-        axis.legend(fontsize="small", loc="upper right", ncols=min(len(labels), 8))
+        columns = -(-len(labels) // 8)  # at most 8 rows: a large set's legend stays short
+        axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), ncols=columns)
+    for axis in axes:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("update")
-    out = Path(path)
-    canvas.print_png(str(out))
-    return out
+    return figure

@@ -136,9 +136,10 @@ def test_pack_keeps_the_model_and_leaves_what_it_cannot_pack() -> None:
     model[0] = st.constrain(nn.Conv1d(4, 4, 3, groups=2), "weight", snapset.Sign()).eval()
     x = torch.randn(2, 4, 4)
     expected = model(x)
-    packed = st.pack(model)
-    assert type(packed[0]) is nn.Conv1d and type(packed[2]) is nn.Linear  # stayed float
-    torch.testing.assert_close(packed(x), expected)
+    with pytest.warns(UserWarning, match="pack left 1 of 2 constrained weights in float"):
+        packed = st.pack(model)
+    assert type(packed[0]) is st.PackedConv and type(packed[2]) is nn.Linear  # stayed float
+    torch.testing.assert_close(packed(x), expected, rtol=1e-5, atol=1e-5)
     # the original is untouched: still constrained, still computing the same
     assert [name for name, _ in st.named_constraints(model)] == ["0.weight", "2.weight"]
     assert torch.equal(model(x), expected)
@@ -160,7 +161,7 @@ def test_packed_memory_by_arithmetic() -> None:
 
 def test_packing_refuses_values_outside_the_set_and_other_devices() -> None:
     layer = nn.Linear(5, 2)
-    with pytest.raises(ValueError, match="harden a constrained layer"):
+    with pytest.raises(snapset.OutsideSetError, match="Harden a constrained layer"):
         st.PackedLinear.from_linear(layer, snapset.Sign())
     packed = st.PackedLinear.from_linear(hardened_linear(5, 2, snapset.Sign(), 0), snapset.Sign())
     with pytest.raises(ValueError, match="run on the CPU"):
@@ -177,3 +178,162 @@ def test_numpy_tables_match_the_definition() -> None:
         digits = [(b // 5**i) % 5 for i in range(3)]
         expected = sum(x[3 + i] * values.values[d] for i, d in enumerate(digits))
         assert tables[1, b] == pytest.approx(expected, abs=1e-6)
+
+
+# the convolutions pack once left in float, and their combinations
+CONVS = {
+    "groups": lambda: nn.Conv2d(4, 6, 3, groups=2),
+    "depthwise": lambda: nn.Conv1d(3, 6, 3, groups=3, stride=2),
+    "same, even kernel": lambda: nn.Conv2d(3, 4, (2, 4), padding="same", dilation=(1, 2)),
+    "valid": lambda: nn.Conv1d(2, 3, 4, padding="valid"),
+    "reflect": lambda: nn.Conv2d(3, 4, 3, padding=2, padding_mode="reflect", stride=2),
+    "replicate, same": lambda: nn.Conv1d(3, 2, 4, padding="same", padding_mode="replicate"),
+    "circular": lambda: nn.Conv2d(2, 2, 3, (1, 2), (1, 2), padding_mode="circular", groups=2),
+}
+
+
+# torch's float convolution warns that it pads a copy for an odd total padding (the even
+# kernel with dilation 1 below), the case where "same" pads one more after than before
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@pytest.mark.parametrize("name", list(CONVS))
+def test_pack_packs_grouped_and_padded_convs_as_the_float_layer_computes(
+    kernels: str, name: str
+) -> None:
+    torch.manual_seed(0)
+    conv = st.constrain(CONVS[name](), "weight", snapset.Ternary()).eval()
+    packed = st.pack(conv)  # warnings are errors here: nothing may stay in float
+    assert type(packed) is st.PackedConv
+    assert packed.packing_report.packed == {"weight": "PackedConv"}
+    size = (9, 11) if isinstance(conv, nn.Conv2d) else (13,)
+    for shape in [(2, conv.in_channels, *size), (conv.in_channels, *size)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(packed(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pack_reports_and_warns_which_weights_stay_in_float_and_why() -> None:
+    model = nn.ModuleDict(
+        {
+            "fc": nn.Linear(6, 4),
+            "conv": nn.Conv1d(2, 4, 3, padding="same", groups=2),
+            "conv3d": nn.Conv3d(2, 2, 3),
+            "up": nn.ConvTranspose2d(2, 2, 3),
+            "wide": nn.Linear(4, 4),
+            "f64": nn.Linear(4, 4).double(),
+        }
+    )
+    for name in ["fc", "conv", "conv3d", "up"]:
+        st.constrain(model[name], "weight", snapset.Sign())
+    st.constrain(model["wide"], "weight", snapset.ValueSet(range(300)))
+    st.constrain(model["f64"], "weight", snapset.ValueSet([1, 1 + 2**-40]))
+    st.constrain(model["fc"], "bias", snapset.Ternary())
+    model["embed"] = st.constrain(nn.Embedding(5, 3), "weight", snapset.Sign())
+    model["scale"] = st.Multiplier(4, snapset.Sign())
+    with pytest.warns(UserWarning) as caught:
+        packed = st.pack(model)
+    report = packed.packing_report
+    assert report.packed == {"fc.weight": "PackedLinear", "conv.weight": "PackedConv"}
+    packed_kinds = "Linear, Conv1d, Conv2d and GF2Linear are packed"
+    assert report.kept == {
+        "fc.bias": "only weights are packed",
+        "conv3d.weight": f"no packed layer for Conv3d; {packed_kinds}",
+        "up.weight": f"no packed layer for ConvTranspose2d; {packed_kinds}",
+        "wide.weight": "its set has 300 values, more than a byte's 256 codes",
+        "f64.weight": report.kept["f64.weight"],
+        "embed.weight": f"no packed layer for Embedding; {packed_kinds}",
+        "scale.weight": f"no packed layer for Multiplier; {packed_kinds}",
+    }
+    assert report.kept["f64.weight"].startswith("packed layers compute in float32, and ValueSet(")
+    assert "cannot be told apart in float32" in report.kept["f64.weight"]
+    [warning] = caught
+    message = str(warning.message)
+    assert message.startswith("pack left 7 of 9 constrained weights in float: 'fc.bias' (only")
+    assert all(f"'{name}' ({why})" in message for name, why in report.kept.items())
+    lines = str(report).splitlines()
+    assert lines[0] == "fc.weight      packed: PackedLinear"
+    assert lines[3] == "conv3d.weight  in float: " + report.kept["conv3d.weight"]
+    assert [type(packed[name]).__name__ for name in model] == [
+        "PackedLinear",  # its bias, constrained, stays in float32 (set values all the same)
+        "PackedConv",
+        "Conv3d",
+        "ConvTranspose2d",
+        "Linear",
+        "Linear",
+        "Embedding",
+        "Multiplier",
+    ]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [snapset.ValueSet([1, 1 + 2**-40]), snapset.ValueSet([-1e39, 1e39])],
+    ids=["merges", "overflows"],
+)
+def test_a_float64_set_that_float32_cannot_hold_stays_in_float64(values: snapset.ValueSet) -> None:
+    torch.manual_seed(0)
+    model = st.constrain(nn.Linear(6, 3).double(), "weight", values).eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="packed layers compute in float32"):
+        packed = st.pack(model)
+    assert type(packed) is nn.Linear
+    assert torch.equal(packed(x), model(x))  # the float64 layer itself: exact, finite
+
+
+def test_a_float64_model_packs_to_float32_rounding_and_refuses_inputs_beyond_it() -> None:
+    torch.manual_seed(0)
+    values = snapset.ValueSet([-0.3, 0.1, 0.7])  # not exact in float32, but apart
+    model = st.constrain(nn.Linear(6, 3).double(), "weight", values).eval()
+    packed = st.pack(model)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    assert packed(x).dtype == torch.float64
+    torch.testing.assert_close(packed(x), model(x), rtol=1e-6, atol=1e-6)
+    huge = torch.full((1, 6), 1e300, dtype=torch.float64)
+    assert torch.isfinite(model(huge)).all()
+    with pytest.raises(ValueError, match=r"holds 1e\+300, beyond float32's range"):
+        packed(huge)
+    # infinities and NaN pass through, as in the float layer
+    assert torch.isnan(packed(torch.full((1, 6), float("nan"), dtype=torch.float64))).all()
+
+
+def test_packed_layers_refuse_inputs_that_are_not_floating_point() -> None:
+    layer = hardened_linear(5, 2, snapset.Sign(), 0)
+    conv = st.harden_(st.constrain(nn.Conv1d(2, 3, 3), "weight", snapset.Sign()))
+    packed = [
+        (layer, st.PackedLinear.from_linear(layer, snapset.Sign()), (1, 5)),
+        (conv, st.PackedConv.from_conv(conv, snapset.Sign()), (1, 2, 5)),
+    ]
+    for float_layer, packed_layer, shape in packed:
+        for dtype in (torch.int64, torch.int32, torch.uint8, torch.bool):
+            x = torch.ones(shape, dtype=dtype)
+            with pytest.raises(RuntimeError):
+                float_layer(x)  # what the float layer does
+            with pytest.raises(TypeError, match=f"got {dtype}: convert the input"):
+                packed_layer(x)
+
+
+def test_pack_refuses_a_flip_parameter_moved_off_its_set() -> None:
+    model = nn.Sequential(
+        st.constrain(nn.Linear(4, 3), "weight", snapset.Sign(), method="flip"), nn.ReLU()
+    )
+    stored = model[0].parametrizations.weight.original
+    with torch.no_grad():
+        stored[0, 0] = 0.97  # as an ordinary optimizer's step would leave it
+    before = stored.clone()
+    with pytest.raises(snapset.OutsideSetError, match=r"1 value outside ValueSet\(\[-1, 1\]\)"):
+        st.pack(model)
+    assert torch.equal(model[0].parametrizations.weight.original, before)
+
+
+def test_a_model_hardened_saved_and_loaded_packs_as_the_constrained_one(tmp_path):
+    # the order users try: harden_, save, load into a plain model, pack
+    model = st.constrain_(nn.Sequential(nn.Linear(12, 8), nn.Linear(8, 3)), snapset.Ternary())
+    st.harden_(model)
+    path = st.save(model, tmp_path / "hardened.safetensors")
+    loaded = st.load(nn.Sequential(nn.Linear(12, 8), nn.Linear(8, 3)), path)
+    packed = st.pack(loaded)
+    assert [type(layer).__name__ for layer in packed] == ["PackedLinear", "PackedLinear"]
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(packed(x), model(x))
+    with torch.no_grad():
+        loaded[1].weight[0, 0] = 0.5  # fine-tuned in float after harden_: not packed
+    with pytest.warns(UserWarning, match="'1.weight' \\(its values left their set after harden_"):
+        assert type(st.pack(loaded)[1]).__name__ == "Linear"

@@ -234,7 +234,7 @@ def test_refuses_values_outside_the_set_and_leaves_groups_unchanged() -> None:
         bad.parametrizations.weight.original[0] = 0.25  # e.g. trained by Adam
     opt = st.Bop(good.parameters())
     with pytest.raises(
-        ValueError, match=r"1 values outside ValueSet\(\[0, 1\]\), for example 0.25"
+        snapset.OutsideSetError, match=r"1 value outside ValueSet\(\[0, 1\]\) \(for example 0.25\)"
     ):
         opt.add_param_group({"params": list(bad.parameters())})
     assert len(opt.param_groups) == 1

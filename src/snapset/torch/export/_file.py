@@ -1,45 +1,80 @@
 """Packed model files: ``save`` and ``load`` in safetensors, with no pickle anywhere.
 
-A file holds, for each constrained tensor, its value set, shape, dtype and its codes packed by
-``snapset._packing`` (close to ``log2(k)`` bits a weight), and every other ``state_dict``
-tensor as it is. The safetensors header's ``__metadata__`` carries::
+A file holds, for each tensor whose values come from a set, its value set, shape, dtype and its
+codes packed by ``snapset._packing`` (close to ``log2(k)`` bits a weight), and every other
+``state_dict`` tensor as it is. The safetensors header's ``__metadata__`` carries::
 
     "format": "snapset", "snapset.version": "1",
     "snapset.constrained": JSON {name: {"values": [...], "shape": [...], "dtype": "float32",
                                         "method": "ste", "group": g}}
 
 and the tensor ``name`` is the ``uint8`` stream of codes. Any safetensors reader opens the file.
+``method`` is the constraint's method, or ``"hardened"`` for a plain tensor of set values (one
+that ``harden_`` made, or one whose set the caller declared).
 
-Loading reads and checks the header itself before it allocates anything: a truncated file, a
-damaged header, a tensor that claims more bytes than the file holds, a shape or value set that
-does not match the model, each raise ``SnapsetFileError`` naming the problem. All tensors
-are decoded into new memory first and copied into the model only when every one is ready, so a
-failed load leaves the model exactly as it was.
+What a load promises:
+
+* **One whole file.** The file is opened once and every byte is read through that handle, so a
+  load racing a ``save`` of the same path (which renames a new file over it) sees the old file
+  or the new one, never tensors from both.
+* **Whole or nothing.** The header is read and checked before anything big is allocated, and
+  every tensor is decoded into new memory before the first is copied into the model. Anything
+  wrong raises ``SnapsetFileError`` and leaves the model as it was; ``load(None, ...)`` then
+  returns nothing.
+* **Bounded work.** A header may claim at most ``MAX_HEADER_BYTES`` bytes, ``MAX_TENSORS``
+  tensors, ``MAX_DIMS`` dimensions a tensor, ``MAX_VALUES`` values a set and
+  ``MAX_DISTINCT_VALUES`` values in all its distinct sets together; every check is linear in
+  the header (plus a sort of each distinct set).
+* **Values in their sets.** Packed tensors decode through their set's table in their dtype, so
+  they hold members of the set and nothing else; a set that merges or overflows in that dtype
+  is refused, as are bool tensors with bytes other than 0 and 1.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator
+import secrets
+import stat
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..._packing import Radix, pack_codes, radix_for, unpack_codes
 from ..._sets import ValueSet
-from .._constrain import ConstrainedTensor, constrained_tensors
+from ..._spec import NOT_BY_FLIP_OPTIMIZER, outside_set_error
+from .._constrain import (
+    ConstrainedTensor,
+    check_values,
+    constrained_tensors,
+    hardened_values,
+    mark_hardened,
+)
 
 __all__ = ["SnapsetFileError", "load", "save"]
 
 FORMAT_VERSION = 1
 #: A header larger than this is refused unread (safetensors itself caps it at 100 MB).
 MAX_HEADER_BYTES = 100 * 2**20
+#: Tensors a file may hold: a model of a billion tensors is not one file.
+MAX_TENSORS = 2**20
+#: Dimensions of a tensor (whose product must also fit in int64, as torch's strides do).
+MAX_DIMS = 64
+#: Values of one set: codes of 16 bits (a larger "set" is a number format, not a choice).
+MAX_VALUES = 2**16
+#: Values of all the distinct sets of a file together (each is sorted and checked once).
+MAX_DISTINCT_VALUES = 2**20
+#: The ``method`` recorded for a plain tensor of set values (hardened, or its set declared).
+HARDENED = "hardened"
 
 _DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -55,10 +90,57 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 _FLOAT_NAMES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16}
 _FLOAT_NAMES["bfloat16"] = torch.bfloat16
+_LARGEST = 2**63 - 1
 
 
 class SnapsetFileError(ValueError):
     """A snapset file that is damaged, hostile, or does not fit the model it is loaded into."""
+
+
+# ----- set values in a tensor ------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)  # a file of many tensors often has one set and one dtype
+def _table(values: ValueSet, dtype: torch.dtype) -> Tensor:
+    """The set's values as ``dtype`` holds them (the core's rounding; this cast rounds nothing).
+    Shared between calls: read it, never write to it.
+
+    Raises ``ValueError`` for a set that merges or overflows in ``dtype``, ``TypeError`` for a
+    dtype that is not a float.
+    """
+    return torch.from_numpy(values.tables(str(dtype)).values).to(dtype)
+
+
+def _set_codes(values: ValueSet, tensor: Tensor) -> tuple[Tensor, Tensor]:
+    """Each entry's index in the set as ``tensor``'s dtype holds it, and where an entry (NaN
+    included) is no member."""
+    table = _table(values, tensor.dtype)
+    flat = tensor.detach().reshape(-1).cpu()
+    codes = torch.searchsorted(table, flat).clamp_(max=len(values) - 1)
+    return codes, table[codes] != flat
+
+
+def hardened_set(tensor: Tensor) -> ValueSet | None:
+    """The set ``harden_`` marked ``tensor`` with, if every entry is still a member; else None.
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> layer = st.harden_(st.constrain(torch.nn.Linear(3, 2), "weight", snapset.Sign()))
+        >>> hardened_set(layer.weight)
+        ValueSet([-1, 1])
+        >>> with torch.no_grad():
+        ...     layer.weight[0, 0] = 0.5  # left the set since
+        >>> hardened_set(layer.weight) is None
+        True
+    """
+    values = hardened_values(tensor)
+    if values is None or not tensor.is_floating_point():
+        return None
+    try:
+        outside = _set_codes(values, tensor)[1]
+    except ValueError:  # cast since to a dtype that merges the set's values
+        return None
+    return None if bool(outside.any()) else values
 
 
 # ----- what a model holds ---------------------------------------------------------------------
@@ -66,7 +148,7 @@ class SnapsetFileError(ValueError):
 
 @dataclass(frozen=True)
 class _Slot:
-    """One constrained tensor of a model, as a file holds it: its exact values' codes."""
+    """One constrained tensor of a model: the exact values it shows and how to store them."""
 
     tensor: ConstrainedTensor
 
@@ -82,8 +164,8 @@ class _Slot:
     def dtype(self) -> torch.dtype:
         return self.tensor.stored.dtype
 
-    def codes(self) -> Tensor:
-        return self.tensor.constraint.codes(self.tensor.stored)
+    def hard(self) -> Tensor:
+        return self.tensor.constraint.hard(self.tensor.stored).detach()
 
     def new_stored(self, value: Tensor) -> Tensor:
         """The tensor to store so that the slot shows ``value``; checked to be exact."""
@@ -108,19 +190,44 @@ def _plain_state(model: nn.Module, slots: dict[str, _Slot]) -> dict[str, Tensor]
     return {k: v for k, v in model.state_dict().items() if k not in skip}
 
 
+def _tensor_objects(model: nn.Module) -> dict[str, Tensor]:
+    """Parameters and buffers by ``state_dict`` name: the objects that carry ``harden_``'s mark
+    (``state_dict`` holds detached views without it)."""
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    return dict(named)
+
+
 # ----- save -----------------------------------------------------------------------------------
 
 
-def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Write ``model`` to a safetensors file with its constrained tensors packed; return the path.
+def save(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    values: Mapping[str, ValueSet | list[float] | tuple[float, ...]] | None = None,
+) -> Path:
+    """Write ``model`` to a safetensors file with its set-valued tensors packed; return the path.
 
-    Each tensor constrained by snapset (a ``GF2Linear`` weight too) is stored as its
-    value set, shape, dtype and codes packed at close to ``log2(k)`` bits a weight (1 bit for
-    two values, 1.59 for ternary, 2 for four values); every other ``state_dict`` tensor (biases,
-    float layers, buffers) is stored as it is. What is saved is the values the model computes
-    with in eval mode: latents, logits and optimizer state are not (save a ``state_dict`` with
-    ``torch.save`` to resume training). The file is written to a temporary name and renamed, so
-    an interrupted save never leaves a half-written file under ``path``.
+    Each tensor constrained by snapset (a ``GF2Linear`` weight too) is stored as its value set,
+    shape, dtype and codes packed at close to ``log2(k)`` bits a weight (1 bit for two values,
+    1.59 for ternary, 2 for four values). So is each plain tensor that ``harden_`` made, as long
+    as it still holds members of its set (one whose values left the set since is written as it
+    is, with a warning), and each plain tensor named in ``values``, which maps ``state_dict``
+    names to their sets. Every other ``state_dict`` tensor (biases, float layers, buffers) is
+    stored as it is. What is saved is the values the model computes with in eval mode: latents,
+    logits and optimizer state are not (save a ``state_dict`` with ``torch.save`` to resume
+    training).
+
+    Nothing is rounded on the way: a constrained tensor or a tensor named in ``values`` that
+    holds a value outside its set (a ``flip`` parameter stepped by Adam, NaN) raises
+    ``snapset.OutsideSetError`` and nothing is written. The file is written under a temporary
+    name with the mode a new file gets (``0o666`` less the umask), read back to check that
+    ``load`` accepts its header, and renamed, so ``path`` always holds a whole file.
+
+    Needs the ``save`` extra (``pip install 'snapset[save]'``); ``load`` needs nothing more.
 
     Examples:
         >>> import os, tempfile, torch, snapset, snapset.torch as st
@@ -129,43 +236,134 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         >>> packed = st.load(None, path)  # a dict of exact tensors
         >>> sorted(packed["weight"].unique().tolist()), packed["bias"].shape
         ([-1.0, 1.0], torch.Size([10]))
+        >>> plain = torch.nn.Linear(4, 2)
+        >>> with torch.no_grad():
+        ...     _ = plain.weight.copy_(torch.tensor([[1.0, -1, 1, 1], [-1, -1, 1, -1]]))
+        >>> path = st.save(plain, path, values={"weight": snapset.Sign()})  # packed too
+        >>> st.load(None, path)["weight"].tolist()
+        [[1.0, -1.0, 1.0, 1.0], [-1.0, -1.0, 1.0, -1.0]]
     """
-    from safetensors.torch import save_file
-
-    slots = _slots(model)
-    tensors: dict[str, Tensor] = {}
-    described: dict[str, dict[str, Any]] = {}
-    for name, slot in slots.items():
-        radix = radix_for(len(slot.values))
-        codes = slot.codes().detach().cpu().numpy()
-        tensors[name] = torch.from_numpy(pack_codes(codes, radix))
-        described[name] = {
-            "values": list(slot.values.values),
-            "shape": list(slot.shape),
-            "dtype": str(slot.dtype).removeprefix("torch."),
-            "method": slot.tensor.constraint.method,
-            "group": radix.group,
-        }
-    for name, tensor in _plain_state(model, slots).items():
-        if name in tensors:
-            raise ValueError(f"state_dict entry '{name}' clashes with a constrained tensor's name")
-        # clone: safetensors refuses tensors that share memory (tied weights)
-        tensors[name] = tensor.detach().cpu().contiguous().clone()
+    try:
+        from safetensors.torch import save_file
+    except ImportError as error:
+        raise ImportError(
+            "snapset.torch.save writes safetensors files: pip install 'snapset[save]' "
+            "(or pip install safetensors)"
+        ) from error
+    tensors, described = _contents(model, values or {})
     metadata = {
         "format": "snapset",
         "snapset.version": str(FORMAT_VERSION),
         "snapset.constrained": json.dumps(described),
     }
     target = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    _replace(target, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
     return target
+
+
+def _contents(
+    model: nn.Module, declared: Mapping[str, ValueSet | list[float] | tuple[float, ...]]
+) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
+    """The tensors to write and the description of the packed ones, all checked."""
+    check_values(model)  # flip parameters: refused off their sets, re-projected after .double()
+    slots = _slots(model)
+    plain = _plain_state(model, slots)
+    unknown = sorted(set(declared) - set(plain))
+    if unknown:
+        names = list(plain)
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        raise ValueError(
+            f"save(values=...) names {', '.join(map(repr, unknown))}, which "
+            f"{'is' if len(unknown) == 1 else 'are'} not a plain tensor of "
+            f"{type(model).__name__}; its plain tensors: {shown or 'none'}"
+        )
+    tensors: dict[str, Tensor] = {}
+    described: dict[str, dict[str, Any]] = {}
+    for name, slot in slots.items():
+        method = slot.tensor.constraint.method
+        tensors[name], described[name] = _packed(name, slot.values, slot.hard(), method, _OFF_SET)
+    objects = _tensor_objects(model)
+    for name, tensor in plain.items():
+        if name in tensors:
+            raise ValueError(f"state_dict entry '{name}' clashes with a constrained tensor's name")
+        if name in declared:
+            declared_set = ValueSet(declared[name])
+            tensors[name], described[name] = _packed(
+                name, declared_set, tensor, HARDENED, _NOT_DECLARED_SET
+            )
+            continue
+        mark = hardened_values(objects[name]) if name in objects else None
+        if mark is not None:
+            try:
+                tensors[name], described[name] = _packed(name, mark, tensor, HARDENED, _CHANGED)
+                continue
+            except (ValueError, TypeError) as error:  # trained or cast since harden_
+                warnings.warn(
+                    f"snapset.torch.save writes '{name}' unpacked, as it is: {error}", stacklevel=3
+                )
+        # clone: safetensors refuses tensors that share memory (tied weights)
+        tensors[name] = tensor.detach().cpu().contiguous().clone()
+    return tensors, described
+
+
+_OFF_SET = (
+    f"{NOT_BY_FLIP_OPTIMIZER}: train flip parameters with snapset.torch.Bop "
+    "(snapset.torch.param_groups routes them) or assign members of the set. Nothing was written."
+)
+_NOT_DECLARED_SET = (
+    "Name the set its values come from, or leave it out of values=. Nothing was written."
+)
+_CHANGED = "harden_ left members of the set in it; it changed since."
+
+
+def _packed(
+    name: str, values: ValueSet, value: Tensor, method: str, fix: str
+) -> tuple[Tensor, dict[str, Any]]:
+    """The packed codes of ``value`` and their description; ``OutsideSetError`` (with ``fix``)
+    if an entry is not a member of ``values`` as the tensor's dtype holds it."""
+    if not value.is_floating_point():
+        raise TypeError(f"'{name}' is {value.dtype}; a set's values live in float tensors")
+    try:
+        codes, outside = _set_codes(values, value)
+    except ValueError as error:  # a set that the tensor's dtype cannot hold
+        raise ValueError(f"'{name}' is {value.dtype}, which cannot hold its set: {error}") from None
+    count = int(outside.sum())
+    if count:
+        example = float(value.detach().reshape(-1).cpu()[outside][0])
+        raise outside_set_error(f"'{name}'", values, count, example, fix)
+    radix = radix_for(len(values))
+    description = {
+        "values": list(values.values),
+        "shape": list(value.shape),
+        "dtype": str(value.dtype).removeprefix("torch."),
+        "method": method,
+        "group": radix.group,
+    }
+    return torch.from_numpy(pack_codes(codes.numpy(), radix)), description
+
+
+def _replace(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a new file through ``write`` under a temporary name, check that ``load`` reads its
+    header, and rename it to ``target``; on any failure remove it and leave ``target`` as it was."""
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    # Created with 0o666, which the kernel narrows by the umask as for any new file: its mode
+    # is the umask's answer, read without os.umask's process-wide set-and-restore (a race with
+    # other threads). The writer leaves 0o600 (safetensors does), which would hide the file
+    # from other users and containers, so that mode is put back.
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        mode = stat.S_IMODE(temporary.stat().st_mode)
+        write(temporary)
+        os.chmod(temporary, mode)
+        with temporary.open("rb") as handle:
+            _File(target, handle)  # never leave a file that load refuses (caps, dims)
+        os.replace(temporary, target)
+    except SnapsetFileError as error:
+        temporary.unlink(missing_ok=True)
+        raise ValueError(f"snapset cannot save this model: {error}") from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 # ----- reading a file safely -------------------------------------------------------------------
@@ -193,59 +391,75 @@ class _Packed:
 
 
 class _File:
-    """A checked header and a way to read one tensor's bytes; nothing big is read up front."""
+    """A file opened once: its checked header, and its tensors read through the same handle,
+    so that what is read is one whole file even while another process replaces the path."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, handle: BufferedReader) -> None:
         self.path = path
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise SnapsetFileError(f"{path}: {size} bytes is too short for a safetensors file")
-            length = int.from_bytes(prefix, "little")
-            if length > MAX_HEADER_BYTES or 8 + length > size:
-                raise SnapsetFileError(
-                    f"{path}: the header claims {length} bytes but the file has {size - 8} after "
-                    "the length field (truncated or not a safetensors file)"
-                )
-            raw = handle.read(length)
+        self._handle = handle
+        size = os.fstat(handle.fileno()).st_size
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise SnapsetFileError(f"{path}: {size} bytes is too short for a safetensors file")
+        length = int.from_bytes(prefix, "little")
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise SnapsetFileError(
+                f"{path}: the header claims {length} bytes but the file has {size - 8} after "
+                f"the length field (truncated, not a safetensors file, or over the "
+                f"{MAX_HEADER_BYTES:,} bytes a header may take)"
+            )
         self.data_start = 8 + length
-        try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SnapsetFileError(f"{path}: damaged header ({error})") from None
+        header = _parse_json(path, handle.read(length), "header")
         if not isinstance(header, dict):
             raise SnapsetFileError(f"{path}: damaged header (not a JSON object)")
         metadata = header.pop("__metadata__", None) or {}
+        if len(header) > MAX_TENSORS:
+            raise SnapsetFileError(
+                f"{path}: the header lists {len(header):,} tensors, more than the "
+                f"{MAX_TENSORS:,} a snapset file may hold"
+            )
         self.entries = {
             name: _entry(path, name, spec, size - self.data_start) for name, spec in header.items()
         }
         self.packed = _packed_entries(path, metadata, self.entries)
 
     def read(self, name: str) -> Tensor:
+        """The tensor ``name`` as the file stores it, in new memory."""
         entry = self.entries[name]
-        with self.path.open("rb") as handle:
-            handle.seek(self.data_start + entry.start)
-            raw = bytearray(handle.read(entry.end - entry.start))
-        if len(raw) != entry.end - entry.start:
+        self._handle.seek(self.data_start + entry.start)
+        raw = bytearray(entry.end - entry.start)
+        if self._handle.readinto(raw) != len(raw):
             raise SnapsetFileError(f"{self.path}: tensor '{name}' is cut short (truncated file)")
-        flat = (
-            torch.frombuffer(raw, dtype=entry.dtype) if raw else torch.empty(0, dtype=entry.dtype)
-        )
-        return flat.reshape(entry.shape)
+        if entry.dtype == torch.bool and raw and np.frombuffer(raw, np.uint8).max() > 1:
+            raise SnapsetFileError(
+                f"{self.path}: bool tensor '{name}' holds bytes other than 0 and 1 (damaged)"
+            )
+        if not raw:
+            return torch.empty(entry.shape, dtype=entry.dtype)
+        return torch.frombuffer(raw, dtype=entry.dtype).reshape(entry.shape)
 
     def decode(self, name: str, dtype: torch.dtype | None = None) -> Tensor:
-        """The exact values of a packed tensor, in ``dtype`` (default: the file's)."""
+        """The exact values of a packed tensor, in ``dtype`` (default: the file's), marked as
+        ``harden_`` marks a plain tensor of set values."""
         packed = self.packed[name]
         data = self.read(name).numpy()
-        dtype = dtype or packed.dtype
         try:
             codes = unpack_codes(data, packed.radix, packed.count)
-            # the core's table: the numbers as dtype holds them, so this cast rounds nothing
-            table = torch.from_numpy(packed.values.tables(str(dtype)).values).to(dtype)
-        except ValueError as error:  # impossible codes, or a set that dtype cannot hold
+            table = _table(packed.values, dtype or packed.dtype)
+        except (ValueError, TypeError) as error:  # impossible codes, or a dtype that cannot hold
             raise SnapsetFileError(f"{self.path}: tensor '{name}': {error}") from None
-        return table[torch.from_numpy(codes)].reshape(packed.shape)
+        value = table[torch.from_numpy(codes)].reshape(packed.shape)
+        mark_hardened(value, packed.values)
+        return value
+
+
+def _parse_json(path: Path, text: Any, what: str) -> Any:
+    try:
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except (ValueError, TypeError, RecursionError) as error:
+        # ValueError: broken JSON or UTF-8, or an integer literal past Python's digit limit;
+        # TypeError: not a string at all; RecursionError: nested deeper than Python recurses.
+        raise SnapsetFileError(f"{path}: damaged {what} ({str(error)[:200]})") from None
 
 
 def _entry(path: Path, name: str, spec: object, data_size: int) -> _Entry:
@@ -257,31 +471,97 @@ def _entry(path: Path, name: str, spec: object, data_size: int) -> _Entry:
     name_of_dtype = spec.get("dtype")
     dtype = _DTYPES.get(name_of_dtype) if isinstance(name_of_dtype, str) else None
     if dtype is None:
-        raise bad(f"unknown dtype {spec.get('dtype')!r}")
+        raise bad(f"unknown dtype {_clip(spec.get('dtype'))}")
     shape, offsets = spec.get("shape"), spec.get("data_offsets")
-    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
-        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    try:
+        shape = _shape(shape)
+    except ValueError as error:
+        raise bad(str(error)) from None
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
         or not all(_is_count(n) for n in offsets)
         or offsets[0] > offsets[1]
     ):
-        raise bad(f"data_offsets {offsets!r} are not two increasing integers")
+        raise bad(f"data_offsets {_clip(offsets)} are not two increasing integers")
     start, end = offsets
     # Python integers: a hostile shape cannot overflow into a small number.
     expected = math.prod(shape) * dtype.itemsize
     if end - start != expected:
         raise bad(
-            f"shape {shape} of {dtype} needs {expected} bytes, the offsets give {end - start}"
+            f"shape {list(shape)} of {dtype} needs {expected} bytes, the offsets give {end - start}"
         )
     if end > data_size:
         raise bad(f"its bytes end at {end}, past the file's {data_size} bytes of data (truncated)")
-    return _Entry(dtype, tuple(shape), start, end)
+    return _Entry(dtype, shape, start, end)
+
+
+def _shape(shape: object) -> tuple[int, ...]:
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(_is_count(n) for n in shape)
+        # torch's strides: the product of the dimensions (zeros counted as ones) is an int64
+        or math.prod(max(n, 1) for n in shape) > _LARGEST
+    ):
+        raise ValueError(
+            f"shape {_clip(shape)} is not a list of at most {MAX_DIMS} non-negative integers "
+            "whose product fits in int64"
+        )
+    return tuple(shape)
 
 
 def _is_count(n: object) -> bool:
     return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _clip(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut short for a message: a hostile header may hold huge values."""
+    if isinstance(value, (list, dict, str)) and len(value) > limit:
+        return f"<a {type(value).__name__} of {len(value):,} entries>"
+    if isinstance(value, list) and any(isinstance(n, int) and n.bit_length() > 256 for n in value):
+        return f"<a list of {len(value)} entries with huge integers>"
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+class _Sets:
+    """The value sets a header names, each built (sorted, checked) once; the distinct ones
+    together hold at most ``MAX_DISTINCT_VALUES`` values."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[float, ...], ValueSet] = {}
+        self._fits: set[tuple[ValueSet, torch.dtype]] = set()
+        self._total = 0
+
+    def read(self, raw: object, dtype: torch.dtype) -> ValueSet:
+        if (
+            not isinstance(raw, list)
+            or len(raw) > MAX_VALUES
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+        ):
+            raise ValueError(
+                f"values {_clip(raw)} are not a list of at most {MAX_VALUES:,} numbers"
+            )
+        key = tuple(raw)
+        values = self._known.get(key)
+        if values is None:
+            self._total += len(raw)
+            if self._total > MAX_DISTINCT_VALUES:
+                raise ValueError(
+                    f"its sets hold more than the {MAX_DISTINCT_VALUES:,} distinct values a "
+                    "snapset file may hold"
+                )
+            values = self._known[key] = ValueSet(raw)
+        if (values, dtype) not in self._fits:
+            _table(values, dtype)  # refuses a set that merges or overflows in the dtype
+            self._fits.add((values, dtype))
+        return values
+
+
+_FIELDS = ("values", "shape", "dtype", "method", "group")
 
 
 def _packed_entries(path: Path, metadata: object, entries: dict[str, _Entry]) -> dict[str, _Packed]:
@@ -290,38 +570,38 @@ def _packed_entries(path: Path, metadata: object, entries: dict[str, _Entry]) ->
     version = metadata.get("snapset.version")
     if version != str(FORMAT_VERSION):
         raise SnapsetFileError(
-            f"{path}: snapset file format version {version!r}; this snapset reads version "
+            f"{path}: snapset file format version {_clip(version)}; this snapset reads version "
             f"{FORMAT_VERSION} (upgrade snapset to read newer files)"
         )
-    try:
-        described = json.loads(metadata.get("snapset.constrained", "{}"))
-    except (TypeError, json.JSONDecodeError) as error:
-        raise SnapsetFileError(
-            f"{path}: damaged 'snapset.constrained' metadata ({error})"
-        ) from None
+    described = _parse_json(
+        path, metadata.get("snapset.constrained", "{}"), "'snapset.constrained' metadata"
+    )
     if not isinstance(described, dict):
         raise SnapsetFileError(f"{path}: damaged 'snapset.constrained' metadata (not an object)")
+    sets = _Sets()
     packed = {}
     for name, spec in described.items():
         try:
-            packed[name] = _packed_entry(spec, entries.get(name))
-        except (ValueError, TypeError, KeyError) as error:
+            packed[name] = _packed_entry(spec, entries.get(name), sets)
+        except (ValueError, TypeError) as error:
             raise SnapsetFileError(f"{path}: constrained tensor '{name}': {error}") from None
     return packed
 
 
-def _packed_entry(spec: dict[str, Any], entry: _Entry | None) -> _Packed:
+def _packed_entry(spec: object, entry: _Entry | None, sets: _Sets) -> _Packed:
     if entry is None:
         raise ValueError("its codes are missing")
-    shape = spec["shape"]
-    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
-        raise ValueError(f"shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(spec, dict) or not all(field in spec for field in _FIELDS):
+        raise ValueError(f"its description is not an object with fields {', '.join(_FIELDS)}")
+    shape = _shape(spec["shape"])
     dtype = _FLOAT_NAMES.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
     if dtype is None:
-        raise ValueError(f"unknown dtype {spec['dtype']!r}")
-    values = ValueSet(spec["values"])
+        raise ValueError(f"unknown dtype {_clip(spec['dtype'])}")
+    if not isinstance(spec["method"], str):
+        raise ValueError(f"method {_clip(spec['method'])} is not a string")
+    values = sets.read(spec["values"], dtype)
     if not _is_count(spec["group"]):
-        raise ValueError(f"group {spec['group']!r} is not a positive integer")
+        raise ValueError(f"group {_clip(spec['group'])} is not a positive integer")
     radix = Radix(len(values), spec["group"])
     count = math.prod(shape)
     if entry.dtype != torch.uint8 or entry.shape != (radix.nbytes(count),):
@@ -329,7 +609,7 @@ def _packed_entry(spec: dict[str, Any], entry: _Entry | None) -> _Packed:
             f"{count} codes of {len(values)} values take {radix.nbytes(count)} bytes, the file "
             f"holds {entry.dtype} of shape {list(entry.shape)}"
         )
-    return _Packed(values, tuple(shape), dtype, str(spec["method"]), radix)
+    return _Packed(values, shape, dtype, spec["method"], radix)
 
 
 # ----- load -----------------------------------------------------------------------------------
@@ -340,16 +620,21 @@ def load(model: nn.Module | None, path: str | os.PathLike[str]) -> Any:
 
     ``model`` may be constrained the same way as the saved one (same value sets; the method may
     differ, so a file from a ``flip``-trained model loads into an ``ste`` model and back), or a
-    plain model of the same architecture, which then holds the exact values, as if hardened.
-    Its outputs in eval mode equal the saved model's bit for bit. A constrained tensor gets the
-    stored tensor that shows the saved values (the latent at the value, or logits peaked at it).
+    plain model of the same architecture, which then holds the exact values, as if hardened
+    (its tensors carry ``harden_``'s mark, so ``save`` packs them again and ``summary`` shows
+    their sets). Its outputs in eval mode equal the saved model's bit for bit. A constrained
+    tensor gets the stored tensor that shows the saved values (the latent at the value, or
+    logits peaked at it).
 
     With ``model=None`` it returns a ``dict`` of tensors that a plain (hardened) model's
-    ``load_state_dict`` accepts: the constrained tensors decoded to their exact values and
-    dtype, under their names (``"0.weight"``), and every other tensor as saved.
+    ``load_state_dict`` accepts: the packed tensors decoded to their exact values and dtype,
+    under their names (``"0.weight"``), and every other tensor as saved.
 
-    Raises ``SnapsetFileError`` (a ``ValueError``) for a damaged file, or one whose names,
-    shapes or value sets do not match ``model``; nothing in ``model`` changes then.
+    The file is opened once and read whole through that handle (a ``save`` racing on the same
+    path never mixes two files), and everything is decoded and checked before the first tensor
+    of ``model`` changes. Raises ``SnapsetFileError`` (a ``ValueError``) for a damaged or
+    hostile file, or one whose names, shapes or value sets do not match ``model``; nothing in
+    ``model`` changes then. Needs no extra: it reads safetensors itself.
 
     Examples:
         >>> import os, tempfile, torch, snapset, snapset.torch as st
@@ -360,13 +645,18 @@ def load(model: nn.Module | None, path: str | os.PathLike[str]) -> Any:
         >>> torch.equal(plain(x), model(x))
         True
     """
-    file = _File(Path(path))
-    if model is None:
-        return {name: _read_any(file, name) for name in file.entries}
-    writes = list(_plan(file, model))
+    with Path(path).open("rb") as handle:
+        file = _File(Path(path), handle)
+        if model is None:
+            return {name: _read_any(file, name) for name in file.entries}
+        writes = list(_plan(file, model))
     with torch.no_grad():
         for target, value in writes:
             target.copy_(value)
+    for target, value in writes:
+        # a plain tensor that now holds a packed set's values is marked as harden_ marks it;
+        # one that now holds a file's plain values loses an older mark
+        mark_hardened(target, hardened_values(value))
     return model
 
 
@@ -393,8 +683,11 @@ def _plan(file: _File, model: nn.Module) -> Iterator[tuple[Tensor, Tensor]]:
     for name, slot in slots.items():
         value = _value_for(file, name, slot.shape, slot.dtype, slot.values)
         writes.append((slot.tensor.stored, slot.new_stored(value)))
+    objects = _tensor_objects(model)
     for name, tensor in plain.items():
-        writes.append((tensor, _value_for(file, name, tuple(tensor.shape), tensor.dtype, None)))
+        value = _value_for(file, name, tuple(tensor.shape), tensor.dtype, None)
+        # the parameter or buffer itself, which keeps the mark (state_dict's view would not)
+        writes.append((objects.get(name, tensor), value))
     return iter(writes)
 
 
@@ -413,13 +706,15 @@ def _value_for(
             f"{file.path}: '{name}' holds values of {packed.values!r} but the model constrains it "
             f"to {values!r}"
         )
-    value = file.decode(name, dtype) if packed is not None else file.read(name).to(dtype)
-    if values is not None and packed is None:
-        outside = ~torch.from_numpy(values.contains(value.double().numpy()))
+    if packed is not None:
+        return file.decode(name, dtype)
+    value = file.read(name).to(dtype)
+    if values is not None:
+        outside = _set_codes(values, value)[1]
         if bool(outside.any()):
             raise SnapsetFileError(
                 f"{file.path}: '{name}' is a plain tensor in the file with entries outside "
-                f"{values!r} (e.g. {value[outside][0].item()}), so it cannot load into the "
-                "constrained model"
+                f"{values!r} (e.g. {value.reshape(-1)[outside][0].item()}), so it cannot load "
+                "into the constrained model"
             )
     return value

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import cast
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -13,9 +16,21 @@ from torch import Tensor, nn
 
 from ..._kernels import PackedMatrix, backend, decode_rows, small_matmul
 from ..._sets import ValueSet
-from .._constrain import harden_, named_constraints
+from ..._spec import outside_set_error
+from .._constrain import harden_, hardened_values, mark_hardened
+from .._layers import GF2Linear
+from ._file import hardened_set
+from ._pack_gf2 import PackedGF2Linear
 
-__all__ = ["LUT_MAX_ROWS", "PackedConv", "PackedLinear", "kernel_backend", "pack"]
+__all__ = [
+    "LUT_MAX_ROWS",
+    "PackedConv",
+    "PackedLinear",
+    "PackingReport",
+    "kernel_backend",
+    "pack",
+    "unpackable",
+]
 
 LUT_MAX_ROWS = 8
 """Default of the packed layers' ``lookup_max_rows``: up to this many input rows use the
@@ -27,37 +42,71 @@ table-lookup kernel, beyond it decoded tiles and BLAS (the crossover measured by
 TILE_BYTES = 8 << 20
 
 
-def kernel_backend() -> str:
+def kernel_backend(explain: bool = False) -> str:
     """The kernels that packed layers run: ``"numba"`` (compiled for this CPU on first use) or
-    ``"numpy"`` (the fallback, where numba is missing or ``SNAPSET_KERNELS=numpy`` is set).
+    ``"numpy"`` (the fallback, where numba is missing or fails, or ``SNAPSET_KERNELS=numpy`` is
+    set). With ``explain``, a sentence that starts with the name and says why: where numba's
+    cache lies, that the kernels run uncached (no writable cache directory, damaged cache
+    files; a warning says so once), or why numpy runs.
 
     Examples:
         >>> import snapset.torch as st
         >>> st.export.kernel_backend() in ("numba", "numpy")
         True
+        >>> st.export.kernel_backend(explain=True)  # doctest: +ELLIPSIS
+        'numba, compiled for this CPU, cached in ...'
     """
-    return backend()
+    return backend(explain)
 
 
 def packed_matmul(
     x: Tensor, matrix: PackedMatrix, bias: Tensor, lookup_max_rows: int = LUT_MAX_ROWS
-) -> tuple[Tensor, str]:
+) -> tuple[Tensor, str, str]:
     """``x @ W.T + bias`` for float rows ``x`` of shape ``(rows, n_in)``, on the packed ``W``.
 
-    Returns the result and the kernel that ran: ``"xnor"`` (XNOR-popcount, when ``W`` and every
+    Returns the result, the kernel that ran: ``"xnor"`` (XNOR-popcount, when ``W`` and every
     input are in {-1, +1}), ``"lookup"`` (table lookups, up to ``lookup_max_rows`` rows) or
-    ``"tiles"`` (``W.T`` decoded a block at a time, times BLAS). ``bias`` is float32 (zeros for
-    a layer without one).
+    ``"tiles"`` (``W.T`` decoded a block at a time, times BLAS), and the backend that ran it
+    (``"numba"`` or ``"numpy"``). ``bias`` is float32 (zeros for a layer without one); ``x``
+    has passed ``check_input``.
     """
-    if x.device.type != "cpu":
-        raise ValueError(f"packed layers run on the CPU; move the input there (got {x.device})")
     rows = x.detach()
     if rows.dtype != torch.float32 or not rows.is_contiguous():
         rows = rows.to(torch.float32).contiguous()
-    kernel, y = small_matmul(rows.numpy(), matrix, bias.numpy(), lookup_max_rows)
+        if x.dtype == torch.float64:
+            _check_float32_range(x, rows)
+    ran, kernel, y = small_matmul(rows.numpy(), matrix, bias.numpy(), lookup_max_rows)
     if y is not None:
-        return torch.from_numpy(y), kernel
-    return _tiled_matmul(rows, matrix).add_(bias), kernel
+        return torch.from_numpy(y), kernel, ran
+    return _tiled_matmul(rows, matrix).add_(bias), kernel, ran
+
+
+def check_input(x: Tensor) -> None:
+    """Refuse an input that packed layers cannot compute with as a float layer would: another
+    device, or a dtype that is not floating point (float64 entries beyond float32's range are
+    refused where they are converted)."""
+    if x.device.type != "cpu":
+        raise ValueError(f"packed layers run on the CPU; move the input there (got {x.device})")
+    if not x.is_floating_point():
+        # nn.Linear raises on integer inputs too; converting would truncate nothing but hide
+        # a caller's mistake, and a bool or complex input has no float meaning here
+        raise TypeError(
+            f"packed layers take floating-point inputs, as nn.Linear does; got {x.dtype}: "
+            "convert the input (x.float()) first"
+        )
+
+
+def _check_float32_range(x: Tensor, rows: Tensor) -> None:
+    """Refuse finite float64 entries of ``x`` that became infinite in ``rows``, its float32
+    copy (one pass over the copy when nothing overflowed; numpy's is the fast one)."""
+    if bool(np.isinf(rows.numpy()).any()):
+        beyond = torch.isinf(rows) & torch.isfinite(x)
+        if bool(beyond.any()):
+            raise ValueError(
+                f"the float64 input holds {x[beyond][0].item():.6g}, beyond float32's range "
+                f"({torch.finfo(torch.float32).max:.6g}), in which packed layers compute: "
+                "scale the input down, or keep this layer in float"
+            )
 
 
 _WORKSPACE = threading.local()
@@ -118,13 +167,19 @@ class PackedLinear(nn.Module):
         self.lookup_max_rows = LUT_MAX_ROWS
         #: The kernel the last call ran: "xnor", "lookup" or "tiles".
         self.last_kernel = ""
+        #: The backend that ran it: "numba" or "numpy" (``kernel_backend(explain=True)`` says
+        #: why).
+        self.last_backend = ""
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self._shift = self.bias if self.bias is not None else torch.zeros(matrix.out)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, values: ValueSet) -> PackedLinear:
-        """Pack a (hardened) ``nn.Linear`` whose weight holds only members of ``values``."""
-        return cls(_matrix(linear.weight, values, "weight"), linear.bias)
+        """Pack a (hardened) ``nn.Linear`` whose weight holds only members of ``values``;
+        ``ValueError`` if it cannot be packed (``unpackable`` says why)."""
+        _refuse_unpackable(linear, values)
+        codes = values.encode(_members(linear.weight, values, "'weight'", _HARDEN_FIRST))
+        return cls(PackedMatrix.from_codes(codes, values), linear.bias)
 
     @property
     def weight_bytes(self) -> int:
@@ -132,8 +187,11 @@ class PackedLinear(nn.Module):
         return self.matrix.nbytes
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input(x)
         flat = x.reshape(-1, self.in_features)
-        y, self.last_kernel = packed_matmul(flat, self.matrix, self._shift, self.lookup_max_rows)
+        y, self.last_kernel, self.last_backend = packed_matmul(
+            flat, self.matrix, self._shift, self.lookup_max_rows
+        )
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -144,17 +202,19 @@ class PackedLinear(nn.Module):
 
 
 class PackedConv(nn.Module):
-    """An inference-only ``nn.Conv1d`` or ``nn.Conv2d`` on packed codes (see ``pack``).
+    """An inference-only ``nn.Conv1d`` or ``nn.Conv2d`` on packed codes (see ``pack``), with
+    any stride, dilation, groups, padding (numbers, ``"same"``, ``"valid"``) and padding mode.
 
-    The input is unfolded into patches (``F.unfold``) and the patches times the packed
-    ``(out_channels, in_channels * kernel)`` weight go through the packed matrix product, whose
-    kernel ``lookup_max_rows`` picks as in ``PackedLinear`` (rows are patches here).
+    The input is padded (``F.pad``, in the layer's padding mode) and unfolded into patches
+    (``F.unfold``); each group's patches times its packed ``(out_channels / groups,
+    in_channels / groups * kernel)`` weight go through the packed matrix product, whose kernel
+    ``lookup_max_rows`` picks as in ``PackedLinear`` (rows are patches here).
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
-        >>> conv = st.harden_(st.constrain(torch.nn.Conv2d(3, 4, 3, padding=1), "weight",
-        ...                                snapset.Ternary()))
-        >>> x = torch.randn(2, 3, 8, 8)
+        >>> conv = st.harden_(st.constrain(torch.nn.Conv2d(4, 6, 3, padding="same", groups=2,
+        ...                                padding_mode="reflect"), "weight", snapset.Ternary()))
+        >>> x = torch.randn(2, 4, 8, 8)
         >>> torch.allclose(st.PackedConv.from_conv(conv, snapset.Ternary())(x), conv(x), atol=1e-5)
         True
     """
@@ -163,105 +223,227 @@ class PackedConv(nn.Module):
 
     def __init__(
         self,
-        matrix: PackedMatrix,
+        matrices: list[PackedMatrix],
         bias: Tensor | None,
         dims: int,
         kernel_size: tuple[int, ...],
         stride: tuple[int, ...],
-        padding: tuple[int, ...],
+        pads: tuple[int, ...],
+        padding_mode: str,
         dilation: tuple[int, ...],
     ) -> None:
         super().__init__()
-        self.matrix, self.dims = matrix, dims
+        #: One packed matrix per group of channels.
+        self.matrices, self.dims = tuple(matrices), dims
         #: Up to this many patch rows use the table-lookup kernel, beyond it decoded tiles and
         #: BLAS; 0 always uses tiles.
         self.lookup_max_rows = LUT_MAX_ROWS
         #: The kernel the last call ran: "xnor", "lookup" or "tiles".
         self.last_kernel = ""
-        self.kernel_size, self.stride = kernel_size, stride
-        self.padding, self.dilation = padding, dilation
+        #: The backend that ran it: "numba" or "numpy".
+        self.last_backend = ""
+        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+        #: ``F.pad``'s amounts, last dimension first, and its mode.
+        self.pads, self.pad_mode = pads, "constant" if padding_mode == "zeros" else padding_mode
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self._shift = self.bias if self.bias is not None else torch.zeros(matrix.out)
+        shift = self.bias if self.bias is not None else torch.zeros(self.out_channels)
+        self._shifts = shift.chunk(len(matrices))
 
     @classmethod
     def from_conv(cls, conv: nn.Conv1d | nn.Conv2d, values: ValueSet) -> PackedConv:
-        """Pack a (hardened) ``Conv1d``/``Conv2d`` with ``groups=1`` and zero padding."""
-        if not packable_conv(conv):
-            raise ValueError(
-                f"{conv} cannot be packed: only groups=1, padding_mode='zeros' and numeric "
-                "padding are supported; keep it as a float layer"
-            )
-        weight = conv.weight.reshape(conv.out_channels, -1)
-        padding = cast(tuple[int, ...], conv.padding)
+        """Pack a (hardened) ``Conv1d``/``Conv2d`` whose weight holds only members of
+        ``values``; ``ValueError`` if it cannot be packed (``unpackable`` says why)."""
+        _refuse_unpackable(conv, values)
+        codes = values.encode(_members(conv.weight, values, "'weight'", _HARDEN_FIRST))
+        per_group = conv.out_channels // conv.groups
+        matrices = [
+            PackedMatrix.from_codes(block.reshape(per_group, -1), values)
+            for block in np.split(codes, conv.groups)
+        ]
         dims = 2 if isinstance(conv, nn.Conv2d) else 1
         return cls(
-            _matrix(weight, values, "weight"),
+            matrices,
             conv.bias,
             dims,
             conv.kernel_size,
             conv.stride,
-            padding,
+            _pads(conv),
+            conv.padding_mode,
             conv.dilation,
         )
 
     @property
+    def out_channels(self) -> int:
+        return sum(m.out for m in self.matrices)
+
+    @property
     def weight_bytes(self) -> int:
         """Bytes of the packed weight."""
-        return self.matrix.nbytes
+        return sum(m.nbytes for m in self.matrices)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input(x)
         unbatched = x.dim() == self.dims + 1
         images = x.unsqueeze(0) if unbatched else x
+        if any(self.pads):
+            images = F.pad(images, self.pads, mode=self.pad_mode)
+        k, s, d = self.kernel_size, self.stride, self.dilation
         if self.dims == 1:  # a 1-d convolution is a 2-d one of height 1
             images = images.unsqueeze(2)
-        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
-        if self.dims == 1:
-            k, s, p, d = (1, *k), (1, *s), (0, *p), (1, *d)
-        patches = F.unfold(images, k, dilation=d, padding=p, stride=s)  # (N, C*k, L)
+            k, s, d = (1, *k), (1, *s), (1, *d)
+        patches = F.unfold(images, k, dilation=d, stride=s)  # (N, C*k, L), channel major
         n, _, count = patches.shape
         flat = patches.transpose(1, 2).reshape(n * count, -1)
-        y, self.last_kernel = packed_matmul(flat, self.matrix, self._shift, self.lookup_max_rows)
-        y = y.reshape(n, count, -1).transpose(1, 2)
-        size = [
-            (images.shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)
-        ]
-        out = y.reshape(n, -1, *size)
+        width = flat.shape[1] // len(self.matrices)
+        outputs = []
+        for group, (matrix, shift) in enumerate(zip(self.matrices, self._shifts, strict=True)):
+            y, self.last_kernel, self.last_backend = packed_matmul(
+                flat[:, group * width : (group + 1) * width], matrix, shift, self.lookup_max_rows
+            )
+            outputs.append(y)
+        size = [(images.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
+        out = torch.cat(outputs, dim=1).reshape(n, count, -1).transpose(1, 2)
+        out = out.reshape(n, -1, *size)
         if self.dims == 1:
             out = out.squeeze(2)
         return (out.squeeze(0) if unbatched else out).to(x.dtype)
 
     def extra_repr(self) -> str:
+        first = self.matrices[0]
         return (
-            f"{self.dims}d, in_features={self.matrix.n_in}, out_channels={self.matrix.out}, "
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-            f"values={self.matrix.values!r}"
+            f"{self.dims}d, in_features={first.n_in * len(self.matrices)}, "
+            f"out_channels={self.out_channels}, groups={len(self.matrices)}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, pads={self.pads}, "
+            f"pad_mode={self.pad_mode!r}, values={first.values!r}"
         )
 
 
-def packable_conv(module: nn.Module) -> bool:
-    """Whether ``module`` is a ``Conv1d``/``Conv2d`` that ``PackedConv`` can run."""
-    return (
-        type(module) in (nn.Conv1d, nn.Conv2d)
-        and cast(nn.Conv2d, module).groups == 1
-        and cast(nn.Conv2d, module).padding_mode == "zeros"
-        and not isinstance(cast(nn.Conv2d, module).padding, str)
-    )
+def _pads(conv: nn.Conv1d | nn.Conv2d) -> tuple[int, ...]:
+    """``F.pad``'s amounts for ``conv``'s padding, last dimension first, as torch pads: for
+    ``"same"``, the odd one of an odd total goes after."""
+    pairs = []
+    for i, (k, d) in enumerate(zip(conv.kernel_size, conv.dilation, strict=True)):
+        if conv.padding == "same":
+            total = d * (k - 1)
+            pairs.append((total // 2, total - total // 2))
+        elif conv.padding == "valid":
+            pairs.append((0, 0))
+        else:
+            p = cast(tuple[int, ...], conv.padding)[i]
+            pairs.append((p, p))
+    return tuple(amount for pair in reversed(pairs) for amount in pair)
+
+
+@dataclass(frozen=True)
+class PackingReport:
+    """What ``pack`` did with each constrained weight, by its name in the model: the packed
+    layer that now runs it, or why it stayed in float. ``pack`` attaches it to the model it
+    returns, as ``packing_report``.
+
+    Examples:
+        >>> import warnings, torch, snapset, snapset.torch as st
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Conv3d(1, 1, 3))
+        >>> model = st.constrain_(model, snapset.Sign())
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     packed = st.pack(model)
+        >>> print(caught[0].message)  # doctest: +NORMALIZE_WHITESPACE
+        pack left 1 of 2 constrained weights in float: '1.weight' (no packed layer for
+        Conv3d; Linear, Conv1d, Conv2d and GF2Linear are packed). See packed.packing_report.
+        >>> print(packed.packing_report)  # doctest: +NORMALIZE_WHITESPACE
+        0.weight  packed: PackedLinear
+        1.weight  in float: no packed layer for Conv3d; Linear, Conv1d, Conv2d and GF2Linear
+        are packed
+    """
+
+    #: Each packed weight's name and the packed layer that runs it.
+    packed: dict[str, str] = field(default_factory=dict)
+    #: Each weight left in float, and why.
+    kept: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        rows = [(n, f"packed: {layer}") for n, layer in self.packed.items()]
+        rows += [(n, f"in float: {why}") for n, why in self.kept.items()]
+        width = max((len(name) for name, _ in rows), default=0)
+        return "\n".join(f"{name:<{width}}  {what}" for name, what in rows)
+
+
+#: The packed layer's constructor for each layer type that ``pack`` packs.
+_PACKERS: dict[type[nn.Module], Callable[[Any, ValueSet], nn.Module]] = {
+    nn.Linear: PackedLinear.from_linear,
+    nn.Conv1d: PackedConv.from_conv,
+    nn.Conv2d: PackedConv.from_conv,
+    GF2Linear: lambda layer, values: PackedGF2Linear.from_gf2_linear(layer),
+}
+
+
+def unpackable(layer: nn.Module, values: ValueSet) -> str:
+    """Why ``pack`` leaves ``layer``, whose weight is constrained to ``values``, in float; ""
+    when it packs it.
+
+    Examples:
+        >>> import torch, snapset
+        >>> unpackable(torch.nn.Conv2d(3, 3, 3, groups=3), snapset.Ternary())
+        ''
+        >>> unpackable(torch.nn.Conv3d(3, 3, 3), snapset.Ternary())
+        'no packed layer for Conv3d; Linear, Conv1d, Conv2d and GF2Linear are packed'
+        >>> unpackable(torch.nn.Linear(3, 3).double(), snapset.ValueSet([1, 1 + 2**-40]))
+        ... # doctest: +ELLIPSIS
+        'packed layers compute in float32, and ValueSet([1, 1.0000000000009095]) cannot be ...'
+    """
+    if type(layer) not in _PACKERS:
+        *others, last = (kind.__name__ for kind in _PACKERS)
+        return (
+            f"no packed layer for {type(layer).__name__}; {', '.join(others)} and {last} are packed"
+        )
+    if len(values) > 256:
+        return f"its set has {len(values)} values, more than a byte's 256 codes"
+    try:
+        values.tables("float32")
+    except ValueError as error:  # values that overflow or merge in float32
+        return f"packed layers compute in float32, and {error}"
+    return ""
+
+
+def _refuse_unpackable(layer: nn.Module, values: ValueSet) -> None:
+    reason = unpackable(layer, values)
+    if reason:
+        raise ValueError(f"{layer} cannot be packed: {reason}. Keep it as a float layer")
+
+
+# what puts a weight off its set when a packed layer is built by hand
+_HARDEN_FIRST = (
+    "Harden a constrained layer (snapset.torch.harden_) before packing it, or pack the "
+    "constrained model (snapset.torch.pack)"
+)
 
 
 def pack(model: nn.Module) -> nn.Module:
     """An inference-only copy of ``model`` whose constrained layers run on packed codes.
 
     The copy is hardened (``harden_``), put in eval mode and frozen; then every
-    ``nn.Linear`` whose weight was constrained to a set of at most 256 values becomes a
-    ``PackedLinear``, and every such ``Conv1d``/``Conv2d`` (``groups=1``, zero padding)
-    a ``PackedConv``; other layers stay as they are, in float. ``model`` is unchanged.
-    Outputs match the hardened float model to float32 rounding. Packed layers compute in
-    float32 on the CPU and do not propagate gradients.
+    ``nn.Linear`` whose weight was constrained becomes a ``PackedLinear``, every such
+    ``Conv1d``/``Conv2d`` (any groups, padding and padding mode) a ``PackedConv``, and every
+    ``GF2Linear`` a ``PackedGF2Linear``. A model hardened before (or hardened, saved and
+    loaded) packs alike: ``harden_`` and ``load`` mark each plain tensor of set values with its
+    set, and a marked weight whose values left the set since stays in float. The others
+    stay in float, and a warning names them and says why (``unpackable``): other layer types
+    (``Conv3d``, transposed convolutions, ``Embedding``, ``Multiplier``), sets of more than 256
+    values, sets that overflow or merge in float32 (packed layers compute in float32, so a
+    float64 model's set must fit there). The copy's ``packing_report`` (a ``PackingReport``)
+    lists what went where. ``model`` is unchanged.
+
+    Every constrained tensor must hold members of its set: a flip parameter that something
+    other than a flip optimizer moved off the set raises ``snapset.OutsideSetError``, with
+    nothing packed. Outputs match the hardened float model to float32 rounding. Packed layers
+    compute in float32 on the CPU, take floating-point inputs only (as ``nn.Linear`` does;
+    float64 inputs within float32's range), and do not propagate gradients.
 
     Kernels, chosen per call (see ``benchmarks/inference.py`` for their speed): XNOR-popcount
     when the weights are in {-1, +1} and so is every input; table lookups (T-MAC style) for up
     to ``lookup_max_rows`` input rows (a knob of each packed layer, default
-    ``LUT_MAX_ROWS``); decoded tiles times BLAS for more.
+    ``LUT_MAX_ROWS``); decoded tiles times BLAS for more. They run in numba where it is
+    installed, else in numpy; ``kernel_backend(explain=True)`` says which and why.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -274,46 +456,68 @@ def pack(model: nn.Module) -> nn.Module:
         >>> x = torch.randn(5, 32)
         >>> torch.allclose(packed(x), model(x), atol=1e-4)
         True
+        >>> print(packed.packing_report)
+        0.weight  packed: PackedLinear
+        2.weight  packed: PackedLinear
     """
-    sets: dict[str, ValueSet] = {}
-    for name, constraint in named_constraints(model):
-        owner, _, attr = name.rpartition(".")
-        if attr == "weight":
-            sets[owner] = constraint.values
     packed = hardened_copy(model).requires_grad_(False)
-    for owner, values in sets.items():
+    # harden_ marks every tensor it makes plain with its set, and a loaded file marks its
+    # packed tensors likewise: so a constrained model and a hardened, saved and loaded one
+    # pack alike.
+    marked = [
+        name for name, tensor in _named_tensors(packed) if hardened_values(tensor) is not None
+    ]
+    report = PackingReport()
+    replacements = {}
+    for name in marked:  # decided on the hardened copy, before any layer is replaced
+        owner, _, attr = name.rpartition(".")
         layer = packed.get_submodule(owner)
-        replacement = _packed_layer(layer, values)
-        if replacement is None:
-            continue
+        values = hardened_set(getattr(layer, attr))
+        if values is None:
+            report.kept[name] = "its values left their set after harden_"
+        elif attr != "weight":
+            report.kept[name] = "only weights are packed"
+        elif reason := unpackable(layer, values):
+            report.kept[name] = reason
+        else:
+            replacements[owner] = _PACKERS[type(layer)](layer, values)
+            report.packed[name] = type(replacements[owner]).__name__
+    for owner, replacement in replacements.items():
         if owner == "":
-            return replacement
-        parent, _, child = owner.rpartition(".")
-        setattr(packed.get_submodule(parent), child, replacement)
+            packed = replacement
+        else:
+            parent, _, child = owner.rpartition(".")
+            setattr(packed.get_submodule(parent), child, replacement)
+    if report.kept:
+        kept = "; ".join(f"'{name}' ({why})" for name, why in report.kept.items())
+        warnings.warn(
+            f"pack left {len(report.kept)} of {len(marked)} constrained weights in float: "
+            f"{kept}. See packed.packing_report.",
+            stacklevel=2,
+        )
+    cast(Any, packed).packing_report = report
     return packed
 
 
 def hardened_copy(model: nn.Module) -> nn.Module:
     """A hardened deep copy of ``model`` in eval mode; ``model`` itself stays as it is."""
-    return harden_(copy.deepcopy(model)).eval()
+    copied = copy.deepcopy(model)
+    # deepcopy drops a Parameter's attributes, among them the set harden_ marked it with
+    marks = {name: hardened_values(tensor) for name, tensor in _named_tensors(model)}
+    for name, tensor in _named_tensors(copied):
+        mark_hardened(tensor, marks[name])
+    return harden_(copied).eval()
 
 
-def _packed_layer(layer: nn.Module, values: ValueSet) -> nn.Module | None:
-    if len(values) > 256:
-        return None
-    if type(layer) is nn.Linear:
-        return PackedLinear.from_linear(layer, values)
-    if packable_conv(layer):
-        return PackedConv.from_conv(cast(nn.Conv2d, layer), values)
-    return None
+def _named_tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
+    return [*model.named_parameters(), *model.named_buffers()]
 
 
-def _matrix(weight: Tensor, values: ValueSet, name: str) -> PackedMatrix:
+def _members(weight: Tensor, values: ValueSet, where: str, fix: str) -> np.ndarray:
+    """``weight`` as a float64 array; ``OutsideSetError`` if it holds anything outside
+    ``values``."""
     array = weight.detach().cpu().double().numpy()
     outside = ~values.contains(array)
     if outside.any():
-        raise ValueError(
-            f"'{name}' holds {array[outside][0]}, which is not in {values!r}; harden a "
-            "constrained layer (snapset.torch.harden_) before packing it"
-        )
-    return PackedMatrix.from_codes(values.encode(array), values)
+        raise outside_set_error(where, values, int(outside.sum()), float(array[outside][0]), fix)
+    return array

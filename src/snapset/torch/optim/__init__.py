@@ -11,6 +11,8 @@ Examples:
     >>> float_opt = torch.optim.Adam(groups.latent + groups.other, lr=1e-3)
 """
 
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
 from ._bop import MOMENTUM_RESETS as MOMENTUM_RESETS
 from ._bop import THRESHOLD_MODES as THRESHOLD_MODES
 from ._bop import Bop as Bop
@@ -18,7 +20,11 @@ from ._bop import bop as bop
 from ._bop import grad_norms as grad_norms
 from ._groups import ParamGroups as ParamGroups
 from ._groups import param_groups as param_groups
+from ._guard import refuse_flip_parameters as refuse_flip_parameters
 from ._schedule import HyperparameterSchedule as HyperparameterSchedule
+
+# Once per process: every other optimizer is refused before it steps a flip parameter.
+register_optimizer_step_pre_hook(refuse_flip_parameters)
 
 __all__ = [
     "MOMENTUM_RESETS",
@@ -29,4 +35,5 @@ __all__ = [
     "bop",
     "grad_norms",
     "param_groups",
+    "refuse_flip_parameters",
 ]

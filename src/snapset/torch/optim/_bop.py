@@ -52,8 +52,9 @@ class Bop(Optimizer):
             index = len(self.param_groups) - 1
             for position, param in enumerate(group["params"]):
                 _check_not_sharded(param, f"parameter {position} of param group {index}")
-                _owning_constraint(param, f"parameter {position} of param group {index}")
-                _check_in_set(param, f"parameter {position} of param group {index}")
+                _owning_constraint(param, f"parameter {position} of param group {index}").check(
+                    param
+                )
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
@@ -90,6 +91,7 @@ class Bop(Optimizer):
         grad_sqs: list[Tensor],
         steps: list[Tensor],
         values: list[ValueSet],
+        constraints: list[Constraint],
     ) -> None:
         # torch's optimizers' signature (lists to fill, nothing returned): torch.compile may
         # run a method of this name eagerly, and then needs exactly that shape.
@@ -110,6 +112,7 @@ class Bop(Optimizer):
             grad_sqs.append(state["grad_sq"])
             steps.append(state["step"])
             values.append(constraint.values)
+            constraints.append(constraint)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -125,9 +128,16 @@ class Bop(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             _check_hyperparameters(group)  # a schedule may have set them
-        works = [_Work([], [], [], [], [], []) for _ in self.param_groups]
+        works = [_Work([], [], [], [], [], [], []) for _ in self.param_groups]
         for group, work in zip(self.param_groups, works, strict=True):
             self._init_group(group, *work)
+        eager = not torch.compiler.is_compiling()
+        if eager:
+            # Never step a value that something else put off the set (a load, an assignment,
+            # another optimizer): O(1) per tensor unless one did.
+            for work in works:
+                for param, constraint in zip(work.params, work.constraints, strict=True):
+                    constraint.check(param)
         norms = [grad_norms(work.grads) for work in works]
         bad = [
             param
@@ -165,6 +175,9 @@ class Bop(Optimizer):
                 threshold_mode=group["threshold_mode"],
                 momentum_reset=group["momentum_reset"],
             )
+            if eager:  # Bop's own writes are members: record them, so the next check is O(1)
+                for param, constraint in zip(work.params, work.constraints, strict=True):
+                    constraint.trust(param)
         return loss
 
 
@@ -217,9 +230,11 @@ norm overflows) is skipped whole, as ``torch.amp.GradScaler`` does: no entry mov
 momentum changes, a ``RuntimeWarning`` says which parameters, and ``nonfinite_steps``
 counts the skips.
 
-Bop refuses, with a ``ValueError``, parameters that are not flip-constrained or that hold
-values outside their set. ``state_dict`` / ``load_state_dict`` resume a run bit for bit.
-Hyperparameters live in each param group; schedule them with
+Bop refuses, with a ``ValueError``, parameters that are not flip-constrained, and with a
+[`snapset.OutsideSetError`][] (a ``ValueError``) parameters that hold values outside their
+set, when they are added and before each step (a ``load_state_dict`` or an assignment may have
+put them there since); it never steps such a value. ``state_dict`` / ``load_state_dict``
+resume a run bit for bit. Hyperparameters live in each param group; schedule them with
 [`snapset.torch.optim.HyperparameterSchedule`][].
 
 Args:
@@ -454,6 +469,7 @@ class _Work(NamedTuple):
     grad_sqs: list[Tensor]
     steps: list[Tensor]
     values: list[ValueSet]
+    constraints: list[Constraint]
 
 
 def _stat_dtype(tensor: Tensor) -> torch.dtype:
@@ -492,16 +508,3 @@ def _check_not_sharded(param: Tensor, where: str) -> None:
             "DistributedDataParallel, which keeps every replica whole; the methods 'ste', "
             "'stochastic' and 'gumbel' do train under fully_shard with a gradient optimizer."
         )
-
-
-def _check_in_set(param: Tensor, where: str) -> None:
-    constraint = _owning_constraint(param, where)
-    with torch.no_grad():
-        outside = ~torch.isin(param, constraint.table.to(param.device))
-        if bool(outside.any()):
-            raise ValueError(
-                f"Bop cannot train {where}: it holds {int(outside.sum())} values outside "
-                f"{constraint.values!r}, for example {float(param[outside][0])}. Was it "
-                "trained by another optimizer? Assign it again (module.<name> = tensor) to "
-                "store the nearest values, and route it to Bop only."
-            )
