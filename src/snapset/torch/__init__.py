@@ -33,7 +33,9 @@ from ._methods import GumbelSoftmax as GumbelSoftmax
 from ._methods import StochasticRounding as StochasticRounding
 from ._plot import plot_training as plot_training
 from .export import PackedConv as PackedConv
+from .export import PackedGF2Linear as PackedGF2Linear
 from .export import PackedLinear as PackedLinear
+from .export import PackingReport as PackingReport
 from .export import SnapsetFileError as SnapsetFileError
 from .export import export_onnx as export_onnx
 from .export import load as load
@@ -57,7 +59,9 @@ __all__ = [
     "GumbelSoftmax",
     "Multiplier",
     "PackedConv",
+    "PackedGF2Linear",
     "PackedLinear",
+    "PackingReport",
     "ParamGroups",
     "SnapsetFileError",
     "StochasticRounding",

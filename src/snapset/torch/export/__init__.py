@@ -18,17 +18,23 @@ from ._onnx import export_onnx as export_onnx
 from ._pack import LUT_MAX_ROWS as LUT_MAX_ROWS
 from ._pack import PackedConv as PackedConv
 from ._pack import PackedLinear as PackedLinear
+from ._pack import PackingReport as PackingReport
 from ._pack import kernel_backend as kernel_backend
 from ._pack import pack as pack
+from ._pack import unpackable as unpackable
+from ._pack_gf2 import PackedGF2Linear as PackedGF2Linear
 
 __all__ = [
     "LUT_MAX_ROWS",
     "PackedConv",
+    "PackedGF2Linear",
     "PackedLinear",
+    "PackingReport",
     "SnapsetFileError",
     "export_onnx",
     "kernel_backend",
     "load",
     "pack",
     "save",
+    "unpackable",
 ]

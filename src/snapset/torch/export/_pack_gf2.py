@@ -31,9 +31,8 @@ class PackedGF2Linear(nn.Module):
 
     Examples:
         >>> import torch, snapset.torch as st
-        >>> from snapset.torch.export._pack_gf2 import PackedGF2Linear
         >>> layer = st.GF2Linear(100, 3).eval()
-        >>> packed = PackedGF2Linear.from_gf2_linear(layer)
+        >>> packed = st.PackedGF2Linear.from_gf2_linear(layer)
         >>> packed.weight_bytes, 4 * layer.weight.numel()   # 2 words a row
         (48, 1200)
         >>> x = torch.randint(0, 2, (5, 100)).float()
