@@ -524,6 +524,7 @@ def test_compiled_kernels_match_the_numpy_versions(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.delenv("SNAPSET_KERNELS", raising=False)
     assert _linalg.compiled() is not None
+    assert _linalg._KERNELS.explain().startswith("numba, compiled for this CPU, cached in")
     rng = np.random.default_rng(15)
     for m, n in [(300, 200), (70, 129), (5, 300)]:
         a = rng.integers(0, 2, (m, n), dtype=np.uint8)
@@ -535,6 +536,7 @@ def test_compiled_kernels_match_the_numpy_versions(monkeypatch: pytest.MonkeyPat
         fast_lstsq = gf2.lstsq(a[:, :24], noisy, seed=1, budget=50)
         monkeypatch.setenv("SNAPSET_KERNELS", "numpy")
         assert _linalg.compiled() is None
+        assert _linalg._KERNELS.explain() == "numpy, because SNAPSET_KERNELS=numpy is set"
         slow_results = [gf2.matmul(a, b), gf2.rank(a), gf2.nullspace(a), gf2.solve(a, rhs)]
         slow_lstsq = gf2.lstsq(a[:, :24], noisy, seed=1, budget=50)
         monkeypatch.delenv("SNAPSET_KERNELS")
@@ -549,6 +551,7 @@ def test_import_does_not_need_numba() -> None:
         "import sys; sys.modules['numba'] = None\n"
         "import numpy as np, snapset.gf2 as gf2\n"
         "assert gf2._linalg.compiled() is None\n"
+        "assert gf2._linalg._KERNELS.explain().startswith('numpy, because numba is not')\n"
         "assert gf2.rank(np.eye(3)) == 3"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,6 +1,6 @@
-"""The packed kernels load once, whatever the install: no writable cache directory, damaged
-cache files, threads racing the first call. Each case runs in a fresh process (the kernels load
-once a process), without torch: the kernels are framework-free."""
+"""The packed kernels and gf2's load once, whatever the install: no writable cache directory,
+damaged cache files, threads racing the first call. Each case runs in a fresh process (the
+kernels load once a process), without torch: the kernels are framework-free."""
 
 from __future__ import annotations
 
@@ -20,109 +20,163 @@ from snapset import _kernels
 
 SOURCE = Path(snapset.__file__).parent
 
-# Packs a random ternary matrix, multiplies it on both kernel paths (lookups, then decoded
-# tiles) from several threads that start together, and prints what ran and how far the results
-# are from the product computed here in float64.
+# Each front's first calls, run from several threads that start together: ``first_call()``
+# gives the backend that ran, the kernel and how far the result is from one computed here, and
+# ``explain()`` the loader's sentence. The packed kernels multiply a random ternary matrix on
+# both paths (lookups, then decoded tiles); gf2's run each of its kernels (M4RM products,
+# elimination, Lee-Brickell's step, AND-parity products) on a consistent system.
+FRONTS = {
+    "packed": """
+from snapset import ValueSet, _kernels
+values = ValueSet([-1, 0, 1])
+rng = np.random.default_rng(0)
+codes = rng.integers(0, 3, (9, 23))
+m = _kernels.PackedMatrix.from_codes(codes, values)
+weight = np.asarray(values.values)[codes]
+x = rng.standard_normal((2, 23)).astype(np.float32)
+bias = np.zeros(9, dtype=np.float32)
+
+def first_call():
+    ran, kernel, y = _kernels.small_matmul(x, m, bias, 8)
+    tile = _kernels.decode_rows(m, 0, m.groups, np.empty((m.groups * m.group, 9), np.float32))
+    error = max(np.abs(y - x @ weight.T).max(), np.abs(x @ tile[:23] - x @ weight.T).max())
+    return ran, kernel, float(error)
+
+def explain():
+    return _kernels.backend(explain=True)
+""",
+    "gf2": """
+from snapset import gf2
+from snapset.gf2 import _linalg
+rng = np.random.default_rng(0)
+a = rng.integers(0, 2, (60, 24), dtype=np.uint8)
+x = rng.integers(0, 2, (24, 3), dtype=np.uint8)
+b = a.astype(np.int64) @ x % 2
+
+def first_call():
+    ran = "numpy" if _linalg.compiled() is None else "numba"
+    solved = gf2.solve(a, b)
+    wrong = np.count_nonzero(gf2.matmul(a, solved) != b)
+    wrong += np.count_nonzero(_linalg.parity_products(gf2.pack(a), gf2.pack(x.T)) != b)
+    wrong += int(gf2.lstsq(a, b, budget=5).weight.sum())
+    return ran, "gf2", float(wrong)
+
+def explain():
+    return _linalg._KERNELS.explain()
+""",
+}
+KERNEL = {"packed": "lookup", "gf2": "gf2"}
+WHAT = {"packed": "snapset's packed kernels", "gf2": "snapset.gf2's kernels"}
+
 SCRIPT = """
 import json, threading, warnings
 import numpy as np
+catching = warnings.catch_warnings(record=True)
+caught = catching.__enter__()
 warnings.simplefilter("always")
-with warnings.catch_warnings(record=True) as caught:
-    from snapset import ValueSet, _kernels
-    values = ValueSet([-1, 0, 1])
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 3, (9, 23))
-    m = _kernels.PackedMatrix.from_codes(codes, values)
-    weight = np.asarray(values.values)[codes]
-    x = rng.standard_normal((2, 23)).astype(np.float32)
-    bias = np.zeros(9, dtype=np.float32)
-    start, runs = threading.Barrier(8), []
+{front}
+start, runs = threading.Barrier(8), []
 
-    def first_call():
-        start.wait()
-        ran, kernel, y = _kernels.small_matmul(x, m, bias, 8)
-        tile = _kernels.decode_rows(m, 0, m.groups, np.empty((m.groups * m.group, 9), np.float32))
-        error = max(np.abs(y - x @ weight.T).max(), np.abs(x @ tile[:23] - x @ weight.T).max())
-        runs.append((ran, kernel, float(error)))
+def in_thread():
+    start.wait()
+    runs.append(first_call())
 
-    threads = [threading.Thread(target=first_call) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-print(json.dumps({
+threads = [threading.Thread(target=in_thread) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps({{
     "runs": runs,
-    "explain": _kernels.backend(explain=True),
+    "explain": explain(),
     "warnings": [str(w.message) for w in caught],
-}))
+}}))
 """
 
 
-def run_fresh(env: dict[str, str], path: Path | None = None) -> dict[str, Any]:
-    """SCRIPT's findings in a fresh interpreter, with ``env`` added and ``path`` (a copy of
-    the package's parent) first on the import path."""
+def run_fresh(front: str, env: dict[str, str], path: Path | None = None) -> dict[str, Any]:
+    """SCRIPT's findings for ``front`` in a fresh interpreter, with ``env`` added and ``path``
+    (a copy of the package's parent) first on the import path."""
     full = {k: v for k, v in os.environ.items() if k != "SNAPSET_KERNELS"}
     full.update(env, PYTHONDONTWRITEBYTECODE="1")
     if path is not None:
         full["PYTHONPATH"] = str(path)
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=full, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", SCRIPT.format(front=FRONTS[front])],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
-def assert_every_thread_ran_numba(result: dict[str, Any]) -> None:
+def assert_every_thread_ran_numba(front: str, result: dict[str, Any]) -> None:
     assert len(result["runs"]) == 8
     for ran, kernel, error in result["runs"]:
-        assert (ran, kernel) == ("numba", "lookup")
+        assert (ran, kernel) == ("numba", KERNEL[front])
         assert error < 1e-5
 
 
-def test_a_read_only_install_without_a_cache_directory_compiles_uncached(tmp_path: Path) -> None:
+FRONT = pytest.mark.parametrize("front", ["packed", "gf2"])
+
+
+# gf2's kernels take about 4 s to compile (uncached here), more on a busy machine.
+@pytest.mark.parametrize("front", ["packed", pytest.param("gf2", marks=pytest.mark.slow)])
+def test_a_read_only_install_without_a_cache_directory_compiles_uncached(
+    front: str, tmp_path: Path
+) -> None:
     site = tmp_path / "site"
     shutil.copytree(SOURCE, site / "snapset", ignore=shutil.ignore_patterns("__pycache__"))
-    (site / "snapset" / "_kernels" / "__pycache__").write_text("")  # no in-tree cache
+    for package in [site / "snapset", *(site / "snapset").glob("*/")]:
+        (package / "__pycache__").write_text("")  # no in-tree cache
     blocked = tmp_path / "blocked"
     blocked.write_text("")  # a file: no cache directory can be made under it, even by root
     for path in [site, *site.rglob("*")]:  # read-only as installed by root for other users
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     try:
         result = run_fresh(
+            front,
             {"NUMBA_CACHE_DIR": str(blocked / "numba"), "XDG_CACHE_HOME": str(blocked / "xdg")},
             site,
         )
     finally:
         for path in [site, *site.rglob("*")]:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
-    assert_every_thread_ran_numba(result)
+    assert_every_thread_ran_numba(front, result)
     assert "without its on-disk cache" in result["explain"]
     assert "no writable cache directory" in result["explain"]
     assert "set NUMBA_CACHE_DIR to a writable folder" in result["explain"]
-    assert result["warnings"] == [f"snapset's packed kernels: {result['explain']}"]
+    assert result["warnings"] == [f"{WHAT[front]}: {result['explain']}"]
 
 
 @pytest.mark.slow
-def test_damaged_cache_files_are_compiled_around_not_raised(tmp_path: Path) -> None:
+@FRONT
+def test_damaged_cache_files_are_compiled_around_not_raised(front: str, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    first = run_fresh({"NUMBA_CACHE_DIR": str(cache)})
-    assert_every_thread_ran_numba(first)
+    first = run_fresh(front, {"NUMBA_CACHE_DIR": str(cache)})
+    assert_every_thread_ran_numba(front, first)
     assert first["explain"].startswith(f"numba, compiled for this CPU, cached in {cache}")
     assert first["warnings"] == []
     files = [path for path in cache.rglob("*") if path.is_file()]
     assert files
     for path in files:  # truncated, as by a full disk or a killed process
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    again = run_fresh({"NUMBA_CACHE_DIR": str(cache)})
-    assert_every_thread_ran_numba(again)
+    again = run_fresh(front, {"NUMBA_CACHE_DIR": str(cache)})
+    assert_every_thread_ran_numba(front, again)
     assert "do not load" in again["explain"] and "delete them" in again["explain"]
-    assert again["warnings"] == [f"snapset's packed kernels: {again['explain']}"]
+    assert again["warnings"] == [f"{WHAT[front]}: {again['explain']}"]
 
 
-def test_threads_racing_the_first_call_all_run_the_compiled_kernels() -> None:
+@FRONT
+def test_threads_racing_the_first_call_all_run_the_compiled_kernels(front: str) -> None:
     # numba's own cache, which this process filled: the race is on loading the kernels
-    assert_every_thread_ran_numba(run_fresh({}))
+    result = run_fresh(front, {})
+    assert_every_thread_ran_numba(front, result)
+    assert result["explain"].startswith("numba, compiled for this CPU, cached in")
+    assert result["warnings"] == []
 
 
 def test_the_backend_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,3 +185,27 @@ def test_the_backend_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SNAPSET_KERNELS", "numpy")
     assert _kernels.backend() == "numpy"
     assert _kernels.backend(explain=True) == "numpy, because SNAPSET_KERNELS=numpy is set"
+
+
+def test_kernels_that_do_not_compile_even_uncached_leave_numpy_to_run() -> None:
+    code = (
+        "import warnings\n"
+        "from snapset._kernels._loader import KernelLoader\n"
+        "def warm_up(kernels):\n"
+        "    raise TypeError('no such signature')\n"
+        "loader = KernelLoader('some kernels', 'snapset.gf2._numba', warm_up)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert loader.module() is None and loader.module() is None\n"
+        "print(loader.explain())\n"
+        "print([str(w.message) for w in caught])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    explain, caught = done.stdout.splitlines()
+    assert explain.startswith(
+        "numpy, because numba could not compile the kernels (TypeError: no such signature)"
+    )
+    assert "after its cache failed: its files in" in explain
+    assert caught == repr([f"some kernels: {explain}"])

@@ -27,12 +27,8 @@ files, they compile uncached (with a warning). Where numba is missing or fails, 
 
 from __future__ import annotations
 
-import importlib
-import os
-import threading
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -40,6 +36,7 @@ import numpy.typing as npt
 
 from .._packing import radix_for
 from .._sets import ValueSet
+from ._loader import KernelLoader
 
 __all__ = ["PackedMatrix", "backend", "decode_rows", "small_matmul"]
 
@@ -95,10 +92,9 @@ class PackedMatrix:
 def backend(explain: bool = False) -> str:
     """``"numba"`` when the compiled kernels are in use, else ``"numpy"``; with ``explain``, a
     sentence that starts with that name and says why (loading the kernels if need be)."""
-    loaded = _loaded()
     if explain:
-        return loaded.reason
-    return "numpy" if loaded.kernels is None else "numba"
+        return _KERNELS.explain()
+    return "numpy" if _KERNELS.module() is None else "numba"
 
 
 def small_matmul(x: F32, m: PackedMatrix, bias: F32, max_rows: int) -> tuple[str, str, F32 | None]:
@@ -108,7 +104,7 @@ def small_matmul(x: F32, m: PackedMatrix, bias: F32, max_rows: int) -> tuple[str
     and every input are in {-1, +1}, ``("lookup", y)`` for at most ``max_rows`` rows, and
     ``("tiles", None)`` otherwise (the caller then uses ``decode_rows`` and BLAS).
     """
-    kernels = _numba_kernels()
+    kernels = _KERNELS.module()
     if kernels is not None:
         return ("numba", *_run_small(kernels, x, m, bias, max_rows))
     if m.signs and bool(np.all(np.abs(x) == 1)):
@@ -125,7 +121,7 @@ def decode_rows(m: PackedMatrix, start: int, stop: int, out: F32) -> F32:
     ``n_in`` hold the padding codes' value (multiply them by zero inputs).
     """
     rows = (stop - start) * m.group
-    kernels = _numba_kernels()
+    kernels = _KERNELS.module()
     if kernels is None:
         block = m.codes[start:stop]  # (bytes, out)
         out[:rows] = m.decoded[: m.group, block].transpose(1, 0, 2).reshape(rows, m.out)
@@ -135,18 +131,18 @@ def decode_rows(m: PackedMatrix, start: int, stop: int, out: F32) -> F32:
 
 
 def _run_small(
-    kernels: Kernels, x: F32, m: PackedMatrix, bias: F32, max_rows: int
+    kernels: ModuleType, x: F32, m: PackedMatrix, bias: F32, max_rows: int
 ) -> tuple[str, F32 | None]:
     y = np.empty((x.shape[0], m.out), dtype=np.float32)
-    used = kernels["small"](x, m.table, m.k, m.group, m.codes, bias, m.signs, max_rows, y)
+    used = kernels.small(x, m.table, m.k, m.group, m.codes, bias, m.signs, max_rows, y)
     return ("tiles", None) if used == 0 else ("xnor" if used == 1 else "lookup", y)
 
 
-def _run_decode(kernels: Kernels, m: PackedMatrix, start: int, stop: int, out: F32) -> None:
+def _run_decode(kernels: ModuleType, m: PackedMatrix, start: int, stop: int, out: F32) -> None:
     if m.k == 2:
-        kernels["decode_two"](m.codes, m.table[0], m.table[1], start, stop, out)
+        kernels.decode_two(m.codes, m.table[0], m.table[1], start, stop, out)
     else:
-        kernels["decode"](m.codes, m.decoded, m.group, start, stop, out)
+        kernels.decode(m.codes, m.decoded, m.group, start, stop, out)
 
 
 # ----- numpy versions --------------------------------------------------------------------------
@@ -193,91 +189,14 @@ def _popcount(bytes_: U8) -> npt.NDArray[np.int64]:
 
 # ----- numba versions --------------------------------------------------------------------------
 
-Kernels = dict[str, Callable[..., Any]]
 
-
-@dataclass(frozen=True)
-class _Loaded:
-    kernels: Kernels | None  # None: the numpy versions run
-    reason: str  # which kernels and why, in a sentence that starts with "numba" or "numpy"
-
-
-_STATE: _Loaded | None = None
-# Threads making their first packed call at once all wait for one load; none may see a
-# half-loaded state and run numpy while the others run numba.
-_LOAD_LOCK = threading.Lock()
-
-
-def _numba_kernels() -> Kernels | None:
-    """The compiled kernels, built on first use; None where numba is missing or turned off."""
-    return _loaded().kernels
-
-
-def _loaded() -> _Loaded:
-    global _STATE
-    if os.environ.get("SNAPSET_KERNELS", "").lower() == "numpy":
-        return _Loaded(None, "numpy, because SNAPSET_KERNELS=numpy is set")
-    if _STATE is None:
-        with _LOAD_LOCK:
-            if _STATE is None:
-                _STATE = _load()
-    return _STATE
-
-
-def _load() -> _Loaded:
-    """Import numba's kernels and compile them for this CPU, from its cache where it can.
-
-    Without a writable cache directory, or with cache files that do not load (truncated,
-    corrupt), the kernels compile afresh, uncached, with a warning: every process then pays the
-    compile time. Where even that fails, the numpy versions run.
-    """
-    try:
-        from . import _numba
-    except ImportError as error:
-        return _Loaded(
-            None, f"numpy, because numba is not installed ({error}): pip install 'snapset[kernels]'"
-        )
-    try:
-        folder = _numba.enable_cache()
-    except RuntimeError as error:  # numba's "cannot cache function": no writable directory
-        problem = (
-            f"no writable cache directory ({error}); set NUMBA_CACHE_DIR to a writable folder "
-            "to compile them once"
-        )
-    else:
-        try:
-            _warm_up(_numba.KERNELS)
-        except Exception as error:  # a damaged cache file can raise anything
-            problem = (
-                f"its files in {folder} do not load ({type(error).__name__}: {error}); delete "
-                "them to compile once and cache again"
-            )
-        else:
-            return _Loaded(_numba.KERNELS, f"numba, compiled for this CPU, cached in {folder}")
-    # a fresh copy of the module: its kernels have no cache attached
-    _numba = importlib.reload(_numba)
-    try:
-        _warm_up(_numba.KERNELS)
-    except Exception as error:  # whatever numba raises, numpy computes the same
-        loaded = _Loaded(
-            None,
-            f"numpy, because numba could not compile the kernels ({type(error).__name__}: "
-            f"{error}) after its cache failed: {problem}",
-        )
-    else:
-        loaded = _Loaded(
-            _numba.KERNELS,
-            "numba, compiled for this CPU without its on-disk cache, so every process compiles "
-            f"them again on its first packed call (a few seconds): {problem}",
-        )
-    warnings.warn(f"snapset's packed kernels: {loaded.reason}", RuntimeWarning, stacklevel=2)
-    return loaded
-
-
-def _warm_up(kernels: Kernels) -> None:
-    """Compile (or load from the cache) every kernel for the argument types of real calls."""
+def _warm_up(kernels: ModuleType) -> None:
+    """Run every kernel once, for the argument types of real calls (sign and ternary weights)."""
     for values in (ValueSet([-1, 1]), ValueSet([-1, 0, 1])):
         m = PackedMatrix.from_codes(np.zeros((1, 1), dtype=np.int64), values)
         x = np.ones((1, 1), dtype=np.float32)
         _run_small(kernels, x, m, np.zeros(1, dtype=np.float32), 1)
         _run_decode(kernels, m, 0, 1, np.empty((m.group, 1), dtype=np.float32))
+
+
+_KERNELS = KernelLoader("snapset's packed kernels", "snapset._kernels._numba", _warm_up)

@@ -2,10 +2,9 @@
 
 Each is a plain loop nest that LLVM vectorises for the machine it runs on (``fastmath`` lets it
 reorder the float sums, so results agree with float32 BLAS to rounding, not bit for bit).
-``enable_cache`` keeps the machine code on disk (``__pycache__``, or numba's user cache directory
-where that is read-only), so only the first process in an environment pays the compile time.
-The kernels are defined without it so that the caller can run them uncached when there is no
-writable cache directory or the cache files are damaged (``snapset._kernels`` decides).
+They are defined without numba's cache: ``snapset._kernels._loader`` turns it on when it loads
+them (only the first process in an environment then pays the compile time), or runs them
+uncached when there is no writable cache directory or the cache files are damaged.
 """
 
 from __future__ import annotations
@@ -204,23 +203,3 @@ def small(
         for o in range(out):
             y[r, o] += bias[o]
     return 2
-
-
-KERNELS: dict[str, Callable[..., Any]] = {
-    "small": small,
-    "decode": decode,
-    "decode_two": decode_two,
-}
-#: Every compiled function, the ones that ``KERNELS`` call included: each has its own cache.
-_DISPATCHERS: tuple[Any, ...] = (build_tables, lookup, decode, decode_two, sign_bytes, xnor, small)
-
-
-def enable_cache() -> str:
-    """Keep the kernels' machine code in numba's on-disk cache; returns the cache's folder.
-
-    Raises numba's ``RuntimeError`` ("cannot cache function") when no cache directory is
-    writable (a read-only install without ``NUMBA_CACHE_DIR``).
-    """
-    for dispatcher in _DISPATCHERS:
-        dispatcher.enable_caching()
-    return str(_DISPATCHERS[0].stats.cache_path)  # the same folder for every kernel here

@@ -18,8 +18,10 @@ whole words, so that one XOR adds 64 entries at once.
 
 Every function takes leading batch axes (``(..., m, n)``). With numba installed (the
 ``kernels`` extra) the loops run compiled, on one thread (the first call in a fresh environment
-compiles them, for a few seconds; later processes load them from numba's cache); without it,
-or with ``SNAPSET_KERNELS=numpy`` set, numpy computes the same results, slower.
+compiles them, for a few seconds; later processes load them from numba's cache; without a
+writable cache directory, or with damaged cache files, each process compiles them, with a
+warning); without numba, where it fails, or with ``SNAPSET_KERNELS=numpy`` set, numpy computes
+the same results, slower.
 
 Results come back as the kind of array that was given: numpy in, numpy out (with the input's
 dtype); torch in, torch out (same dtype and device). torch is never imported

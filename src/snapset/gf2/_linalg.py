@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .._kernels._loader import KernelLoader
 from ._bits import (
     WORD,
     ArrayT,
@@ -29,22 +29,26 @@ from ._bits import (
 # and a block never straddles two words.
 _BLOCK = 8
 
-_COMPILED: list[ModuleType | None] = []
+
+def _warm_up(kernels: ModuleType) -> None:
+    """Run every kernel once on tiny arguments of the types that the calls below pass."""
+    words = np.zeros((1, 1), dtype=np.uint64)
+    picks = np.zeros((1, 2), dtype=np.int64)
+    selectors = np.zeros((1, kernels.TABLES), dtype=np.uint8)
+    kernels.matmul(selectors, np.zeros((_BLOCK * kernels.TABLES, 1), dtype=np.uint64), words)
+    kernels.eliminate(words, 1, True, np.zeros(1, dtype=np.int64))
+    kernels.lightest(words, words, 2, np.zeros(1, dtype=np.int64), picks)
+    kernels.and_parity(words, words, np.zeros((1, 1), dtype=np.uint8))
+
+
+_KERNELS = KernelLoader("snapset.gf2's kernels", "snapset.gf2._numba", _warm_up)
 
 
 def compiled() -> ModuleType | None:
     """The numba kernels (``snapset.gf2._numba``), compiled on first use; None where numba is
-    missing or ``SNAPSET_KERNELS=numpy`` is set, and the numpy versions compute the same."""
-    if os.environ.get("SNAPSET_KERNELS", "").lower() == "numpy":
-        return None
-    if not _COMPILED:
-        try:
-            from . import _numba
-        except ImportError:
-            _COMPILED.append(None)
-        else:
-            _COMPILED.append(_numba)
-    return _COMPILED[0]
+    missing or fails, or ``SNAPSET_KERNELS=numpy`` is set, and the numpy versions compute the
+    same (``_KERNELS.explain()`` says which and why)."""
+    return _KERNELS.module()
 
 
 class InconsistentError(ValueError):

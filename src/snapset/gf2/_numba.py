@@ -1,8 +1,9 @@
 """The numba-compiled kernels behind snapset.gf2 (imported on first use; single-threaded).
 
 Each is a plain loop nest over ``uint64`` words that LLVM vectorises for the machine it runs on.
-``cache=True`` keeps the machine code in ``__pycache__``, so only the first process in an
-environment pays the compile time.
+They are defined without numba's cache: ``snapset._kernels._loader`` turns it on when it loads
+them (only the first process in an environment then pays the compile time), or runs them
+uncached when there is no writable cache directory or the cache files are damaged.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ _CHUNK = 16
 
 
 def _compiled(kernel: KernelT) -> KernelT:
-    """numba's ``njit`` with the options every kernel here uses."""
-    return cast(KernelT, numba.njit(cache=True, nogil=True, error_model="numpy")(kernel))
+    """numba's ``njit`` with the options every kernel here uses (the cache comes later)."""
+    return cast(KernelT, numba.njit(nogil=True, error_model="numpy")(kernel))
 
 
 def _ctpop(typingctx: Any, word: Any) -> Any:
