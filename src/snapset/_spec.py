@@ -39,8 +39,10 @@ __all__ = [
     "check_bop_options",
     "check_init",
     "check_temperature",
+    "flip_step_refused",
     "method_options",
     "nonfinite_gradient_message",
+    "nonfinite_stored_message",
     "outside_set_error",
 ]
 
@@ -291,4 +293,33 @@ def nonfinite_gradient_message(where: str, count: int) -> str:
         f"snapset zeroed {count} non-finite (NaN or inf) gradient entries of {where} before "
         "they reached its latent weights, which would otherwise stay NaN for good. Look for "
         "an overflow in the loss (a lower learning rate, gradient clipping, or a loss scaler)."
+    )
+
+
+def flip_step_refused(optimizer: str, flips: str, values: object) -> str:
+    """What both fronts say (with a ``TypeError``) when an optimizer that is not a flip
+    optimizer is about to step flip weights; the front adds how to route them.
+
+    Examples:
+        >>> flip_step_refused("Adam", "parameter '0.weight'", "ValueSet([-1, 1])")
+        "Adam cannot step flip parameter '0.weight': a gradient step would move it off \
+ValueSet([-1, 1]), and only a flip optimizer moves flip weights."
+    """
+    return (
+        f"{optimizer} cannot step flip {flips}: a gradient step would move it off {values}, "
+        "and only a flip optimizer moves flip weights."
+    )
+
+
+def nonfinite_stored_message(where: str, count: int, stores: str) -> str:
+    """What both fronts say when a latent or logits tensor to be used or loaded holds NaN or
+    infinity, which training would never leave; the front adds the fix.
+
+    Examples:
+        >>> nonfinite_stored_message("'fc.weight'", 2, "latent")
+        "'fc.weight' holds 2 non-finite (NaN or inf) latent entries, which would stay so for good."
+    """
+    return (
+        f"{where} holds {count} non-finite (NaN or inf) {stores} entries, which would stay so "
+        "for good."
     )

@@ -34,6 +34,7 @@ from .._spec import (
     NamedMethod,
     check_temperature,
     nonfinite_gradient_message,
+    nonfinite_stored_message,
     outside_set_error,
 )
 from .._spec import METHODS as SPECS
@@ -102,9 +103,8 @@ class Constraint(NamedMethod, nn.Module):
         if incoming.is_floating_point() and not bool(incoming.isfinite().all()):
             count = int((~incoming.isfinite()).sum())
             raise ValueError(
-                f"{where} holds {count} non-finite (NaN or inf) {self.stores}, which would "
-                f"stay so for good; load a state whose {self.stores} are finite. Nothing was "
-                "loaded into this module."
+                f"{nonfinite_stored_message(where, count, self.stores)} Load a state whose "
+                f"{self.stores} are finite; nothing was loaded into this module."
             )
         return incoming
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..._spec import flip_step_refused
 from .._constrain import constraint_of, generation
 from .._methods import Constraint
 from ._bop import Bop
@@ -49,7 +50,7 @@ def refuse_flip_parameters(optimizer: Optimizer, args: Any, kwargs: Any) -> None
         >>> layer(torch.ones(1, 2)).sum().backward()
         >>> adam.step()  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        TypeError: Adam refused to step flip parameter 'weight': a gradient step would move ...
+        TypeError: Adam cannot step flip parameter 'weight': a gradient step would move it off ...
     """
     if isinstance(optimizer, Bop) or torch.compiler.is_compiling():
         return
@@ -62,14 +63,14 @@ def refuse_flip_parameters(optimizer: Optimizer, args: Any, kwargs: Any) -> None
     stepped = [constraint for param, constraint in flips if param.grad is not None]
     if stepped:
         names = ", ".join(f"'{c.tensor_name}'" for c in stepped[:3])
-        plural = "s" if len(stepped) > 1 else ""
+        what = f"parameter{'s' if len(stepped) > 1 else ''} {names}"
+        what += ", ..." if len(stepped) > 3 else ""
+        sets = ", ".join(sorted({repr(c.values) for c in stepped}))
+        name = type(optimizer).__name__
         raise TypeError(
-            f"{type(optimizer).__name__} refused to step flip parameter{plural} {names}"
-            f"{', ...' if len(stepped) > 3 else ''}: a gradient step would move the values off "
-            "the set, and only a flip optimizer may move them. Route flip parameters to "
-            "snapset.torch.Bop with snapset.torch.param_groups (groups = param_groups(model); "
-            f"Bop(groups.flip); {type(optimizer).__name__}(groups.latent + groups.other)). "
-            "Nothing was updated."
+            f"{flip_step_refused(name, what, sets)} Route flip parameters to snapset.torch.Bop "
+            "with snapset.torch.param_groups (groups = param_groups(model); "
+            f"Bop(groups.flip); {name}(groups.latent + groups.other)). Nothing was updated."
         )
     graded = [(param.grad, constraint) for param, constraint in latents if param.grad is not None]
     if graded:
