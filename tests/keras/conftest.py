@@ -119,3 +119,60 @@ def _seed():
     except ImportError:  # test_keras_import runs without Keras too
         return
     keras.utils.set_random_seed(0)
+
+
+class KerasArchive:
+    """A ``.keras`` file taken apart for editing: its config (a dict) and its weights (h5
+    dataset path -> numpy array), written back by ``write``."""
+
+    def __init__(self, path):
+        import io
+        import json
+        import zipfile
+
+        import h5py
+
+        with zipfile.ZipFile(path) as archive:
+            self.files = {name: archive.read(name) for name in archive.namelist()}
+        self.config = json.loads(self.files["config.json"])
+        self.weights = {}
+        with h5py.File(io.BytesIO(self.files["model.weights.h5"]), "r") as h5:
+            h5.visititems(
+                lambda name, item: (
+                    self.weights.__setitem__(name, item[()])
+                    if isinstance(item, h5py.Dataset)
+                    else None
+                )
+            )
+
+    def layer_config(self, name):
+        """The config of the model's layer ``name`` (edited in place)."""
+        for layer in self.config["config"]["layers"]:
+            if layer["config"].get("name") == name:
+                return layer["config"]
+        raise KeyError(name)
+
+    def write(self, path):
+        import io
+        import json
+        import zipfile
+
+        import h5py
+
+        buffer = io.BytesIO()
+        with h5py.File(buffer, "w") as h5:
+            for name, value in self.weights.items():
+                h5.create_dataset(name, data=value)
+        files = dict(self.files)
+        files["config.json"] = json.dumps(self.config).encode()
+        files["model.weights.h5"] = buffer.getvalue()
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+        return path
+
+
+@pytest.fixture
+def archive():
+    """``KerasArchive``: open a ``.keras`` file for editing."""
+    return KerasArchive

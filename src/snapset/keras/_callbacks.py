@@ -10,6 +10,7 @@ import numpy.typing as npt
 from keras import ops
 
 from ._constrain import constrained_variables
+from ._methods import checked_numpy
 
 EVERY = ("epoch", "batch")
 
@@ -50,6 +51,7 @@ class FlipRatio(keras.callbacks.Callback):
         codes = {}
         for key, variable, method in constrained_variables(self.model):
             self._sizes[key] = len(method.values)
+            checked_numpy(variable)  # codes of values outside the set would count false flips
             codes[key] = np.asarray(ops.convert_to_numpy(method.codes(variable)), np.int64)
         return codes
 

@@ -17,7 +17,15 @@ from keras import ops
 from .._sets import ValueSet
 from .._spec import check_init
 from ._layers import SetLayer, ValuesLike
-from ._methods import Flip, Method, attach, harden_variable, method_of
+from ._methods import (
+    Flip,
+    Method,
+    attach,
+    checked_numpy,
+    exact_numpy,
+    harden_variable,
+    method_of,
+)
 
 LayerT = TypeVar("LayerT", bound=keras.Layer)
 
@@ -75,6 +83,12 @@ def constrain(layer: LayerT, name: str, values: ValuesLike, *, init: str = "spre
         )
     if not variable.trainable:
         raise ValueError(f"Weight '{name}' of {kind} '{layer.name}' is not trainable")
+    if variable.constraint is not None:
+        raise ValueError(
+            f"Weight '{name}' of {kind} '{layer.name}' has a constraint "
+            f"({variable.constraint!r}), which would move it off its value set after each step; "
+            "create the layer without it"
+        )
     method = Flip(value_set, variable.dtype, variable.name)  # refuses a dtype that merges values
     variable.assign(method.start(ops.convert_to_tensor(variable), init))
     attach(variable, method)
@@ -139,8 +153,7 @@ def exact_weights(model: keras.Layer) -> dict[str, npt.NDArray[Any]]:
         (['d/kernel'], [0.0, 1.0])
     """
     return {
-        key: ops.convert_to_numpy(method.hard(variable))
-        for key, variable, method in constrained_variables(model)
+        key: exact_numpy(variable, method) for key, variable, method in constrained_variables(model)
     }
 
 
@@ -170,6 +183,8 @@ def harden_(model: LayerT) -> LayerT:
     """
     # The walk refuses an unbuilt layer before anything changes.
     variables = [variable for _, variable, _ in constrained_variables(model)]
+    for variable in variables:
+        checked_numpy(variable)  # all of them, before anything changes
     for variable in variables:
         harden_variable(variable)
     for layer in _layers(model):

@@ -86,7 +86,10 @@ def straight_through(
     """Return ``hard`` exactly, with the ``surrogate``'s gradient flowing to ``latent``.
 
     ``scale`` is the slope of value against latent inside ``[-bound, bound]`` (see
-    ``snapset.keras._estimators`` for the surrogates).
+    ``snapset.keras._estimators`` for the surrogates). Non-finite (NaN or infinite) entries
+    of the upstream gradient become 0 before the surrogate sees them: one would otherwise make
+    its latent NaN for good under Adam, its value pinned to the set's smallest member while
+    the outputs stay finite.
 
     Examples:
         >>> from snapset.keras._estimators import identity
@@ -102,6 +105,7 @@ def straight_through(
             # TensorFlow and JAX pass the upstream gradient positionally, torch by keyword.
             if upstream is None:
                 (upstream,) = args
+            upstream = ops.where(ops.isfinite(upstream), upstream, ops.zeros_like(upstream))
             return surrogate(u, upstream, scale, bound), ops.zeros_like(q)
 
         return ops.copy(q), grad

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import numpy.typing as npt
 from keras import ops
 
 from .._sets import ValueSet
 from .._spec import check_init
 from ._functional import Tensor
-from ._methods import METHODS, attach, check_options, harden_variable, method_of
+from ._methods import (
+    METHODS,
+    attach,
+    check_options,
+    checked_numpy,
+    exact_numpy,
+    harden_variable,
+    method_of,
+)
 
 ValuesLike = ValueSet | Sequence[float]
 
@@ -135,7 +145,7 @@ class SetLayer(keras.Layer):
             [-1.0, 1.0]
         """
         return {
-            name: ops.convert_to_numpy(method.hard(variable))
+            name: exact_numpy(variable, method)
             for name, variable in self._set_weights.items()
             if (method := method_of(variable)) is not None
         }
@@ -175,9 +185,98 @@ class SetLayer(keras.Layer):
             (None, True)
         """
         for variable in self._set_weights.values():
+            checked_numpy(variable)  # all of them, before any changes
+        for variable in self._set_weights.values():
             harden_variable(variable)
         self.method = None
         self.options = {}
+
+    # ----- saving and loading -------------------------------------------------------------------
+
+    def _meaning(self) -> dict[str, Any]:
+        """What the stored variables mean, weight by weight: method, set, latent scale, dtype
+        (``None`` for a plain weight); saved beside them and compared when they load."""
+        meaning: dict[str, Any] = {}
+        for name, variable in self._set_weights.items():
+            method = method_of(variable)
+            meaning[name] = (
+                None
+                if method is None
+                else [
+                    method.method,
+                    list(method.values.values),
+                    method.options.get("latent_range"),
+                    method.dtype,
+                ]
+            )
+        read_back: dict[str, Any] = json.loads(json.dumps(meaning))  # lists, not tuples
+        return read_back
+
+    def save_own_variables(self, store: Any) -> None:
+        """Save the variables (``model.save``, ``save_weights``) and what they mean; refuse a
+        flip variable outside its set or a non-finite latent (``snapset.OutsideSetError``)."""
+        for variable in self._set_weights.values():
+            checked_numpy(variable)
+        super().save_own_variables(store)
+        store[_MEANING] = np.frombuffer(json.dumps(self._meaning()).encode(), np.uint8)
+
+    def load_own_variables(self, store: Any) -> None:
+        """Load the variables (``load_model``, ``load_weights``) after checking all of them.
+
+        Refused, with the layer unchanged: a file whose record of what the weights mean (method,
+        set, latent scale, dtype) differs from this layer's config, a variable of the wrong
+        shape, a flip variable holding anything but members of its set (in the variable's
+        dtype), a latent holding NaN or infinity (``snapset.OutsideSetError``). Files saved
+        before snapset recorded the meaning are checked without it.
+        """
+        variables = self._trainable_variables + self._non_trainable_variables
+        keys = set(store.keys())
+        if _MEANING in keys:
+            self._check_meaning(np.asarray(store[_MEANING]))
+        arrays = _Without(store, _MEANING)
+        names = [f"{i}" for i in range(len(variables))]
+        if set(arrays) == set(names):  # otherwise Keras says what is missing
+            self._check_incoming(variables, [np.asarray(arrays[name]) for name in names])
+        super().load_own_variables(arrays)
+
+    def set_weights(self, weights: Sequence[npt.ArrayLike]) -> None:
+        """Set the variables from numpy arrays, as ``keras.Layer.set_weights``, after the checks
+        of ``load_own_variables``: the layer changes whole or not at all."""
+        if len(weights) == len(self.weights):  # otherwise Keras says what is wrong
+            self._check_incoming(self.weights, [np.asarray(w) for w in weights])
+        super().set_weights(weights)
+
+    def _check_meaning(self, saved_bytes: npt.NDArray[Any]) -> None:
+        try:
+            saved = json.loads(saved_bytes.astype(np.uint8).tobytes().decode())
+        except (ValueError, TypeError, RecursionError) as error:  # a damaged or hostile record
+            raise ValueError(
+                f"Layer '{self.name}': the file's record of what its weights mean is damaged "
+                f"({error}); the layer is unchanged"
+            ) from None
+        current = self._meaning()
+        if saved != current:
+            raise ValueError(
+                f"Layer '{self.name}': its weights were saved as {saved} (weight: [method, "
+                f"values, latent_range, dtype]), but its config now makes them {current}. "
+                "Loading would reinterpret the stored numbers, so nothing was loaded; the "
+                "config was edited after saving: restore its values, method, latent_range and "
+                "dtype, or load into the layer it was saved from and convert with harden()."
+            )
+
+    def _check_incoming(self, variables: Sequence[Any], arrays: list[npt.NDArray[Any]]) -> None:
+        """Refuse arrays that do not fit the variables they are meant for."""
+        for variable, array in zip(variables, arrays, strict=True):
+            where = f"'{self.name}/{variable.name}'"
+            if tuple(array.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"Variable {where} has shape {tuple(variable.shape)}; the incoming array has "
+                    f"shape {tuple(array.shape)}. Nothing was loaded."
+                )
+            method = method_of(variable)
+            if method is not None:
+                incoming = ops.convert_to_numpy(ops.convert_to_tensor(array, variable.dtype))
+                method.check(incoming, f"{where} as loaded", _LOADED_FIX)
 
     # ----- config ---------------------------------------------------------------------------
 
@@ -186,6 +285,32 @@ class SetLayer(keras.Layer):
         config.update(values=list(self.values.values), method=self.method, init=self.init)
         config.update(self.options)
         return config
+
+
+_MEANING = "snapset_meaning"  # the store key of what a layer's stored variables mean
+_LOADED_FIX = (
+    "The file or arrays were damaged or written by something other than snapset; nothing was "
+    "loaded and the layer is unchanged."
+)
+
+
+class _Without(Mapping[str, Any]):
+    """A weights store seen without one key (Keras's loader counts every key it sees)."""
+
+    def __init__(self, store: Any, hidden: str) -> None:
+        self._store, self._hidden = store, hidden
+
+    def __getitem__(self, key: str) -> Any:
+        if key == self._hidden:
+            raise KeyError(key)
+        return self._store[key]
+
+    def __iter__(self) -> Iterator[str]:
+        # Keras's stores have keys() but no __iter__.
+        return (key for key in self._store.keys() if key != self._hidden)  # noqa: SIM118
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _refuse_options(given: dict[str, Any]) -> None:

@@ -11,14 +11,27 @@ weights marked by [`snapset.keras.constrain`][] alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+import keras
+import numpy as np
+import numpy.typing as npt
 from keras import ops
 
 from .._sets import ValueSet
 from .._spec import METHODS as SPECS
-from .._spec import NamedMethod, method_options
+from .._spec import (
+    NOT_BY_FLIP_OPTIMIZER,
+    NamedMethod,
+    OutsideSetError,
+    flip_step_refused,
+    method_options,
+    nonfinite_stored_message,
+    outside_set_error,
+)
 from . import _functional as F
 from ._estimators import SURROGATES
 from ._functional import Tensor
@@ -79,6 +92,36 @@ class Method(NamedMethod):
         """The values of index codes, in the variable's dtype."""
         return ops.take(self._tensor(self.tables.values), codes)
 
+    def outside(self, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        """Which entries of a stored array (already in the variable's dtype) the method cannot
+        hold: for ``flip`` those that are not members of the set, for a latent the non-finite
+        ones."""
+        raise NotImplementedError
+
+    def check(self, stored: npt.ArrayLike, where: str, fix: str) -> None:
+        """Raise ``snapset.OutsideSetError`` if ``stored`` holds what ``outside`` refuses.
+
+        ``where`` names the variable, ``fix`` says what to do instead.
+
+        Examples:
+            >>> import snapset
+            >>> Flip(snapset.Sign(), "float32", "kernel").check([1.0, 0.3], "'kernel'", "Fix.")
+            Traceback (most recent call last):
+            snapset.OutsideSetError: flip variable 'kernel' holds 1 value outside \
+ValueSet([-1, 1]) (for example 0.3). Fix.
+        """
+        held = np.asarray(stored)
+        bad = self.outside(held)
+        if bad.any():
+            # The shortest repr in the stored dtype: 0.3, not float32's 0.30000001192092896.
+            example, count = float(str(held[bad].reshape(-1)[0])), int(bad.sum())
+            if self.stores == "values":
+                raise outside_set_error(f"flip variable {where}", self.values, count, example, fix)
+            raise OutsideSetError(
+                f"{nonfinite_stored_message(f'latent variable {where}', count, 'latent')} "
+                f"(For example {example!r}.) {fix}"
+            )
+
     def _tensor(self, table: Any) -> Tensor:
         return ops.convert_to_tensor(table, self.dtype)
 
@@ -113,6 +156,9 @@ class _Latent(Method):
 
     def codes(self, stored: Tensor) -> Tensor:
         return F.codes(ops.convert_to_tensor(stored), self._tensor(self.tables.thresholds))
+
+    def outside(self, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        return ~np.isfinite(stored.astype(np.float64))
 
 
 class STE(_Latent):
@@ -172,7 +218,9 @@ class StochasticRounding(_Latent):
 class Flip(Method):
     """No latent weight: the stored variable *is* the set value, moved only by a flip optimizer.
 
-    Forward is the identity and the gradient reaches the variable unchanged. Nothing here moves a
+    Forward is the identity on members of the set, and the gradient reaches the variable
+    unchanged; an entry that is not a member (written by something other than a flip
+    optimizer) reads as NaN, so that no output is ever computed from it. Nothing here moves a
     value: [`snapset.keras.Bop`][] reads the gradient and moves an entry to a
     neighbouring value of the set; a gradient optimizer would push the values off the set (route
     with [`snapset.keras.Router`][]). Helwegen et al., 2019, "Latent Weights Do
@@ -193,13 +241,24 @@ class Flip(Method):
         return self.decode(F.codes(values, self._tensor(self.tables.midpoints)))
 
     def value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
-        return stored
+        return self.hard(stored)
 
     def hard(self, stored: Tensor) -> Tensor:
-        return ops.convert_to_tensor(stored)
+        """The stored values, members of the set; NaN in place of an entry that is not."""
+        stored = ops.convert_to_tensor(stored)
+        # One comparison per value of the set, no gather: the cheapest exact membership test.
+        # The values as scalars of the variable's dtype: a numpy float64 would upcast it.
+        values = [self._tensor(value) for value in self.tables.values]
+        member = ops.equal(stored, values[0])
+        for value in values[1:]:
+            member = ops.logical_or(member, ops.equal(stored, value))
+        return ops.where(member, stored, self._tensor(float("nan")))
 
     def codes(self, stored: Tensor) -> Tensor:
         return F.codes(ops.convert_to_tensor(stored), self._tensor(self.tables.midpoints))
+
+    def outside(self, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        return ~np.isin(stored.astype(np.float64), self.tables.values)
 
 
 METHODS: Mapping[str, type[Method]] = {
@@ -228,8 +287,11 @@ def method_of(variable: Any) -> Method | None:
 
 
 def attach(variable: Any, method: Method) -> None:
-    """Record that ``method`` constrains ``variable``."""
+    """Record that ``method`` constrains ``variable``; a flip variable also gets a ``FlipGuard``,
+    which refuses every optimizer but a flip optimizer."""
     setattr(variable, _RECORD, method)
+    if method.stores == "values":
+        variable.constraint = FlipGuard()
 
 
 def harden_variable(variable: Any) -> None:
@@ -238,6 +300,85 @@ def harden_variable(variable: Any) -> None:
     if method is not None:
         variable.assign(method.hard(variable))
         delattr(variable, _RECORD)
+        if isinstance(variable.constraint, FlipGuard):
+            variable.constraint = None
+
+
+def variable_path(variable: Any) -> str:
+    """How messages name a variable: its path (``"dense/kernel"``)."""
+    return f"'{getattr(variable, 'path', variable.name)}'"
+
+
+def checked_numpy(variable: Any) -> npt.NDArray[Any]:
+    """The values of a constrained variable as numpy, after refusing values its method cannot
+    hold (``snapset.OutsideSetError``): what every eager consumer reads."""
+    held = np.asarray(ops.convert_to_numpy(variable))
+    method = method_of(variable)
+    if method is not None:
+        method.check(held, variable_path(variable), WRITTEN_BY_ANOTHER)
+    return held
+
+
+def exact_numpy(variable: Any, method: Method) -> npt.NDArray[Any]:
+    """The exact values of a constrained variable as numpy, after ``checked_numpy``."""
+    checked_numpy(variable)
+    return np.asarray(ops.convert_to_numpy(method.hard(variable)))
+
+
+WRITTEN_BY_ANOTHER = (
+    f"{NOT_BY_FLIP_OPTIMIZER}: train flip variables with snapset.keras.Bop (route a model's "
+    "variables through snapset.keras.Router(flip=Bop(...), default=...)), and assign them "
+    "members of the set only."
+)
+"""The Keras ``fix`` of a flip variable found off its set."""
+
+# Set while a flip optimizer writes: FlipGuard lets those writes through and no other.
+_FLIP_WRITES = threading.local()
+
+
+@contextmanager
+def flip_writes() -> Iterator[None]:
+    """Let ``FlipGuard`` accept the updates made inside (Bop wraps its ``apply`` in it)."""
+    depth = getattr(_FLIP_WRITES, "depth", 0)
+    _FLIP_WRITES.depth = depth + 1
+    try:
+        yield
+    finally:
+        _FLIP_WRITES.depth = depth
+
+
+class FlipGuard(keras.constraints.Constraint):
+    """The constraint of a flip variable: it refuses every optimizer but a flip optimizer.
+
+    Every Keras optimizer applies a variable's ``constraint`` after updating it. A flip
+    optimizer ([`snapset.keras.Bop`][]) writes only members of the set and passes; any other
+    optimizer (``model.compile(optimizer="adam")`` on a flip layer) gets a ``TypeError``
+    (the words PyTorch's guard uses). A compiled train step (TensorFlow's and JAX's default) runs
+    the guard while it is traced, before any step changes a value; an eager step (the torch
+    backend, ``run_eagerly=True``) has written its update by then, and that update is what
+    [`snapset.keras.exact_weights`][], ``harden``, saving and the forward pass refuse.
+
+    Examples:
+        >>> import keras, numpy as np, snapset.keras as sk
+        >>> layer = sk.Multiplier([-1, 1], "flip")
+        >>> _ = layer(np.ones((1, 3), "float32"))
+        >>> sgd = keras.optimizers.SGD()
+        >>> sgd.apply([keras.ops.ones((3,))], layer.trainable_variables)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        TypeError: An optimizer other than a flip optimizer cannot step flip \
+variable '.../kernel': a gradient step would move it off ValueSet([-1, 1]), ...
+    """
+
+    def __call__(self, w: Any) -> Any:
+        if getattr(_FLIP_WRITES, "depth", 0):
+            return w
+        method = method_of(w)
+        values = method.values if method is not None else "its value set"
+        flips = f"variable {variable_path(w)}"
+        raise TypeError(
+            f"{flip_step_refused('An optimizer other than a flip optimizer', flips, values)} "
+            f"{WRITTEN_BY_ANOTHER}"
+        )
 
 
 def flip_method(variable: Any) -> Method | None:

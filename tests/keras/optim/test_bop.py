@@ -68,7 +68,8 @@ def test_bop_refuses_values_outside_the_set():
     layer.weights[0].assign(np.array([0.0, 0.3], "float32"))
     bop = sk.Bop()
     with pytest.raises(
-        ValueError, match=r"holds 1 values outside ValueSet\(\[0, 1\]\), for example 0.3"
+        snapset.OutsideSetError,
+        match=r"holds 1 value outside ValueSet\(\[0, 1\]\) \(for example 0.3\)\. Something",
     ):
         bop.build(layer.trainable_variables)
     assert not bop.built

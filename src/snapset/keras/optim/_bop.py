@@ -10,7 +10,7 @@ from keras import ops
 
 from ..._spec import BOP_DEFAULTS, check_bop_options
 from .._functional import Tensor
-from .._methods import Method, flip_method
+from .._methods import WRITTEN_BY_ANOTHER, Method, flip_method, flip_writes, variable_path
 
 # Options of keras.optimizers.Optimizer that would move a flip variable off its set.
 _REFUSED = ("weight_decay", "use_ema")
@@ -116,16 +116,7 @@ class Bop(keras.optimizers.Optimizer):
                     "model.compile(optimizer=snapset.keras.Router(flip=Bop(...), "
                     "default=keras.optimizers.Adam()))"
                 )
-            held = _eager_numpy(variable)
-            outside = ~np.isin(held, method.tables.values)
-            if outside.any():
-                raise ValueError(
-                    f"Bop cannot train variable '{variable.path}': it holds {int(outside.sum())} "
-                    f"values outside {method.values!r}, for example "
-                    f"{float(held[outside][0])}. Was it trained by "
-                    "another optimizer? Assign it the nearest values (variable.assign) and "
-                    "route it to Bop only."
-                )
+            method.check(_eager_numpy(variable), variable_path(variable), WRITTEN_BY_ANOTHER)
             methods.append(method)
         super().build(var_list)
         self._methods = methods
@@ -153,7 +144,8 @@ class Bop(keras.optimizers.Optimizer):
             return
         # The flag gates every variable's update, so a non-finite step changes nothing.
         self._finite = _all_finite(grads)
-        super().apply(grads, trainable_variables)
+        with flip_writes():  # the flip variables' FlipGuard lets Bop's own writes through
+            super().apply(grads, trainable_variables)
         finite = ops.cast(self._finite, "float32")
         self._finite_steps.assign_add(finite)
         self._nonfinite_steps.assign_add(1.0 - finite)
@@ -186,8 +178,11 @@ class Bop(keras.optimizers.Optimizer):
             interior = ops.logical_and(ops.greater(moved_to, 0), ops.less(moved_to, k - 1))
             reset = ops.logical_and(moved, interior)
             new_momentum = ops.where(reset, ops.zeros_like(new_momentum), new_momentum)
+        # An entry off the set (written by something else) stays as it is, for every eager
+        # consumer to refuse, rather than being moved from its nearest value in silence.
+        member = ops.equal(method.decode(index_now), value)
         finite = self._finite
-        self.assign(variable, ops.where(finite, new_value, value))
+        self.assign(variable, ops.where(ops.logical_and(finite, member), new_value, value))
         self.assign(momentum, ops.where(finite, new_momentum, ops.convert_to_tensor(momentum)))
         self.assign(grad_sq, ops.where(finite, new_grad_sq, ops.convert_to_tensor(grad_sq)))
 
