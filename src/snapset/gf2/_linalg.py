@@ -198,16 +198,10 @@ def matmul(a: ArrayT, b: ArrayT) -> ArrayT:
             f"({a2.shape[-1]} != {b2.shape[-2]})"
         )
     batch: tuple[int, ...]
-    try:
-        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-    except ValueError:
-        raise ValueError(
-            f"gf2.matmul: the batch axes of shapes {tuple(a_bits.shape)} and "
-            f"{tuple(b_bits.shape)} do not broadcast"
-        ) from None
+    a3, b3, batch = broadcast_batches(
+        a2, b2, f"gf2.matmul: the batch axes of shapes {a_bits.shape} and {b_bits.shape}"
+    )
     m, n = a2.shape[-2], b2.shape[-1]
-    a3 = np.broadcast_to(a2, (*batch, *a2.shape[-2:]))
-    b3 = np.broadcast_to(b2, (*batch, *b2.shape[-2:]))
     product = np.zeros((*batch, m, n), dtype=np.uint8)
     for index in batch_of(batch):
         product[index] = unpack_words(matmul_words(a3[index], pack_bits(b3[index])), n)
@@ -423,16 +417,24 @@ def right_sides(a_bits: Bits, b_bits: Bits, fn: str) -> tuple[Bits, Bits, tuple[
             f"gf2.{fn}: b must have shape ({m},) or (..., {m}, k) to match a of shape "
             f"{tuple(a_bits.shape)}, got {tuple(b_bits.shape)}"
         )
-    try:
-        batch = np.broadcast_shapes(a_bits.shape[:-2], b2.shape[:-2])
-    except ValueError:
-        raise ValueError(
-            f"gf2.{fn}: the batch axes of a {tuple(a_bits.shape)} and b {tuple(b_bits.shape)} "
-            f"do not broadcast"
-        ) from None
-    a3 = np.broadcast_to(a_bits, (*batch, *a_bits.shape[-2:]))
-    b3 = np.broadcast_to(b2, (*batch, *b2.shape[-2:]))
+    a3, b3, batch = broadcast_batches(
+        a_bits, b2, f"gf2.{fn}: the batch axes of a {a_bits.shape} and b {b_bits.shape}"
+    )
     return a3, b3, batch, vector
+
+
+def broadcast_batches(a: Bits, b: Bits, what: str) -> tuple[Bits, Bits, tuple[int, ...]]:
+    """Stacks of matrices ``a`` and ``b`` broadcast to one batch shape, as numpy's matmul
+    does; ``what`` starts the message when their batch axes do not broadcast."""
+    try:
+        batch: tuple[int, ...] = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"{what} do not broadcast") from None
+    return (
+        np.broadcast_to(a, (*batch, *a.shape[-2:])),
+        np.broadcast_to(b, (*batch, *b.shape[-2:])),
+        batch,
+    )
 
 
 def _per_system(
