@@ -337,3 +337,12 @@ def test_a_model_hardened_saved_and_loaded_packs_as_the_constrained_one(tmp_path
         loaded[1].weight[0, 0] = 0.5  # fine-tuned in float after harden_: not packed
     with pytest.warns(UserWarning, match="'1.weight' \\(its values left their set after harden_"):
         assert type(st.pack(loaded)[1]).__name__ == "Linear"
+
+
+def test_a_float64_set_that_underflows_in_float32_stays_in_float():
+    layer = st.constrain(nn.Linear(4, 3).double(), "weight", snapset.ValueSet([1e-50, 1]))
+    with pytest.warns(UserWarning, match="where 1e-50 of ValueSet\\(\\[1e-50, 1\\]\\) underflows"):
+        packed = st.pack(nn.Sequential(layer))
+    assert type(packed[0]).__name__ == "Linear"  # computes with 1e-50, not with 0
+    x = torch.randn(2, 4, dtype=torch.float64)
+    assert torch.equal(packed(x), layer.eval()(x))

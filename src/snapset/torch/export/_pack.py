@@ -390,6 +390,8 @@ def unpackable(layer: nn.Module, values: ValueSet) -> str:
         >>> unpackable(torch.nn.Linear(3, 3).double(), snapset.ValueSet([1, 1 + 2**-40]))
         ... # doctest: +ELLIPSIS
         'packed layers compute in float32, and ValueSet([1, 1.0000000000009095]) cannot be ...'
+        >>> unpackable(torch.nn.Linear(3, 3).double(), snapset.ValueSet([1e-50, 1]))
+        'packed layers compute in float32, where 1e-50 of ValueSet([1e-50, 1]) underflows'
     """
     if type(layer) not in _PACKERS:
         *others, last = (kind.__name__ for kind in _PACKERS)
@@ -399,10 +401,17 @@ def unpackable(layer: nn.Module, values: ValueSet) -> str:
     if len(values) > 256:
         return f"its set has {len(values)} values, more than a byte's 256 codes"
     try:
-        values.tables("float32")
+        held = values.tables("float32").values
     except ValueError as error:  # values that overflow or merge in float32
         return f"packed layers compute in float32, and {error}"
+    # a value that float32 holds only as a subnormal or as 0 would lose most of its digits
+    lost = [v for v, h in zip(values, held, strict=True) if v != 0 and abs(h) < _FLOAT32_TINY]
+    if lost:
+        return f"packed layers compute in float32, where {lost[0]!r} of {values!r} underflows"
     return ""
+
+
+_FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 
 
 def _refuse_unpackable(layer: nn.Module, values: ValueSet) -> None:
