@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard, cast
 
 import torch
 from torch import Tensor
@@ -17,6 +17,13 @@ from .._constrain import constraint_of
 from .._methods import Constraint
 
 __all__ = ["MOMENTUM_RESETS", "THRESHOLD_MODES", "Bop", "bop"]
+
+# Sharded tensors (FSDP2's parameters and gradients): Bop steps their local shards.
+_SHARDED: tuple[type[Tensor], ...] = ()
+if torch.distributed.is_available():  # no cost: torch.compiler, used below, imports it
+    from torch.distributed.tensor import DTensor
+
+    _SHARDED = (DTensor,)
 
 
 class Bop(Optimizer):
@@ -51,10 +58,8 @@ class Bop(Optimizer):
             _check_hyperparameters(group)
             index = len(self.param_groups) - 1
             for position, param in enumerate(group["params"]):
-                _check_not_sharded(param, f"parameter {position} of param group {index}")
-                _owning_constraint(param, f"parameter {position} of param group {index}").check(
-                    param
-                )
+                where = f"parameter {position} of param group {index}"
+                _owning_constraint(param, where).check(_local(param))
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
@@ -137,7 +142,7 @@ class Bop(Optimizer):
             # another optimizer): O(1) per tensor unless one did.
             for work in works:
                 for param, constraint in zip(work.params, work.constraints, strict=True):
-                    constraint.check(param)
+                    constraint.check(_local(param))
         norms = [grad_norms(work.grads) for work in works]
         bad = [
             param
@@ -168,7 +173,7 @@ class Bop(Optimizer):
                 work.grad_sqs,
                 work.steps,
                 group_norms,
-                [self._scratch_like(p) for p in work.params],
+                [self._scratch_like(_local(p)) for p in work.params],
                 foreach=group["foreach"],
                 gamma=group["gamma"],
                 threshold=group["threshold"],
@@ -177,7 +182,7 @@ class Bop(Optimizer):
             )
             if eager:  # Bop's own writes are members: record them, so the next check is O(1)
                 for param, constraint in zip(work.params, work.constraints, strict=True):
-                    constraint.trust(param)
+                    constraint.trust(_local(param))
         return loss
 
 
@@ -229,6 +234,12 @@ A step whose gradients hold NaN or infinity anywhere (or are so large that their
 norm overflows) is skipped whole, as ``torch.amp.GradScaler`` does: no entry moves, no
 momentum changes, a ``RuntimeWarning`` says which parameters, and ``nonfinite_steps``
 counts the skips.
+
+Sharded parameters (``DTensor``s, as FSDP2's ``fully_shard`` makes them; call
+[`snapset.torch.param_groups`][] after ``fully_shard``) train as the whole tensors would: each
+rank moves the entries of its own shard, and the gradient norms (the RMS of ``"rel"``, the
+finiteness test) are the whole tensors', reduced across ranks with one all-reduce per step,
+so every rank skips or steps alike.
 
 Bop refuses, with a ``ValueError``, parameters that are not flip-constrained, and with a
 [`snapset.OutsideSetError`][] (a ``ValueError``) parameters that hold values outside their
@@ -291,7 +302,8 @@ def bop(
     (``grad_norms``), computed here when not given; ``scratch[i]``, a tensor shaped like
     ``params[i]`` that may be shared between parameters, holds the directions (allocated here
     when not given). Checking that the gradients are
-    finite is the caller's job (``Bop`` skips the whole step when one is not).
+    finite is the caller's job (``Bop`` skips the whole step when one is not). Sharded
+    tensors (``DTensor``s) move shard by shard, by the norms of the whole gradients.
 
     Examples:
         >>> import torch, snapset
@@ -305,13 +317,16 @@ def bop(
     check_bop_options(threshold, gamma, threshold_mode, momentum_reset)
     if not params:
         return
-    if foreach is None:
-        _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
     if norms is None:
         norms = grad_norms(grads)
-    torch._foreach_add_(steps, 1.0)
-    # The mean square of each gradient, then the threshold theta of each tensor.
+    # The mean square of each gradient over the whole tensor (a DTensor's numel is the whole
+    # tensor's), then the threshold theta of each tensor.
     squares = [n.square().div_(g.numel()) for n, g in zip(norms, grads, strict=True)]
+    # Every other operation is elementwise: each rank moves the entries it holds.
+    params, grads, momentums = ([_local(t) for t in ts] for ts in (params, grads, momentums))
+    if foreach is None:
+        _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    torch._foreach_add_(steps, 1.0)
     torch._foreach_lerp_(grad_sqs, squares, gamma)
     thetas: list[float | Tensor]
     if threshold_mode == "abs":
@@ -338,7 +353,18 @@ def bop(
 
 
 def grad_norms(grads: list[Tensor]) -> list[Tensor]:
-    """L2 norm of each gradient, in float32 or wider (NaN or inf when it is not finite)."""
+    """L2 norm of each gradient, in float32 or wider (NaN or inf when it is not finite).
+
+    The norm of a sharded gradient (a ``DTensor``, as under FSDP2's ``fully_shard``) is the
+    whole tensor's, the same on every rank: ``sqrt`` of the sum of the shards' squared norms,
+    one all-reduce for all the gradients that share a mesh and a layout.
+
+    Examples:
+        >>> import torch
+        >>> from snapset.torch.optim import grad_norms
+        >>> grad_norms([torch.tensor([3.0, 4.0]), torch.tensor([1.0], dtype=torch.float64)])
+        [tensor(5.), tensor(1., dtype=torch.float64)]
+    """
     norms: list[Tensor | None] = [None] * len(grads)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, grad in enumerate(grads):
@@ -348,7 +374,21 @@ def grad_norms(grads: list[Tensor]) -> list[Tensor]:
             indices, torch._foreach_norm([grads[i] for i in indices], 2, dtype=dtype), strict=True
         ):
             norms[i] = norm
-    return [n for n in norms if n is not None]
+    return _whole([n for n in norms if n is not None])
+
+
+def _whole(norms: list[Tensor]) -> list[Tensor]:
+    """Plain tensors of the whole tensors' norms, for norms that DTensor left partial."""
+    by_layout: dict[tuple[Any, ...], list[int]] = {}
+    for i, norm in enumerate(norms):
+        if _is_sharded(norm):
+            by_layout.setdefault((norm.device_mesh, norm.placements), []).append(i)
+    for indices in by_layout.values():
+        # A stack of partial norms stays partial: one collective reduces them all.
+        whole = cast("DTensor", torch.stack([norms[i] for i in indices])).full_tensor()
+        for i, norm in zip(indices, whole.unbind(), strict=True):
+            norms[i] = norm
+    return norms
 
 
 # ----- the arithmetic ----------------------------------------------------------------------
@@ -490,21 +530,18 @@ def _owning_constraint(param: Tensor, where: str) -> Constraint:
             "values it may take. Constrain it with snapset.torch.constrain(module, name, "
             "values, method='flip'), or give it to another optimizer: "
             "groups = snapset.torch.param_groups(model); Bop(groups.flip); "
-            "Adam(groups.latent + groups.other). (A copied or unpickled model has new "
-            "parameters: call snapset.torch.param_groups(model) once to register them.)"
+            "Adam(groups.latent + groups.other). (A copied or unpickled model, and one that "
+            "fully_shard wrapped, has new parameters: call snapset.torch.param_groups(model) "
+            "once, after fully_shard, to register them.)"
         )
     return constraint
 
 
-def _check_not_sharded(param: Tensor, where: str) -> None:
-    if not torch.distributed.is_available():
-        return
-    from torch.distributed.tensor import DTensor
+def _local(tensor: Tensor) -> Tensor:
+    """The entries this rank holds: a DTensor's local shard (a view, so writes to it and its
+    ``_version`` are the DTensor's), any other tensor itself."""
+    return tensor.to_local() if _is_sharded(tensor) else tensor
 
-    if isinstance(param, DTensor):
-        raise ValueError(
-            f"Bop cannot train {where}: it is a sharded DTensor (from FSDP2's fully_shard or "
-            "tensor parallelism), and Bop moves whole tensors only. Train flip parameters under "
-            "DistributedDataParallel, which keeps every replica whole; the methods 'ste', "
-            "'stochastic' and 'gumbel' do train under fully_shard with a gradient optimizer."
-        )
+
+def _is_sharded(tensor: Tensor) -> TypeGuard[DTensor]:
+    return isinstance(tensor, _SHARDED)
