@@ -12,7 +12,7 @@ def test_every_method_states_what_it_stores_and_its_options_with_defaults():
     assert {name: (spec.stores, dict(spec.options)) for name, spec in METHODS.items()} == {
         "ste": ("latent", {"estimator": "inward", "latent_range": 0.1}),
         "stochastic": ("latent", {"estimator": "inward", "latent_range": 0.1, "seed": None}),
-        "gumbel": ("logits", {"temperature": 1.0, "latent_range": 0.1}),
+        "gumbel": ("logits", {"temperature": 1.0, "latent_range": 0.1, "seed": None}),
         "flip": ("values", {}),
     }
     assert _spec.ESTIMATORS[0] == "inward"  # the default comes first
@@ -23,6 +23,7 @@ def test_options_are_filled_with_defaults_and_given_ones_win():
     assert method_options("gumbel", {"temperature": 2.0, "latent_range": None}, front="f") == {
         "temperature": 2.0,
         "latent_range": 0.1,
+        "seed": None,
     }
 
 

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 __all__ = [
     "BOP_DEFAULTS",
     "ESTIMATORS",
+    "GUMBEL_SHARPNESS",
     "INITS",
     "LATENT_RANGE",
     "METHODS",
@@ -40,6 +41,7 @@ __all__ = [
     "check_init",
     "check_temperature",
     "flip_step_refused",
+    "gumbel_logit_scale",
     "method_options",
     "nonfinite_gradient_message",
     "nonfinite_stored_message",
@@ -101,14 +103,37 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                 "latent",
                 {"estimator": "inward", "latent_range": LATENT_RANGE, "seed": None},
             ),
-            MethodSpec("gumbel", "logits", {"temperature": 1.0, "latent_range": LATENT_RANGE}),
+            MethodSpec(
+                "gumbel",
+                "logits",
+                {"temperature": 1.0, "latent_range": LATENT_RANGE, "seed": None},
+            ),
             MethodSpec("flip", "values", {}),
         )
     }
 )
-"""Every method of snapset, by name. A front that lacks one (Keras has no ``gumbel`` yet) or an
-option (``seed`` exists only where a framework's random numbers need one) says so when it
-calls ``method_options``."""
+"""Every method of snapset, by name. A front that lacks one or an option (``seed`` exists only
+where a framework's random numbers need one: Keras, not PyTorch) says so when it calls
+``method_options``."""
+
+GUMBEL_SHARPNESS = 0.5
+"""``gumbel`` stores an assigned value ``w`` as the logits ``-GUMBEL_SHARPNESS * ((w - v_j) /
+half_range)^2`` (times ``latent_range``), so a member of ``{-1, 1}`` starts with a logit lead of 2
+(a sample agrees about 80% of the time)."""
+
+
+def gumbel_logit_scale(half_range: float, latent_range: float) -> float:
+    """The factor of ``(w - v_j)^2`` in the stored logits of an assigned value ``w``.
+
+    Both fronts store ``(w - v_j)^2 * gumbel_logit_scale(...)``: one subtraction, one square
+    and one product by this float64 number rounded to the tensor's dtype, which every backend
+    computes alike (a division by ``half_range`` may become a product by its reciprocal).
+
+    Examples:
+        >>> gumbel_logit_scale(1.0, 0.1)  # {-1, 1}: a member leads the other value by 0.2
+        -0.05
+    """
+    return -GUMBEL_SHARPNESS * latent_range / half_range**2
 
 
 def method_options(

@@ -18,7 +18,7 @@ BOP = dict(_spec.BOP_DEFAULTS)
 def keras_options(method, **given):
     """The core's check of a method and its options, for the methods the Keras front offers."""
     return _spec.method_options(
-        method, given, front="snapset.keras", methods=("ste", "stochastic", "flip")
+        method, given, front="snapset.keras", methods=("ste", "stochastic", "gumbel", "flip")
     )
 
 
@@ -37,9 +37,13 @@ CASES = {
         lambda: sk.Dense(2, [0, 1], "stee"),
         lambda: keras_options("stee"),
     ),
-    "a method of PyTorch only": (
-        lambda: sk.Multiplier([0, 1], "gumbel"),
-        lambda: keras_options("gumbel"),
+    "temperature of a method without one": (
+        lambda: sk.Dense(2, [0, 1], temperature=2.0),
+        lambda: keras_options("ste", temperature=2.0),
+    ),
+    "negative temperature": (
+        lambda: sk.Multiplier([0, 1], "gumbel", temperature=-1.0),
+        lambda: keras_options("gumbel", temperature=-1.0),
     ),
     "unknown estimator": (
         lambda: sk.Dense(2, [0, 1], estimator="clipp"),

@@ -151,3 +151,63 @@ def test_bop_steps_agree(values, threshold_mode, threshold, momentum_reset):
             atol=1e-8,
         )
     assert moves > 20  # the rule was exercised, not only the momentum
+
+
+def torch_gumbel(values, **options):
+    layer = st.constrain(torch.nn.Linear(1, 1), "weight", values, "gumbel", **options)
+    return layer.parametrizations.weight[0]
+
+
+def logits_with_ties(values, n=300, seed=4):
+    """Random stored logits, and rows where two or all logits tie for the largest."""
+    k = len(values)
+    rng = np.random.default_rng(seed)
+    random = rng.uniform(-0.3, 0.3, (n, k)).astype("float32")
+    rounded = np.round(random * 10) / 10  # many ties among few numbers, -0.0 against 0.0 too
+    return np.concatenate([random, rounded, np.zeros((1, k))]).astype("float32")
+
+
+@pytest.mark.parametrize("values", SETS, ids=repr)
+def test_gumbel_inference_values_and_codes_agree_bit_for_bit(values):
+    u = logits_with_ties(values)
+    gumbel = sk.GumbelSoftmax(values, "float32", "w")
+    constraint = torch_gumbel(values).eval()
+    tu = torch.from_numpy(u)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(gumbel.hard(ops.convert_to_tensor(u))), constraint(tu).numpy()
+    )
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(gumbel.codes(u)), constraint.codes(tu).numpy().astype("int32")
+    )
+
+
+@pytest.mark.parametrize("values", SETS, ids=repr)
+def test_gumbel_stores_assigned_values_alike(values):
+    x = np.linspace(values.values[0] - 1, values.values[-1] + 1, 41).astype("float32")
+    ours = ops.convert_to_numpy(sk.GumbelSoftmax(values, "float32", "w").right_inverse(x))
+    theirs = torch_gumbel(values).right_inverse(torch.from_numpy(x)).numpy()
+    # both fronts compute the logits from snapset._spec.gumbel_logit_scale: bit for bit
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("values", SETS, ids=repr)
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 4.0])
+def test_gumbel_straight_through_gradients_agree(values, temperature, fgrad):
+    from snapset.keras._functional import gumbel_straight_through
+    from snapset.torch._functional import gumbel_expectation_grad
+
+    noisy = logits_with_ties(values) * 10  # logits plus noise, on the logit scale
+    table = values.tables("float32").values.astype("float32")
+    upstream = np.random.default_rng(5).standard_normal(noisy.shape[:-1]).astype("float32")
+    forward, grad = fgrad(
+        lambda y: gumbel_straight_through(y, ops.convert_to_tensor(table), temperature),
+        noisy,
+        upstream,
+    )
+    constraint = torch_gumbel(values).eval()
+    np.testing.assert_array_equal(forward, constraint(torch.from_numpy(noisy)).numpy())
+    expected = gumbel_expectation_grad(
+        torch.from_numpy(noisy), torch.from_numpy(table), temperature, torch.from_numpy(upstream)
+    ).numpy()
+    # The same formula; softmax may round differently per backend.
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())

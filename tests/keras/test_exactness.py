@@ -146,12 +146,16 @@ def multiplier_key(archive):
 @pytest.mark.parametrize("method", sk.METHODS)
 def test_a_file_whose_weights_leave_the_set_does_not_load(method, tmp_path, archive):
     file = archive(saved(tmp_path, flip_model(method=method)))
-    file.weights[multiplier_key(file)] = (
-        OFF_SET if method == "flip" else np.array([0.01, np.nan, np.inf, 0.0], "float32")
-    )
+    nonfinite = np.array([0.01, np.nan, np.inf, 0.0], "float32")
+    stores = sk.METHODS[method].spec.stores
+    file.weights[multiplier_key(file)] = {
+        "values": OFF_SET,
+        "latent": nonfinite,
+        "logits": np.stack([nonfinite, -nonfinite], axis=-1),  # one logit per value
+    }[stores]
     path = file.write(tmp_path / "bad.keras")
     expected = (
-        "values outside" if method == "flip" else "non-finite \\(NaN or inf\\) latent entries"
+        "values outside" if method == "flip" else f"non-finite \\(NaN or inf\\) {stores} entries"
     )
     # load_model wraps each layer's error in a ValueError that quotes it.
     with pytest.raises(ValueError, match=expected):

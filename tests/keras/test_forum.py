@@ -73,7 +73,7 @@ def test_the_forum_sign_layer_never_moves_its_kernel():
 
 
 @pytest.mark.parametrize("values", [snapset.Sign(), FOUR], ids=repr)
-@pytest.mark.parametrize("method", ["ste", "stochastic"])
+@pytest.mark.parametrize("method", ["ste", "stochastic", "gumbel"])
 def test_a_planted_multiplier_is_recovered_exactly_with_adam(values, method):
     planted, x, y = planted_multiplier(values)
     keras.utils.set_random_seed(4)

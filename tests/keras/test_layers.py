@@ -106,7 +106,7 @@ def test_spread_init_uses_every_value_equally_and_nearest_keeps_the_values(value
         (
             lambda: sk.Dense(2, [0, 1], "stee"),
             ValueError,
-            r"Unknown method 'stee'; valid methods: 'ste', 'stochastic', 'flip'",
+            r"Unknown method 'stee'; valid methods: 'ste', 'stochastic', 'gumbel', 'flip'",
         ),
         (lambda: sk.Dense(0, [0, 1]), ValueError, r"Invalid units: 0"),
         (

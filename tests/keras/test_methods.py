@@ -24,8 +24,13 @@ SETS = [
 
 
 def test_the_keras_methods_by_name_each_with_its_spec():
-    assert list(sk.METHODS) == ["ste", "stochastic", "flip"]
-    assert dict(sk.METHODS) == {"ste": sk.STE, "stochastic": sk.StochasticRounding, "flip": sk.Flip}
+    assert list(sk.METHODS) == list(_spec.METHODS)  # all of snapset's, in the same order
+    assert dict(sk.METHODS) == {
+        "ste": sk.STE,
+        "stochastic": sk.StochasticRounding,
+        "gumbel": sk.GumbelSoftmax,
+        "flip": sk.Flip,
+    }
     for name, cls in sk.METHODS.items():
         method = cls(snapset.Sign(), "float32", "kernel")
         assert (method.method, method.stores) == (name, _spec.METHODS[name].stores)
@@ -57,6 +62,17 @@ def test_what_is_stored_and_its_name(values, method):
     if m.stores == "values":  # the nearest members, ties up
         assert m.stored_name == "bias"
         np.testing.assert_array_equal(stored, values.project(x).astype("float32"))
+    elif m.stores == "logits":  # one logit per value, peaked at the nearest (ties up)
+        assert m.stored_name == "bias_logits"
+        assert stored.shape == (41, len(values)) == m.stored_shape((41,))
+        assert m.value_shape(stored.shape) == (41,)
+        table = values.tables("float32").values.astype("float32")
+        scale = -_spec.GUMBEL_SHARPNESS * 0.1 / values.half_range**2
+        expected = (x[:, None] - table) ** 2 * np.float32(scale)
+        np.testing.assert_array_equal(stored, expected)
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(m.hard(stored)), values.project(x).astype("float32")
+        )
     else:  # the latents: the set's range on [-latent_range, latent_range]
         assert m.stored_name == "bias_latent"
         expected = (x - values.center) * (0.1 / values.half_range)

@@ -32,6 +32,7 @@ from ._callbacks import FlipRatio as FlipRatio
 from ._constrain import constrain as constrain
 from ._constrain import exact_weights as exact_weights
 from ._constrain import harden_ as harden_
+from ._constrain import set_temperature as set_temperature
 from ._layers import Conv1D as Conv1D
 from ._layers import Conv2D as Conv2D
 from ._layers import Dense as Dense
@@ -40,6 +41,7 @@ from ._layers import SetLayer as SetLayer
 from ._methods import METHODS as METHODS
 from ._methods import STE as STE
 from ._methods import Flip as Flip
+from ._methods import GumbelSoftmax as GumbelSoftmax
 from ._methods import Method as Method
 from ._methods import StochasticRounding as StochasticRounding
 from ._methods import flip_values as flip_values
@@ -57,6 +59,7 @@ __all__ = [
     "Dense",
     "Flip",
     "FlipRatio",
+    "GumbelSoftmax",
     "Method",
     "Multiplier",
     "Router",
@@ -67,6 +70,7 @@ __all__ = [
     "flip_values",
     "harden_",
     "optim",
+    "set_temperature",
 ]
 
 # keras.saving.serialize_keras_object / deserialize_keras_object round-trip value sets.

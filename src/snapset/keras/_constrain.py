@@ -15,7 +15,7 @@ import numpy.typing as npt
 from keras import ops
 
 from .._sets import ValueSet
-from .._spec import check_init
+from .._spec import check_init, check_temperature
 from ._layers import SetLayer, ValuesLike
 from ._methods import (
     Flip,
@@ -40,11 +40,11 @@ def constrain(layer: LayerT, name: str, values: ValuesLike, *, init: str = "spre
     [`snapset.keras.FlipRatio`][] see it. The layer's own ``call`` is
     untouched, so this works for any layer that exposes the weight as a ``keras.Variable`` attribute
     (``Dense.kernel``, ``Conv*.kernel``, ``Embedding.embeddings``,
-    ``DepthwiseConv2D.depthwise_kernel``, ...), and only with the ``flip`` method: ``ste`` and
-    ``stochastic`` change what ``call`` computes with, which needs snapset's own layers (``Dense``,
-    ``Conv1D``, ``Conv2D``, ``Multiplier``). The mark is not saved: after ``load_model``, call
-    ``constrain`` again with ``init="nearest"`` (the saved values are already members of the set).
-    ``harden_`` removes it.
+    ``DepthwiseConv2D.depthwise_kernel``, ...), and only with the ``flip`` method: ``ste``,
+    ``stochastic`` and ``gumbel`` change what ``call`` computes with, which needs snapset's own
+    layers (``Dense``, ``Conv1D``, ``Conv2D``, ``Multiplier``). The mark is not saved: after
+    ``load_model``, call ``constrain`` again with ``init="nearest"`` (the saved values are already
+    members of the set). ``harden_`` removes it.
 
     Examples:
         >>> import keras, numpy as np, snapset.keras as sk
@@ -142,8 +142,8 @@ def exact_weights(model: keras.Layer) -> dict[str, npt.NDArray[Any]]:
 
     Keys are ``"<layer name>/<weight name>"`` (``kernel``, ``bias`` with ``bias_values``); weights
     of other layers marked by [`snapset.keras.constrain`][] come too. These
-    are the values the layers compute with in inference, not the latents that
-    ``model.get_weights()`` returns for ``ste`` and ``stochastic`` layers.
+    are the values the layers compute with in inference, not the latents or logits that
+    ``model.get_weights()`` returns for ``ste``, ``stochastic`` and ``gumbel`` layers.
 
     Examples:
         >>> import keras, numpy as np, snapset.keras as sk
@@ -185,12 +185,40 @@ def harden_(model: LayerT) -> LayerT:
     variables = [variable for _, variable, _ in constrained_variables(model)]
     for variable in variables:
         checked_numpy(variable)  # all of them, before anything changes
-    for variable in variables:
-        harden_variable(variable)
+    # snapset's layers first: a gumbel weight changes shape, which only its layer can do.
     for layer in _layers(model):
         if isinstance(layer, SetLayer):
             layer.harden()
+    for variable in variables:
+        harden_variable(variable)  # what is left: weights marked by constrain
     for function in ("train_function", "test_function", "predict_function"):
         if getattr(model, function, None) is not None:
             setattr(model, function, None)
     return model
+
+
+def set_temperature(model: keras.Layer, temperature: float) -> int:
+    """Set the temperature of every ``gumbel`` weight in ``model``; return how many.
+
+    As [`snapset.torch.set_temperature`][]: ``temperature`` (tau, a finite number > 0) shapes
+    the Gumbel-softmax gradient from the next step on, and is saved with each layer's config.
+    A compiled model's train function is traced again with it (also from a callback during
+    ``fit``, so that ``on_epoch_begin`` can anneal it).
+
+    Examples:
+        >>> import keras, snapset.keras as sk
+        >>> model = keras.Sequential([keras.Input((3,)), sk.Dense(2, [-1, 1], "gumbel")])
+        >>> sk.set_temperature(model, 0.5), model.layers[0].get_config()["temperature"]
+        (1, 0.5)
+    """
+    check_temperature(temperature)
+    # The methods that have a temperature (gumbel) say so in their options.
+    tempered = [m for _, _, m in constrained_variables(model) if "temperature" in m.options]
+    for method in tempered:
+        method.options["temperature"] = float(temperature)
+    for layer in _layers(model):
+        if isinstance(layer, SetLayer) and "temperature" in layer.options:
+            layer.options["temperature"] = float(temperature)
+    if getattr(model, "train_function", None) is not None:
+        model.make_train_function(force=True)
+    return len(tempered)

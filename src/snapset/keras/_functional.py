@@ -80,6 +80,73 @@ def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor, seed: Any) -
     return ops.take(table, low + up)
 
 
+def argmax_ties_up(scores: Tensor) -> Tensor:
+    """Index of the largest score along the last axis; a tie goes to the larger index (value).
+
+    Examples:
+        >>> scores = ops.convert_to_tensor([[0.3, 0.1, 0.0], [0.0, 0.2, 0.2]])
+        >>> ops.convert_to_numpy(argmax_ties_up(scores)).tolist()
+        [0, 2]
+    """
+    last = int(scores.shape[-1]) - 1
+    # -0.0 and 0.0 tie: JAX's argmax orders them, so both become 0.0 first.
+    scores = ops.where(ops.equal(scores, 0.0), ops.zeros_like(scores), scores)
+    return last - ops.cast(ops.argmax(ops.flip(scores, axis=-1), axis=-1), "int32")
+
+
+def gumbel_sample(logits: Tensor, table: Tensor, temperature: float, seed: Any) -> Tensor:
+    """Straight-through Gumbel-softmax (Jang et al., 2017; Maddison et al., 2017).
+
+    Draws one category per entry (the last axis of ``logits``) from ``softmax(logits)`` with the
+    Gumbel-max trick, ``argmax(logits + g)``, and returns its exact value from ``table`` with the
+    gradient of ``gumbel_straight_through``. ``seed`` is a ``keras.random.SeedGenerator`` (or an
+    int).
+
+    Examples:
+        >>> table = ops.convert_to_tensor([-1.0, 1.0])
+        >>> logits = ops.convert_to_tensor([[-50.0, 50.0], [50.0, -50.0]])  # all but certain
+        >>> ops.convert_to_numpy(gumbel_sample(logits, table, 1.0, seed=0)).tolist()
+        [1.0, -1.0]
+    """
+    dtype = keras.backend.standardize_dtype(logits.dtype)
+    info = np.finfo(dtype)
+    uniform = keras.random.uniform(
+        ops.shape(logits), minval=float(info.tiny), maxval=1.0, dtype=dtype, seed=seed
+    )
+    return gumbel_straight_through(logits - ops.log(-ops.log(uniform)), table, temperature)
+
+
+def gumbel_straight_through(noisy: Tensor, table: Tensor, temperature: float) -> Tensor:
+    """The value of the largest of the ``noisy`` logits (ties up), with the gradient of the
+    expected value ``E = sum_j softmax(noisy / temperature)_j v_j``.
+
+    In closed form ``dE/dy_i = s_i (v_i - E) / temperature``, as PyTorch's
+    ``gumbel_expectation_grad``; its non-finite entries are set to 0 (one would make its
+    logits NaN for good under Adam).
+
+    Examples:
+        >>> table = ops.convert_to_tensor([-1.0, 1.0])
+        >>> noisy = ops.convert_to_tensor([[0.0, 0.0], [2.0, 1.0]])
+        >>> ops.convert_to_numpy(gumbel_straight_through(noisy, table, 1.0)).tolist()
+        [1.0, -1.0]
+    """
+
+    @ops.custom_gradient  # type: ignore[untyped-decorator]
+    def forward(y: Tensor) -> tuple[Tensor, Callable[..., Tensor]]:
+        def grad(*args: Tensor, upstream: Tensor | None = None) -> Tensor:
+            # TensorFlow and JAX pass the upstream gradient positionally, torch by keyword.
+            if upstream is None:
+                (upstream,) = args
+            probs = ops.softmax(y / temperature, axis=-1)
+            expectation = ops.sum(probs * table, axis=-1, keepdims=True)
+            dy = ops.expand_dims(upstream, -1) * probs * (table - expectation) / temperature
+            return ops.where(ops.isfinite(dy), dy, ops.zeros_like(dy))
+
+        return ops.take(table, argmax_ties_up(y)), grad
+
+    return forward(noisy)
+
+
 def straight_through(
     latent: Tensor, hard: Tensor, surrogate: Surrogate, scale: float, bound: float
 ) -> Tensor:

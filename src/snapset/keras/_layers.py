@@ -22,6 +22,7 @@ from ._methods import (
     exact_numpy,
     harden_variable,
     method_of,
+    release,
 )
 
 ValuesLike = ValueSet | Sequence[float]
@@ -33,14 +34,16 @@ class SetLayer(keras.Layer):
     Each constrained weight ``name`` has one stored variable, and a method object
     ([`snapset.keras.METHODS`][]) that says what it stores and how it becomes
     exact values: for ``ste`` and ``stochastic`` a float latent ``u`` named ``<name>_latent``, on
-    the scale where the set's range is ``[-latent_range, latent_range]``; for ``flip`` the set
-    values themselves, named ``<name>``. ``exact_weights`` reads the values the layer computes with;
-    ``harden`` bakes them into the stored variables and removes the constraints.
+    the scale where the set's range is ``[-latent_range, latent_range]``; for ``gumbel`` logits
+    (times ``latent_range``) with one more axis, over the set, named ``<name>_logits``; for
+    ``flip`` the set values themselves, named ``<name>``. ``exact_weights`` reads the values the
+    layer computes with; ``harden`` bakes them into plain variables and removes the constraints.
 
     The maths is that of the PyTorch front ([`snapset.torch.constrain`][]):
     nearest value with ties to the larger value, the straight-through gradient shaped by
     ``estimator`` (``"inward"``, ``"clip"`` or ``"identity"``), stochastic rounding between
-    neighbours while training, and ``init="spread"`` (every value used by the same share of entries)
+    neighbours while training, Gumbel-softmax sampling at ``temperature`` for ``gumbel``, and
+    ``init="spread"`` (every value used by the same share of entries)
     or ``"nearest"``. ``method=None`` means no constraint, what ``harden`` leaves: the weights are
     plain variables, drawn by their initializer and used as they are.
 
@@ -69,12 +72,18 @@ class SetLayer(keras.Layer):
         *,
         estimator: str | None = None,
         latent_range: float | None = None,
+        temperature: float | None = None,
         init: str = "spread",
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         value_set = ValueSet(values)
-        given = {"estimator": estimator, "latent_range": latent_range, "seed": seed}
+        given = {
+            "estimator": estimator,
+            "latent_range": latent_range,
+            "temperature": temperature,
+            "seed": seed,
+        }
         if method is None:
             _refuse_options(given)
         #: The method's options, defaults filled in (what ``get_config`` saves).
@@ -101,8 +110,8 @@ class SetLayer(keras.Layer):
         """Create the stored variable of weight ``name``; its values come from ``values``.
 
         ``initializer`` draws the starting point, which ``init`` then maps onto the set. Returns
-        the variable (the latent for ``ste`` and ``stochastic``; with ``method=None``, a plain
-        variable drawn by ``initializer``).
+        the variable (the latent for ``ste`` and ``stochastic``, the logits for ``gumbel``; with
+        ``method=None``, a plain variable drawn by ``initializer``).
         """
         vs = values if values is not None else self.values
         vs.tables(self.compute_dtype)  # the values must survive the cast to the compute dtype
@@ -112,11 +121,14 @@ class SetLayer(keras.Layer):
         else:
             method = METHODS[self.method](vs, self.variable_dtype, name, **self.options)
 
-            def start(shape: tuple[int, ...], dtype: Any = None) -> Tensor:
-                # In keras.ops: Keras may run this while build() is traced.
+            def start(stored_shape: tuple[int, ...], dtype: Any = None) -> Tensor:
+                # In keras.ops: Keras may run this while build() is traced. The draw has the
+                # weight's shape (its fans), not the stored one.
                 return method.start(ops.cast(base(shape, dtype=dtype), dtype), self.init)
 
-            variable = self.add_weight(name=method.stored_name, shape=shape, initializer=start)
+            variable = self.add_weight(
+                name=method.stored_name, shape=method.stored_shape(shape), initializer=start
+            )
             attach(variable, method)
         self._set_weights[name] = variable
         return variable
@@ -186,10 +198,39 @@ class SetLayer(keras.Layer):
         """
         for variable in self._set_weights.values():
             checked_numpy(variable)  # all of them, before any changes
-        for variable in self._set_weights.values():
-            harden_variable(variable)
+        for name, variable in self._set_weights.items():
+            method = method_of(variable)
+            if method is not None and method.value_shape(variable.shape) != variable.shape:
+                self._set_weights[name] = self._replace(variable, method.hard(variable))
+                release(variable)
+            else:
+                harden_variable(variable)
         self.method = None
         self.options = {}
+
+    def _replace(self, old: Any, values: Tensor) -> Any:
+        """A plain variable holding ``values`` in place of ``old`` (whose shape differs), at
+        ``old``'s position among the layer's variables: the order a ``method=None`` layer of the
+        same config builds, which ``save`` and ``get_weights`` follow."""
+        store = self._trainable_variables if old.trainable else self._non_trainable_variables
+        position = next(i for i, v in enumerate(store) if v is old)
+        self._untrack_variable(old)
+        locked = self._tracker.locked  # a built layer locks its tracker; add_weight needs it open
+        self._tracker.unlock()
+        try:
+            new = self.add_weight(
+                name=method_of(old).weight,  # type: ignore[union-attr]
+                shape=tuple(values.shape),
+                initializer="zeros",
+                dtype=old.dtype,
+                trainable=old.trainable,
+            )
+        finally:
+            if locked:
+                self._tracker.lock()
+        store.insert(position, store.pop())  # add_weight appended it
+        new.assign(values)
+        return new
 
     # ----- saving and loading -------------------------------------------------------------------
 
@@ -327,7 +368,7 @@ class Multiplier(SetLayer):
 
     The forum's ``LearnableMultiplier``, done right: ``w`` has one entry per feature (the
     input's last axis), always an exact member of ``values``, trained through ``method``
-    (``"ste"``, ``"stochastic"`` or ``"flip"``; see ``SetLayer`` for the options).
+    (``"ste"``, ``"stochastic"``, ``"gumbel"`` or ``"flip"``; see ``SetLayer`` for the options).
 
     Examples:
         >>> import numpy as np, snapset.keras as sk

@@ -28,6 +28,7 @@ from .._spec import (
     NamedMethod,
     OutsideSetError,
     flip_step_refused,
+    gumbel_logit_scale,
     method_options,
     nonfinite_stored_message,
     outside_set_error,
@@ -63,8 +64,18 @@ class Method(NamedMethod):
 
     @property
     def stored_name(self) -> str:
-        """The stored variable's name: the weight's, with ``_latent`` for a latent."""
-        return self.weight if self.stores == "values" else f"{self.weight}_latent"
+        """The stored variable's name: the weight's, with ``_latent`` for a latent and
+        ``_logits`` for logits."""
+        return self.weight if self.stores == "values" else f"{self.weight}_{self.stores}"
+
+    def stored_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The stored variable's shape for a weight of ``shape`` (``gumbel`` adds an axis)."""
+        return shape
+
+    def value_shape(self, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The weight's shape for a stored variable of ``stored_shape``: what ``harden``
+        leaves."""
+        return stored_shape
 
     def start(self, drawn: Tensor, init: str) -> Tensor:
         """What to store for a freshly drawn tensor: ``init`` (``"spread"`` or ``"nearest"``,
@@ -117,8 +128,9 @@ ValueSet([-1, 1]) (for example 0.3). Fix.
             example, count = float(str(held[bad].reshape(-1)[0])), int(bad.sum())
             if self.stores == "values":
                 raise outside_set_error(f"flip variable {where}", self.values, count, example, fix)
+            stored = f"{self.stores} variable {where}"
             raise OutsideSetError(
-                f"{nonfinite_stored_message(f'latent variable {where}', count, 'latent')} "
+                f"{nonfinite_stored_message(stored, count, self.stores)} "
                 f"(For example {example!r}.) {fix}"
             )
 
@@ -158,7 +170,11 @@ class _Latent(Method):
         return F.codes(ops.convert_to_tensor(stored), self._tensor(self.tables.thresholds))
 
     def outside(self, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-        return ~np.isfinite(stored.astype(np.float64))
+        return _nonfinite(stored)
+
+
+def _nonfinite(stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    return ~np.isfinite(stored.astype(np.float64))
 
 
 class STE(_Latent):
@@ -215,6 +231,62 @@ class StochasticRounding(_Latent):
         return F.stochastic_round(latent, levels, table, seed_generator)
 
 
+class GumbelSoftmax(Method):
+    r"""A categorical distribution over the set for every entry, trained by Gumbel-softmax.
+
+    Stores ``u = logits * r`` of shape ``(*shape, len(values))``, with ``r = latent_range``
+    (default 0.1, as for ``STE``: the same learning rate suits every method). While training,
+    each entry draws ``j = argmax(logits + g)`` with Gumbel noise ``g`` (from the layer's
+    ``seed_generator``) and takes the exact value ``v_j``; the gradient is that of
+    ``E = sum_j softmax((logits + g) / tau)_j v_j``, with non-finite entries set to 0. In
+    inference the entry takes the value of its largest logit (ties go to the larger value). An
+    assigned value ``w`` is stored as ``-GUMBEL_SHARPNESS * ((w - v_j) / half_range)^2 * r``
+    (``snapset._spec``). Anneal ``temperature`` (tau) with
+    [`snapset.keras.set_temperature`][]. The maths of [`snapset.torch.GumbelSoftmax`][]; Jang
+    et al., 2017, "Categorical Reparameterization with Gumbel-Softmax"; Maddison et al., 2017,
+    "The Concrete Distribution".
+
+    Examples:
+        >>> import snapset
+        >>> gumbel = GumbelSoftmax(snapset.Ternary(), "float32", "kernel")
+        >>> gumbel.stored_name, gumbel.stored_shape((4, 2)), gumbel.value_shape((4, 2, 3))
+        ('kernel_logits', (4, 2, 3), (4, 2))
+        >>> u = ops.convert_to_tensor([[0.3, 0.1, 0.0], [0.0, 0.2, 0.2]])
+        >>> ops.convert_to_numpy(gumbel.hard(u)).tolist()  # the largest logit, ties go up
+        [-1.0, 1.0]
+    """
+
+    spec = SPECS["gumbel"]
+
+    def stored_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*shape, len(self.values))
+
+    def value_shape(self, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(stored_shape[:-1])
+
+    def right_inverse(self, values: Tensor) -> Tensor:
+        """Stored logits peaked at each assigned value (see ``snapset._spec.GUMBEL_SHARPNESS``)."""
+        table = self._tensor(self.tables.values)
+        scale = gumbel_logit_scale(self.values.half_range, self.options["latent_range"])
+        return ops.square(ops.expand_dims(values, -1) - table) * self._tensor(scale)
+
+    def value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+        if not training:
+            return self.hard(stored)
+        logits = ops.convert_to_tensor(stored) / self.options["latent_range"]
+        table = self._tensor(self.tables.values)
+        return F.gumbel_sample(logits, table, self.options["temperature"], seed_generator)
+
+    def hard(self, stored: Tensor) -> Tensor:
+        return self.decode(self.codes(stored))
+
+    def codes(self, stored: Tensor) -> Tensor:
+        return F.argmax_ties_up(ops.convert_to_tensor(stored))
+
+    def outside(self, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        return _nonfinite(stored)
+
+
 class Flip(Method):
     """No latent weight: the stored variable *is* the set value, moved only by a flip optimizer.
 
@@ -262,9 +334,9 @@ class Flip(Method):
 
 
 METHODS: Mapping[str, type[Method]] = {
-    cls.spec.name: cls for cls in (STE, StochasticRounding, Flip)
+    cls.spec.name: cls for cls in (STE, StochasticRounding, GumbelSoftmax, Flip)
 }
-"""The methods of the Keras front, by name (``gumbel`` is PyTorch only)."""
+"""The methods of the Keras front, by name (all of snapset's)."""
 
 
 def check_options(method: str, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -295,13 +367,21 @@ def attach(variable: Any, method: Method) -> None:
 
 
 def harden_variable(variable: Any) -> None:
-    """Assign ``variable`` its exact values and remove its constraint: a plain weight remains."""
+    """Assign ``variable`` its exact values and remove its constraint: a plain weight remains.
+
+    Only for a method whose values have the stored shape; a layer replaces a ``gumbel``
+    variable (``SetLayer.harden``) and then ``release``s it."""
     method = method_of(variable)
     if method is not None:
         variable.assign(method.hard(variable))
-        delattr(variable, _RECORD)
-        if isinstance(variable.constraint, FlipGuard):
-            variable.constraint = None
+        release(variable)
+
+
+def release(variable: Any) -> None:
+    """Remove the record of ``variable``'s method and its ``FlipGuard``."""
+    delattr(variable, _RECORD)
+    if isinstance(variable.constraint, FlipGuard):
+        variable.constraint = None
 
 
 def variable_path(variable: Any) -> str:

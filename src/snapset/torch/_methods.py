@@ -33,6 +33,7 @@ from .._spec import (
     MethodSpec,
     NamedMethod,
     check_temperature,
+    gumbel_logit_scale,
     nonfinite_gradient_message,
     nonfinite_stored_message,
     outside_set_error,
@@ -322,9 +323,6 @@ class GumbelSoftmax(_NonfiniteGradients, Constraint):
     """
 
     spec = SPECS["gumbel"]
-    #: Logits of an assigned value ``w``: ``-SHARPNESS * ((w - v_j) / half_range)^2``, so a
-    #: member of ``{-1, 1}`` starts with a logit lead of 2 (a sample agrees about 80% of the time).
-    SHARPNESS = 0.5
 
     def __init__(
         self,
@@ -360,9 +358,12 @@ class GumbelSoftmax(_NonfiniteGradients, Constraint):
         return self.hard(stored)
 
     def right_inverse(self, value: Tensor) -> Tensor:
-        """Stored logits peaked at each assigned value (see ``SHARPNESS``)."""
-        distance = (value.unsqueeze(-1) - self.table) / self.values.half_range
-        return distance.square().mul_(-self.SHARPNESS * self.latent_range)
+        """Stored logits peaked at each assigned value: ``(w - v_j)^2`` times the core's
+        ``gumbel_logit_scale`` (``-GUMBEL_SHARPNESS * r / half_range^2``), so that a member of
+        ``{-1, 1}`` starts with a logit lead of 2 (a sample agrees about 80% of the time) and
+        both fronts store the same numbers."""
+        scale = gumbel_logit_scale(self.values.half_range, self.latent_range)
+        return (value.unsqueeze(-1) - self.table).square_().mul_(scale)
 
     def value_shape(self, stored_shape: torch.Size) -> torch.Size:
         """The stored shape without its last axis, which runs over the set."""
