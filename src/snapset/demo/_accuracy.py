@@ -18,8 +18,7 @@ from typing import Any
 from ._data import Split, datasets
 from ._machine import machine_line
 from ._models import SET_LABELS, build
-from ._paths import unusable
-from ._requirements import missing
+from ._requirements import refusal
 from ._train import Recipe, one_thread, size_text, train
 
 PAPER_FLOAT = {"logistic": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0.91, "human": 0.96}
@@ -209,15 +208,11 @@ def run_accuracy(
         snapset bench accuracy writes a markdown file; ... is a folder: pass another --out
         2
     """
-    absent = missing("bench accuracy")
-    if absent:
-        echo(absent)
-        return 1
     path = Path(out)
-    problem = unusable(path, folder=False)
-    if problem:
-        echo(f"snapset bench accuracy writes a markdown file; {path} {problem}: pass another --out")
-        return 2
+    status, why = refusal("bench accuracy", path)
+    if status:
+        echo(why)
+        return status
     seed_list, recipe = accuracy_plan(seeds, quick)
     with one_thread():
         started = time.perf_counter()

@@ -19,9 +19,8 @@ import snapset.torch as st
 from . import _forum as forum
 from ._data import mnist1d
 from ._models import FOUR_VALUES, SET_LABELS, build
-from ._paths import unusable
 from ._plots import plot_demo
-from ._requirements import missing
+from ._requirements import refusal
 from ._train import Recipe, fit_bop, one_thread, size_text, train
 
 Echo = Callable[[str], Any]
@@ -59,15 +58,11 @@ def run_demo(
         snapset demo writes its plots to a folder; .../plots is a file: pass another --out
         2
     """
-    absent = missing("demo")
-    if absent:
-        echo(absent)
-        return 1
     folder = Path(out)
-    problem = unusable(folder, folder=True)
-    if problem:
-        echo(f"snapset demo writes its plots to a folder; {folder} {problem}: pass another --out")
-        return 2
+    status, why = refusal("demo", folder)
+    if status:
+        echo(why)
+        return status
     with one_thread():
         started = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
