@@ -26,8 +26,11 @@ def _compiled(kernel: KernelT) -> KernelT:
 
 
 def _ctpop(typingctx: Any, word: Any) -> Any:
-    """LLVM's ctpop on a byte (VPOPCNTB once vectorised)."""
-    signature = types.uint8(types.uint8)
+    """LLVM's ctpop on an unsigned integer of any width: a byte here (VPOPCNTB once
+    vectorised), a 64-bit word in ``snapset.gf2``'s kernels (POPCNT)."""
+    if word not in types.unsigned_domain:
+        return None
+    signature = word(word)
 
     def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
         return builder.ctpop(args[0])
@@ -35,7 +38,7 @@ def _ctpop(typingctx: Any, word: Any) -> Any:
     return signature, codegen
 
 
-_popcount: Callable[[Any], int] = cast(Any, intrinsic(_ctpop))
+popcount: Callable[[Any], int] = cast(Any, intrinsic(_ctpop))
 
 
 @_compiled
@@ -152,14 +155,14 @@ def xnor(x_bytes: Any, codes: Any, counts: Any) -> None:
                 )
                 c0, c1, c2, c3 = codes[j], codes[j + 1], codes[j + 2], codes[j + 3]
                 for o in range(n):
-                    partial[o] += (_popcount(b0 ^ c0[o]) + _popcount(b1 ^ c1[o])) + (
-                        _popcount(b2 ^ c2[o]) + _popcount(b3 ^ c3[o])
+                    partial[o] += (popcount(b0 ^ c0[o]) + popcount(b1 ^ c1[o])) + (
+                        popcount(b2 ^ c2[o]) + popcount(b3 ^ c3[o])
                     )
                 j += 4
             while j < stop:
                 b, c = x_bytes[r, j], codes[j]
                 for o in range(n):
-                    partial[o] += _popcount(b ^ c[o])
+                    partial[o] += popcount(b ^ c[o])
                 j += 1
             for o in range(n):
                 count[o] += partial[o]

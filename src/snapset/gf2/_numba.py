@@ -13,8 +13,8 @@ from typing import Any, TypeVar, cast
 
 import numba
 import numpy as np
-from numba import types
-from numba.extending import intrinsic
+
+from .._kernels._numba import popcount
 
 KernelT = TypeVar("KernelT", bound=Callable[..., Any])
 
@@ -27,19 +27,6 @@ _CHUNK = 16
 def _compiled(kernel: KernelT) -> KernelT:
     """numba's ``njit`` with the options every kernel here uses (the cache comes later)."""
     return cast(KernelT, numba.njit(nogil=True, error_model="numpy")(kernel))
-
-
-def _ctpop(typingctx: Any, word: Any) -> Any:
-    """LLVM's ctpop on a 64-bit word (POPCNT)."""
-    signature = types.uint64(types.uint64)
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        return builder.ctpop(args[0])
-
-    return signature, codegen
-
-
-_popcount: Callable[[Any], int] = cast(Any, intrinsic(_ctpop))
 
 
 @_compiled
@@ -192,7 +179,7 @@ def lightest(pivots: Any, residuals: Any, p: int, weights: Any, picks: Any) -> N
         best = weights[o]
         weight = 0
         for c in range(nwords):
-            weight += _popcount(s[c])
+            weight += popcount(s[c])
         if weight < best:
             best = weight
             picks[o, 0] = -1
@@ -202,7 +189,7 @@ def lightest(pivots: Any, residuals: Any, p: int, weights: Any, picks: Any) -> N
                 weight = 0
                 for c in range(nwords):
                     partial[c] = s[c] ^ pivots[i, c]
-                    weight += _popcount(partial[c])
+                    weight += popcount(partial[c])
                 if weight < best:
                     best = weight
                     picks[o, 0] = i
@@ -211,7 +198,7 @@ def lightest(pivots: Any, residuals: Any, p: int, weights: Any, picks: Any) -> N
                     for j in range(i + 1, r):
                         weight = 0
                         for c in range(nwords):
-                            weight += _popcount(partial[c] ^ pivots[j, c])
+                            weight += popcount(partial[c] ^ pivots[j, c])
                         if weight < best:
                             best = weight
                             picks[o, 0] = i
@@ -227,4 +214,4 @@ def and_parity(x: Any, w: Any, out: Any) -> None:
             acc = np.uint64(0)
             for c in range(x.shape[1]):
                 acc ^= x[i, c] & w[j, c]
-            out[i, j] = _popcount(acc) & 1
+            out[i, j] = popcount(acc) & 1
