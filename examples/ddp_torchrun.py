@@ -10,6 +10,7 @@ replicas stay identical, and every constrained value stays in its set.
 
 import os
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -91,6 +92,10 @@ def spawned(rank: int, world_size: int, port: int) -> None:
     )
     torch.set_num_threads(1)  # two processes share the machine's cores
     main()
+    # A spawned process would now run the interpreter's teardown, where gloo's threads may
+    # still free tensors and wait for the GIL (torch 2.13): everything is done, so leave now.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
