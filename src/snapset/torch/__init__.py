@@ -30,6 +30,7 @@ from ._methods import STE as STE
 from ._methods import Constraint as Constraint
 from ._methods import Flip as Flip
 from ._methods import GumbelSoftmax as GumbelSoftmax
+from ._methods import Scale as Scale
 from ._methods import StochasticRounding as StochasticRounding
 from ._plot import plot_training as plot_training
 from .export import PackedConv as PackedConv
@@ -63,6 +64,7 @@ __all__ = [
     "PackedLinear",
     "PackingReport",
     "ParamGroups",
+    "Scale",
     "SnapsetFileError",
     "StochasticRounding",
     "Summary",

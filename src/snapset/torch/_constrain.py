@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._scales import Scaling
 from .._sets import ValueSet
 from .._spec import OutsideSetError, check_init, check_temperature, method_options
-from ._methods import METHODS, Constraint
+from ._methods import METHODS, Constraint, Scale
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 FilterFn = Callable[[nn.Module, str], bool]
@@ -40,6 +41,8 @@ def constrain(
     temperature: float | None = None,
     latent_range: float | None = None,
     init: str = "spread",
+    scale: str | int | None = None,
+    scale_mode: str | None = None,
 ) -> ModuleT:
     """Restrict ``module.<name>`` to the values of a set; return ``module``.
 
@@ -63,6 +66,15 @@ def constrain(
     value is used by the same share of entries; ``"nearest"`` keeps their values, which suits a
     tensor already on the set's scale (pretrained weights, or values you assigned).
 
+    ``scale`` makes it a scaled set, ``w = alpha * v`` with ``v`` exact members of ``values``
+    and ``alpha`` a positive float: one for the tensor (``"tensor"``), one per output channel
+    (``"channel"``), or one per ``g`` entries along the input axis (an int ``g``).
+    ``scale_mode`` says where ``alpha`` comes from: ``"learned"`` (the default; a parameter
+    that starts at the weight's ``absmean`` and that a gradient optimizer trains) or a
+    statistic of the float weight recomputed at every forward, ``"absmean"`` (BitNet b1.58)
+    or ``"absmax"`` (``ste`` and ``stochastic`` only; the latent is then the float weight
+    itself and ``init`` does not apply). See [`Scale`][snapset.torch.Scale].
+
     Raises ``ValueError`` or ``TypeError`` naming the problem, with the module left untouched.
     A parameter that ``module`` holds twice, or that is the stored tensor of another
     constraint (tied weights), is refused: constraining it would let the other holder compute
@@ -76,10 +88,12 @@ def constrain(
         [-1.0, 0.0, 1.0]
     """
     options = _options(method, init, estimator, temperature, latent_range)
+    scaling = Scaling.of(scale, scale_mode, method=method)
     value_set = ValueSet(values)
     param = _constrainable_parameter(module, name)
     _refuse_tied(module, {(id(module), name): name}, "constrain")
-    register(module, name, METHODS[method](value_set, param, **options), init)
+    constraint = METHODS[method](value_set, param, **options).scaled(scaling, param)
+    register(module, name, constraint, init)
     return module
 
 
@@ -94,6 +108,8 @@ def constrain_(
     temperature: float | None = None,
     latent_range: float | None = None,
     init: str = "spread",
+    scale: str | int | None = None,
+    scale_mode: str | None = None,
 ) -> ModuleT:
     """Constrain the ``weight`` of every chosen submodule of ``model``, in place; return it.
 
@@ -115,6 +131,7 @@ def constrain_(
         ['0.weight']
     """
     options = _options(method, init, estimator, temperature, latent_range)
+    scaling = Scaling.of(scale, scale_mode, method=method)
     value_set = ValueSet(values)
     plan = []
     for qualified_name, module in model.named_modules():
@@ -126,7 +143,7 @@ def constrain_(
             continue
         try:
             param = _constrainable_parameter(module, "weight")
-            constraint = METHODS[method](value_set, param, **options)
+            constraint = METHODS[method](value_set, param, **options).scaled(scaling, param)
         except (ValueError, TypeError) as error:
             where = f"'{qualified_name}'" if qualified_name else "the model itself"
             raise type(error)(f"constrain_ chose {where}: {error}") from None
@@ -166,14 +183,19 @@ def harden_(model: ModuleT) -> ModuleT:
     for record in records:
         module, name, stored = record.module, record.tensor_name, record.stored
         stack = _stack(module, name)
-        hard = record.constraint.hard(stored).detach().clone()
+        constraint = record.constraint
+        hard = constraint.value(stored).detach().clone()
+        alpha = constraint.scales(stored)
+        scales = (
+            None if alpha is None or constraint.scale is None else (constraint.scale, alpha.clone())
+        )
         if stored.grad is not None and stored.grad.shape != hard.shape:
             stored.grad = None
         with torch.no_grad():
             # set_ keeps the Parameter object (and optimizers' references to it) while its
             # storage and, for logits, its shape change to those of the exact values.
             stored.set_(hard)  # type: ignore[call-overload]
-        mark_hardened(stored, record.constraint.values)
+        mark_hardened(stored, constraint.values, scales)
         # the record would point at nothing now, and a weak reference does not pickle
         vars(stored).pop(_OWNER, None)
         if len(stack) > 1:
@@ -184,7 +206,7 @@ def harden_(model: ModuleT) -> ModuleT:
         if not record.constraint.trainable_when_hard:
             del module._parameters[name]
             module.register_buffer(name, hard)
-            mark_hardened(hard, record.constraint.values)
+            mark_hardened(hard, constraint.values, scales)
     for module in model.modules():
         if next(constrained_tensors(module), None) is None:
             _unwatch_loads(module)
@@ -220,11 +242,13 @@ def check_values(model: nn.Module) -> None:
 # harden_ marks each tensor it makes plain with its set, so that files and summaries still
 # know it (a hardened model is what users save); the mark travels with the tensor object.
 _HARDENED = "_snapset_hardened"
+_HARDENED_SCALE = "_snapset_hardened_scale"
 
 
 def hardened_values(tensor: Tensor) -> ValueSet | None:
-    """The set whose members ``harden_`` left in ``tensor``, or None if ``harden_`` did not
-    make it. The mark says what the values were when hardened; a reader checks them.
+    """The set whose members (times its scales, for a scaled set: see ``hardened_scales``)
+    ``harden_`` left in ``tensor``, or None if ``harden_`` did not make it. The mark says what
+    the values were when hardened; a reader checks them.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -235,9 +259,27 @@ def hardened_values(tensor: Tensor) -> ValueSet | None:
     return cast(ValueSet | None, getattr(tensor, _HARDENED, None))
 
 
-def mark_hardened(tensor: Tensor, values: ValueSet | None) -> None:
+def hardened_scales(tensor: Tensor) -> tuple[Scale, Tensor] | None:
+    """The scale (its layout and mode) and the scales ``alpha`` of a tensor that ``harden_``
+    made from a scaled set, which then holds ``scale.expand(members, alpha)``; None for an
+    unscaled or unmarked tensor.
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), scale="channel")
+        >>> scale, alpha = hardened_scales(st.harden_(layer).weight)
+        >>> alpha.shape, scale.scaling.granularity
+        (torch.Size([2, 1]), 'channel')
+    """
+    return cast(tuple[Scale, Tensor] | None, getattr(tensor, _HARDENED_SCALE, None))
+
+
+def mark_hardened(
+    tensor: Tensor, values: ValueSet | None, scales: tuple[Scale, Tensor] | None = None
+) -> None:
     """Mark ``tensor`` as holding members of ``values``, as ``harden_`` does (a loaded file
-    does too); ``None`` removes a mark.
+    does too), times ``scales`` (a scale and its ``alpha``) for a scaled set; ``None``
+    removes a mark.
 
     Examples:
         >>> import torch, snapset
@@ -247,10 +289,14 @@ def mark_hardened(tensor: Tensor, values: ValueSet | None) -> None:
         >>> mark_hardened(weight, None); hardened_values(weight) is None
         True
     """
-    if values is not None:
-        setattr(tensor, _HARDENED, values)
-    elif hasattr(tensor, _HARDENED):
-        delattr(tensor, _HARDENED)
+    for name in (_HARDENED, _HARDENED_SCALE):
+        if hasattr(tensor, name):
+            delattr(tensor, name)
+    if values is None:
+        return
+    setattr(tensor, _HARDENED, values)
+    if scales is not None:
+        setattr(tensor, _HARDENED_SCALE, scales)
 
 
 def _own_class(module: nn.Module) -> None:
@@ -367,10 +413,8 @@ def register(module: nn.Module, name: str, constraint: Constraint, init: str = "
     # The parametrization stores right_inverse(param); hand it the starting values.
     before = param.detach().clone()
     try:
-        if init == "spread":
-            start = constraint.values.spread(param.detach().cpu().double().numpy())
-            with torch.no_grad():
-                param.copy_(torch.from_numpy(start))
+        with torch.no_grad():
+            param.copy_(constraint.start(param.detach(), init))
         parametrize.register_parametrization(module, name, constraint)
     except BaseException:
         with torch.no_grad():

@@ -4,15 +4,23 @@ Each method is a small ``nn.Module`` registered with ``torch.nn.utils.parametriz
 one answers the same protocol, so that nothing else in the front needs to know which method
 it holds:
 
-* ``method``, ``stores`` (its ``MethodSpec``) and ``values``;
-* ``forward(stored)``: the exact values the parameter shows (in training, perhaps drawn at
-  random), with the gradient the method sends to the stored tensor;
-* ``hard(stored)``: the deterministic exact values (eval mode, ``harden_``, ``save``);
+* ``method``, ``stores`` (its ``MethodSpec``), ``values`` and ``scale`` (for a scaled set
+  ``w = alpha * v``, a [`Scale`][snapset.torch.Scale]; else None);
+* ``forward(stored)``: the values the parameter shows (in training, perhaps drawn at
+  random), ``alpha * v`` with ``v`` exact members, with the gradient the method sends to the
+  stored tensor (and to a learned ``alpha``);
+* ``hard(stored)``: the deterministic exact members ``v`` (eval mode, ``save``, ``pack``);
+  ``scales(stored)``: their ``alpha`` (None when unscaled); ``value(stored)``: the two
+  multiplied, what eval mode and ``harden_`` show;
 * ``codes(stored, out=None)``: the index into the sorted set of each entry's hard value, in
   the narrowest dtype (a bool for two values, a byte up to 256);
 * ``right_inverse(value)``: the stored tensor that shows ``value``;
 * ``value_shape(stored_shape)``: the shape of the values (``gumbel`` stores one more axis);
 * ``trainable_when_hard``: whether ``harden_`` leaves the exact values in a parameter.
+
+A method class implements the unscaled map from what it reads (the stored tensor, or for a
+statistic scale the stored float weight divided by its scale) to the set: ``show``, ``_hard``,
+``_codes`` and ``_right_inverse``; the base class adds the scale around them, once for all.
 """
 
 from __future__ import annotations
@@ -25,6 +33,13 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from .._scales import (
+    STATISTIC_FLOOR,
+    ScaleLayout,
+    Scaling,
+    bad_scale_message,
+    scale_unit,
+)
 from .._sets import Binary, Tables, ValueSet
 from .._spec import (
     ESTIMATORS,
@@ -48,8 +63,100 @@ __all__ = [
     "Flip",
     "GF2Weight",
     "GumbelSoftmax",
+    "Scale",
     "StochasticRounding",
 ]
+
+
+class Scale(nn.Module):
+    r"""The scale of a scaled set: a weight shows ``w = alpha * v``, ``v`` exact members.
+
+    ``alpha`` is one float per group of entries that ``scaling`` (a core
+    ``snapset._scales.Scaling``) chooses: the whole tensor, each output channel (axis 0), or
+    each run of ``g`` entries along the input axis (axis 1). Where it comes from:
+
+    * ``learned``: the parameter ``alpha``, which starts at the ``absmean`` statistic of the
+      weight it was made from and is trained by a gradient optimizer (for ``flip`` too: Bop
+      moves the codes, ``param_groups`` puts ``alpha`` among the other parameters);
+    * ``absmean`` / ``absmax``: ``mean|W|`` or ``max|W|`` of the stored float weight per group,
+      divided by the set's unit (``snapset._scales.scale_unit``) and floored at 1e-5,
+      recomputed at every forward without a gradient (BitNet b1.58's ``absmean``). The method
+      then reads ``W / alpha`` on its latent scale, so the gradient reaches ``W`` straight
+      through.
+
+    The product ``alpha * v`` is one multiplication an entry, in the parameter's dtype.
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), scale="channel")
+        >>> scale = layer.parametrizations.weight[0].scale
+        >>> scale.alpha.shape, scale
+        (torch.Size([2, 1]), Scale(granularity='channel', mode='learned'))
+    """
+
+    alpha: nn.Parameter | None
+
+    def __init__(self, scaling: Scaling, values: ValueSet, weight: Tensor) -> None:
+        super().__init__()
+        self.scaling = scaling
+        self.values = values
+        self.layout: ScaleLayout = scaling.layout(
+            tuple(weight.shape), 0, 1 if weight.dim() >= 2 else None
+        )
+        self.unit = scale_unit(values)
+        start = self.statistic(weight, "absmean") if scaling.learned else None
+        self.alpha = None if start is None else nn.Parameter(start)
+        self._trusted: tuple[torch.dtype, int, int] | None = None
+
+    def statistic(self, weight: Tensor, mode: str | None = None) -> Tensor:
+        """``mode`` (default: this scale's) of ``weight`` per group, without gradient."""
+        layout = self.layout
+        grouped = weight.detach().abs().reshape(layout.grouped)
+        if (mode or self.scaling.mode) == "absmax":
+            stat = grouped.amax(layout.reduce_axes, keepdim=True)
+        else:
+            stat = grouped.mean(layout.reduce_axes, keepdim=True)
+        return stat.div_(self.unit).clamp_min_(STATISTIC_FLOOR).reshape(layout.scale_shape)
+
+    def scales(self, stored: Tensor) -> Tensor:
+        """The scales (shape ``layout.scale_shape``): ``alpha``, or the statistic of
+        ``stored``; a learned one is checked first (see ``check``)."""
+        if self.alpha is None:
+            return self.statistic(stored)
+        if not torch.compiler.is_compiling():
+            self.check()
+        return self.alpha
+
+    def expand(self, members: Tensor, alpha: Tensor) -> Tensor:
+        """``alpha * members``, each scale times the entries of its group."""
+        layout = self.layout
+        grouped = members.reshape(layout.grouped) * alpha.reshape(layout.grouped_scale)
+        return grouped.reshape(layout.shape)
+
+    def divide(self, weight: Tensor, alpha: Tensor) -> Tensor:
+        """``weight / alpha``, each entry by its group's scale."""
+        layout = self.layout
+        grouped = weight.reshape(layout.grouped) / alpha.reshape(layout.grouped_scale)
+        return grouped.reshape(layout.shape)
+
+    def check(self, where: str = "the learned scales") -> None:
+        """Raise ``ValueError`` if a learned ``alpha`` holds an entry that is not finite and
+        > 0 (O(1) while nothing wrote it since the last check)."""
+        alpha = self.alpha
+        if alpha is None or _key(alpha) == self._trusted:
+            return
+        with torch.no_grad():
+            bad = ~(alpha.isfinite() & (alpha > 0))
+            if bool(bad.any()):
+                raise ValueError(
+                    f"{bad_scale_message(where, int(bad.sum()), float(alpha[bad][0]))} "
+                    "Load or assign positive scales (snapset clamps what its optimizers' steps "
+                    "would make so)."
+                )
+        self._trusted = _key(alpha)
+
+    def extra_repr(self) -> str:
+        return f"granularity={self.scaling.granularity!r}, mode={self.scaling.mode!r}"
 
 
 class Constraint(NamedMethod, nn.Module):
@@ -74,6 +181,8 @@ class Constraint(NamedMethod, nn.Module):
     trainable_when_hard: ClassVar[bool] = True
     table: Tensor
     midpoints: Tensor
+    #: The scale of a scaled set (``w = alpha * v``), or None for the exact set itself.
+    scale: Scale | None
 
     def __init__(self, values: ValueSet, like: Tensor) -> None:
         super().__init__()
@@ -81,7 +190,87 @@ class Constraint(NamedMethod, nn.Module):
         #: The tensor's name in messages: its name in the module, or its qualified name in the
         #: model when ``constrain_`` made it (``"0.weight"``).
         self.tensor_name = "weight"
+        self.scale = None
         self._build(like.dtype, like.device)
+
+    def scaled(self, scaling: Scaling | None, weight: Tensor) -> Constraint:
+        """Scale this constraint's values as ``scaling`` says (None: leave them unscaled),
+        for a weight like ``weight`` (a learned scale starts at its ``absmean``); return it."""
+        if scaling is not None:
+            self.scale = Scale(scaling, self.values, weight.detach())
+        return self
+
+    @torch.no_grad()
+    def start(self, weight: Tensor, init: str) -> Tensor:
+        """The values to store first for a freshly made ``weight`` (see ``INITS``): spread
+        over the set (``"spread"``) or as they are (``"nearest"``), divided by a learned scale
+        first; a statistic scale keeps the float weight as it is."""
+        if self.scale is not None and self.scale.alpha is None:
+            return weight
+        alpha = self.scales(weight)
+        on_set = weight if alpha is None or self.scale is None else self.scale.divide(weight, alpha)
+        if init == "spread":
+            spread = self.values.spread(on_set.cpu().double().numpy())
+            on_set = torch.from_numpy(spread).to(weight)
+        return on_set if alpha is None or self.scale is None else self.scale.expand(on_set, alpha)
+
+    # ----- the protocol: the scale around each method's own map --------------------------
+
+    def forward(self, stored: Tensor) -> Tensor:
+        """The values the parameter shows: ``alpha * v``, or ``v`` when unscaled."""
+        if self.scale is None:
+            return self.show(stored)
+        alpha = self.scale.scales(stored)
+        return self.scale.expand(self.show(self._reads(stored, alpha)), alpha)
+
+    def hard(self, stored: Tensor) -> Tensor:
+        """The deterministic exact members ``v`` of the set (unscaled)."""
+        return self._hard(self._reads(stored))
+
+    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
+        """Index (into the sorted set) of each entry's ``hard`` value, one byte an entry or
+        less, from the same comparisons that choose the values; ``out``, a tensor of the codes'
+        shape and dtype from an earlier call, is reused when given."""
+        return self._codes(self._reads(stored), out)
+
+    def scales(self, stored: Tensor) -> Tensor | None:
+        """The scales ``alpha`` of the deterministic values, detached (None when unscaled)."""
+        return None if self.scale is None else self.scale.scales(stored).detach()
+
+    def value(self, stored: Tensor) -> Tensor:
+        """The deterministic values the parameter shows: ``alpha * hard`` (what eval mode and
+        ``harden_`` show, bit for bit)."""
+        members = self.hard(stored)
+        alpha = self.scales(stored)
+        return members if alpha is None or self.scale is None else self.scale.expand(members, alpha)
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        """The stored tensor whose values are ``value``: its nearest members of the set
+        (divided by a learned scale first); a statistic scale stores the float weight itself."""
+        if self.scale is None:
+            return self._right_inverse(value)
+        if self.scale.alpha is None:
+            return value
+        return self._right_inverse(self.scale.divide(value, self.scale.alpha.detach()))
+
+    def _reads(self, stored: Tensor, alpha: Tensor | None = None) -> Tensor:
+        """What the method's own map reads: the stored tensor, or, for a statistic scale, the
+        float weight divided by its scale on the method's latent scale."""
+        if self.scale is None or self.scale.alpha is not None:
+            return stored
+        alpha = self.scale.statistic(stored) if alpha is None else alpha
+        return self._latent_of(self.scale.divide(stored, alpha))
+
+    def _latent_of(self, value: Tensor) -> Tensor:
+        """The latent that shows values on the set's own scale (methods with a latent)."""
+        raise NotImplementedError
+
+    # ----- what each method implements ---------------------------------------------------
+
+    def show(self, stored: Tensor) -> Tensor:
+        """The exact members the method shows for what it reads (training: perhaps drawn at
+        random), with its gradient."""
+        raise NotImplementedError
 
     def check(self, stored: Tensor, name: str | None = None) -> None:
         """Raise [`snapset.OutsideSetError`][] if ``stored`` shows values outside the set.
@@ -114,18 +303,13 @@ class Constraint(NamedMethod, nn.Module):
         place, before a gradient optimizer steps it (methods with latents do; see
         [`snapset.torch.optim.refuse_flip_parameters`][])."""
 
-    def hard(self, stored: Tensor) -> Tensor:
-        """The deterministic exact values (what eval mode and ``harden_`` use)."""
+    def _hard(self, stored: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
-        """Index (into the sorted set) of each entry's ``hard`` value, one byte an entry or
-        less, from the same comparisons that choose the values; ``out``, a tensor of the codes'
-        shape and dtype from an earlier call, is reused when given."""
+    def _codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
-    def right_inverse(self, value: Tensor) -> Tensor:
-        """The stored tensor whose ``hard`` values are ``value`` (exact members of the set)."""
+    def _right_inverse(self, value: Tensor) -> Tensor:
         raise NotImplementedError
 
     def value_shape(self, stored_shape: torch.Size) -> torch.Size:
@@ -225,24 +409,27 @@ class _LatentConstraint(_NonfiniteGradients, Constraint):
         self._buffer("levels", tables.levels, dtype, device)
         self._buffer("thresholds", tables.thresholds, dtype, device)
         #: Slope of value against latent: the straight-through derivative inside the range.
-        self.scale = tables.scale
+        self.slope = tables.scale
         steps: Tensor | None = self.table.diff()
         # The fast summed projection is used only where it reproduces every value exactly.
         if not torch.equal(F.nearest(self.levels, self.thresholds, self.table, steps), self.table):
             steps = None
         self.register_buffer("steps", steps, persistent=False)
 
-    def hard(self, stored: Tensor) -> Tensor:
+    def _hard(self, stored: Tensor) -> Tensor:
         return F.nearest(stored, self.thresholds, self.table, self.steps)
 
     @torch.no_grad()
-    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
+    def _codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
         # value j where thresholds[j-1] <= u: the comparisons of hard(), counted
         return F.count_at_least(stored, self.thresholds, out)
 
-    def right_inverse(self, value: Tensor) -> Tensor:
+    def _right_inverse(self, value: Tensor) -> Tensor:
         """Latent of an assigned value: ``(value - centre) / half_range * latent_range``."""
         return (value - self.values.center) * (self.latent_range / self.values.half_range)
+
+    def _latent_of(self, value: Tensor) -> Tensor:
+        return self._right_inverse(value)
 
     def extra_repr(self) -> str:
         return f"{self.values!r}, estimator={self.estimator!r}, latent_range={self.latent_range}"
@@ -273,9 +460,9 @@ class STE(_LatentConstraint):
 
     spec = SPECS["ste"]
 
-    def forward(self, latent: Tensor) -> Tensor:
-        hard = self.hard(latent)
-        return F.straight_through(latent, hard, self.scale, self.latent_range, self.estimator)
+    def show(self, latent: Tensor) -> Tensor:
+        hard = self._hard(latent)
+        return F.straight_through(latent, hard, self.slope, self.latent_range, self.estimator)
 
 
 class StochasticRounding(_LatentConstraint):
@@ -295,12 +482,12 @@ class StochasticRounding(_LatentConstraint):
 
     spec = SPECS["stochastic"]
 
-    def forward(self, latent: Tensor) -> Tensor:
+    def show(self, latent: Tensor) -> Tensor:
         if self.training:
             hard = F.stochastic_round(latent, self.levels, self.table)
         else:
-            hard = self.hard(latent)
-        return F.straight_through(latent, hard, self.scale, self.latent_range, self.estimator)
+            hard = self._hard(latent)
+        return F.straight_through(latent, hard, self.slope, self.latent_range, self.estimator)
 
 
 class GumbelSoftmax(_NonfiniteGradients, Constraint):
@@ -345,19 +532,19 @@ class GumbelSoftmax(_NonfiniteGradients, Constraint):
         check_temperature(value)
         self._temperature = float(value)
 
-    def hard(self, stored: Tensor) -> Tensor:
+    def _hard(self, stored: Tensor) -> Tensor:
         return self.table[F.argmax_ties_up(stored)]
 
     @torch.no_grad()
-    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
+    def _codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
         return F.narrow(F.argmax_ties_up(stored), len(self.values))
 
-    def forward(self, stored: Tensor) -> Tensor:
+    def show(self, stored: Tensor) -> Tensor:
         if self.training:
             return F.gumbel_sample(stored / self.latent_range, self.table, self.temperature)
-        return self.hard(stored)
+        return self._hard(stored)
 
-    def right_inverse(self, value: Tensor) -> Tensor:
+    def _right_inverse(self, value: Tensor) -> Tensor:
         """Stored logits peaked at each assigned value: ``(w - v_j)^2`` times the core's
         ``gumbel_logit_scale`` (``-GUMBEL_SHARPNESS * r / half_range^2``), so that a member of
         ``{-1, 1}`` starts with a logit lead of 2 (a sample agrees about 80% of the time) and
@@ -404,21 +591,21 @@ class Flip(Constraint):
         self._trusted: tuple[torch.dtype, int, int] | None = None
         self._dtypes = [like.dtype]
 
-    def hard(self, stored: Tensor) -> Tensor:
+    def _hard(self, stored: Tensor) -> Tensor:
         return stored
 
     @torch.no_grad()
-    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
+    def _codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
         return F.count_at_least(stored, self.midpoints, out)
 
-    def forward(self, stored: Tensor) -> Tensor:
+    def show(self, stored: Tensor) -> Tensor:
         # Under torch.compile the check would make dynamo guard on the tensor's version and
         # recompile every step; the optimizer hook and the eager consumers check instead.
         if not torch.compiler.is_compiling():
             self.check(stored)
         return stored
 
-    def right_inverse(self, value: Tensor) -> Tensor:
+    def _right_inverse(self, value: Tensor) -> Tensor:
         """The nearest member of the set for each assigned entry (ties go up)."""
         _refuse_nan(value, self.values)
         return self.table[torch.bucketize(value, self.midpoints, right=True)]
@@ -563,17 +750,17 @@ class GF2Weight(Constraint):
     def __init__(self, like: Tensor) -> None:
         super().__init__(Binary(), like)
 
-    def hard(self, stored: Tensor) -> Tensor:
+    def _hard(self, stored: Tensor) -> Tensor:
         return self._bits(stored).to(stored.dtype)
 
     @torch.no_grad()
-    def codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
+    def _codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
         return self._bits(stored, out)
 
-    def forward(self, stored: Tensor) -> Tensor:
-        return self.hard(stored)
+    def show(self, stored: Tensor) -> Tensor:
+        return self._hard(stored)
 
-    def right_inverse(self, value: Tensor) -> Tensor:
+    def _right_inverse(self, value: Tensor) -> Tensor:
         """``+CERTAIN_LOGIT`` where the assigned value is nearer 1 (ties go up), else minus it."""
         _refuse_nan(value, self.values)
         return value.ge(0.5).to(value.dtype).mul_(2 * self.CERTAIN_LOGIT).sub_(self.CERTAIN_LOGIT)
