@@ -4,11 +4,12 @@ Every contender runs in the same process, interleaved round by round so that the
 noise hits all alike; each figure is the median over rounds, and each ratio is against
 float32 ``nn.Linear`` at the same batch size and mode. Writes ``results/overhead.md``.
 
-The last section measures what keeping the values exact costs on the hot path (the optimizer
-guard, the flip check), at the default number of threads and at one; ``--exactness`` runs it
-alone and replaces only that section of the results file.
+The last sections measure what keeping the values exact costs on the hot path (the optimizer
+guard, the flip check) and what a scale costs against the same set unscaled (goal: at most
+1.1x), at the default number of threads and at one; ``--exactness`` and ``--scales`` run one
+alone and replace only that section of the results file.
 
-    python benchmarks/overhead.py [--rounds 30] [--quick] [--exactness]
+    python benchmarks/overhead.py [--rounds 30] [--quick] [--exactness] [--scales]
 """
 
 from __future__ import annotations
@@ -127,6 +128,81 @@ def guard_cost(rounds: int) -> dict[str, float]:
 
 
 EXACTNESS = "## What keeping the values exact costs"
+SCALES = "## What a scale costs"
+
+#: Scaled ternary layers against the same layer unscaled: (scale, scale_mode) by row name.
+SCALED = {
+    "Ternary x tensor (learned)": ("tensor", None),
+    "Ternary x channel (learned)": ("channel", None),
+    "Ternary x group 256 (learned)": (256, None),
+    "Ternary x tensor (absmean, BitNet)": ("tensor", "absmean"),
+    "Ternary x channel (absmax)": ("channel", "absmax"),
+}
+
+
+def scale_cost(rounds: int, input_grad: bool) -> dict[tuple[str, int], float]:
+    """Median seconds of forward + backward of scaled and unscaled ternary layers (eager)."""
+    torch.manual_seed(0)
+    layers = {
+        "Ternary (unscaled)": st.constrain(nn.Linear(SIZE, SIZE), "weight", snapset.Ternary())
+    }
+    for name, (scale, mode) in SCALED.items():
+        layers[name] = st.constrain(
+            nn.Linear(SIZE, SIZE), "weight", snapset.Ternary(), scale=scale, scale_mode=mode
+        )
+    times: dict[tuple[str, int], list[float]] = {}
+    for batch in BATCHES:
+        x = torch.randn(batch, SIZE, requires_grad=input_grad)
+        for layer in layers.values():
+            for _ in range(3):
+                step_time(layer, x)
+        for _ in range(rounds):
+            for name, layer in layers.items():
+                layer.zero_grad(set_to_none=True)
+                times.setdefault((name, batch), []).append(step_time(layer, x))
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def scales_report(rounds: int) -> str:
+    default = torch.get_num_threads()
+    lines = [
+        f"{SCALES} (1024x1024 Linear, eager, forward + backward)",
+        "",
+        machine_line(),
+        "",
+        f"Median of {rounds} interleaved rounds; each ratio is against the unscaled ternary",
+        "layer at the same batch, thread count and input-gradient setting (goal: at most 1.1x).",
+        "",
+    ]
+    for threads in dict.fromkeys((default, 1)):
+        torch.set_num_threads(threads)
+        for input_grad in (True, False):
+            results = scale_cost(rounds, input_grad)
+            layer = "hidden layer" if input_grad else "first layer"
+            lines += [
+                f"### {threads} thread{'s' if threads > 1 else ''}, {layer}",
+                "",
+                "| layer | " + " | ".join(f"batch {b}: ms (x unscaled)" for b in BATCHES) + " |",
+                "|---|" + "---|" * len(BATCHES),
+            ]
+            for name in ["Ternary (unscaled)", *SCALED]:
+                cells = []
+                for batch in BATCHES:
+                    ratio = results[(name, batch)] / results[("Ternary (unscaled)", batch)]
+                    cells.append(f"{results[(name, batch)] * 1e3:.3f} ({ratio:.2f}x)")
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
+    torch.set_num_threads(default)
+    return "\n".join(lines)
+
+
+def replace_section(heading: str, section: str) -> None:
+    """Write ``section`` into results/overhead.md in place of the one under ``heading``."""
+    path = Path(__file__).parent / "results" / "overhead.md"
+    text = path.read_text() if path.exists() else ""
+    parts = text.split("\n## ")
+    kept = [parts[0]] + [p for p in parts[1:] if not ("## " + p).startswith(heading)]
+    write_result("overhead.md", "\n## ".join(kept).rstrip("\n") + "\n\n" + section)
 
 
 def exactness_report(rounds: int) -> str:
@@ -188,13 +264,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="eager, hidden layer, 5 rounds")
     parser.add_argument("--compiled-only", action="store_true", help="skip the eager settings")
     parser.add_argument("--exactness", action="store_true", help="the cost of the checks only")
+    parser.add_argument("--scales", action="store_true", help="the cost of scales only")
     args = parser.parse_args()
-    if args.exactness:
-        section = exactness_report(args.rounds)
+    if args.exactness or args.scales:
+        heading, report = (
+            (EXACTNESS, exactness_report) if args.exactness else (SCALES, scales_report)
+        )
+        section = report(args.rounds)
         print(section)
-        path = Path(__file__).parent / "results" / "overhead.md"
-        earlier = path.read_text().split(f"\n{EXACTNESS}")[0] if path.exists() else ""
-        write_result("overhead.md", earlier.rstrip("\n") + "\n\n" + section)
+        replace_section(heading, section)
         return
     settings = [(False, True), (False, False), (True, True), (True, False)]
     if args.quick:
@@ -217,7 +295,7 @@ def main() -> None:
         report.append(table(measure(args.rounds, compiled, input_grad), title))
         print(report[-1], flush=True)
     if not args.quick:
-        report.append(exactness_report(args.rounds))
+        report += [exactness_report(args.rounds), scales_report(args.rounds)]
         write_result("overhead.md", "\n".join(report))
 
 
