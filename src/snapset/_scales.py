@@ -212,7 +212,7 @@ method 'ste' or 'stochastic'
         # axes of `grouped`: out keeps its index if it comes before the input axis
         kept = {out if out < axis else out + 1, axis}
         reduce = tuple(a for a in range(len(grouped)) if a not in kept)
-        return _layout(shape, grouped, reduce, kept)
+        return _layout(shape, grouped, reduce, kept, group_axis=axis + 1)
 
 
 @dataclass(frozen=True)
@@ -326,27 +326,20 @@ def bad_scale_message(where: str, count: int, example: float) -> str:
 -0.5); a scale must be a positive float: w = alpha * v with v in the set and alpha > 0."
     """
     return (
-        f"{where} hold {count} {'entry' if count == 1 else 'entries'} that are not finite "
-        f"and > 0 (for example {example!r}); a scale must be a positive float: "
+        f"{where} hold {count} {'entry that is' if count == 1 else 'entries that are'} not "
+        f"finite and > 0 (for example {example!r}); a scale must be a positive float: "
         "w = alpha * v with v in the set and alpha > 0."
     )
 
 
 def _layout(
-    shape: tuple[int, ...], grouped: tuple[int, ...], reduce: tuple[int, ...], kept: set[int]
+    shape: tuple[int, ...],
+    grouped: tuple[int, ...],
+    reduce: tuple[int, ...],
+    kept: set[int],
+    group_axis: int | None = None,
 ) -> ScaleLayout:
     grouped_scale = tuple(n if a in kept else 1 for a, n in enumerate(grouped))
     # a group size inserts one axis (the entries of a group) that the scales do not keep
-    scale_shape = (
-        grouped_scale if grouped == shape else _without_group_axis(shape, grouped, grouped_scale)
-    )
+    scale_shape = tuple(n for a, n in enumerate(grouped_scale) if a != group_axis)
     return ScaleLayout(shape, grouped, reduce, grouped_scale, scale_shape)
-
-
-def _without_group_axis(
-    shape: tuple[int, ...], grouped: tuple[int, ...], grouped_scale: tuple[int, ...]
-) -> tuple[int, ...]:
-    # `grouped` inserted one axis (the entries of a group) after the input axis: the first
-    # place where the two shapes differ is the input axis, and the next axis is the group's
-    axis = next(a for a, (n, m) in enumerate(zip(shape, grouped, strict=False)) if n != m)
-    return grouped_scale[: axis + 1] + grouped_scale[axis + 2 :]
