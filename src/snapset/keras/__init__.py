@@ -45,6 +45,8 @@ from ._methods import GumbelSoftmax as GumbelSoftmax
 from ._methods import Method as Method
 from ._methods import StochasticRounding as StochasticRounding
 from ._methods import flip_values as flip_values
+from ._quantize import Quantize as Quantize
+from ._quantize import quantize as quantize
 from .optim import Bop as Bop
 from .optim import Router as Router
 
@@ -62,6 +64,7 @@ __all__ = [
     "GumbelSoftmax",
     "Method",
     "Multiplier",
+    "Quantize",
     "Router",
     "SetLayer",
     "StochasticRounding",
@@ -70,6 +73,7 @@ __all__ = [
     "flip_values",
     "harden_",
     "optim",
+    "quantize",
     "set_temperature",
 ]
 
