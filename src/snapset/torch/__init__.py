@@ -33,6 +33,11 @@ from ._methods import GumbelSoftmax as GumbelSoftmax
 from ._methods import Scale as Scale
 from ._methods import StochasticRounding as StochasticRounding
 from ._plot import plot_training as plot_training
+from ._quantize import Quantize as Quantize
+from ._quantize import input_quantizers as input_quantizers
+from ._quantize import quantize as quantize
+from ._quantize import quantize_inputs_ as quantize_inputs_
+from ._quantize import remove_input_quantizers_ as remove_input_quantizers_
 from .export import PackedConv as PackedConv
 from .export import PackedGF2Linear as PackedGF2Linear
 from .export import PackedLinear as PackedLinear
@@ -64,6 +69,7 @@ __all__ = [
     "PackedLinear",
     "PackingReport",
     "ParamGroups",
+    "Quantize",
     "Scale",
     "SnapsetFileError",
     "StochasticRounding",
@@ -76,12 +82,16 @@ __all__ = [
     "export",
     "export_onnx",
     "harden_",
+    "input_quantizers",
     "load",
     "named_constraints",
     "optim",
     "pack",
     "param_groups",
     "plot_training",
+    "quantize",
+    "quantize_inputs_",
+    "remove_input_quantizers_",
     "save",
     "set_temperature",
     "summary",
