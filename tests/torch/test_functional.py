@@ -1,5 +1,6 @@
 """The maths of the PyTorch front against closed forms and slow references."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as hst
@@ -79,3 +80,22 @@ def test_stochastic_rounding_is_unbiased_and_picks_neighbours():
 def test_argmax_ties_go_to_the_larger_index():
     scores = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [5.0, 1.0, 1.0, 1.0]])
     assert F.argmax_ties_up(scores).tolist() == [2, 3, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_reached_is_bucketize_for_many_boundaries(dtype):
+    """The arithmetic guess with its correction counts exactly what bucketize counts, on and
+    just below every boundary of the int8 set's latent tables, outside them, and for NaN."""
+    tables = snapset.ValueSet(range(-128, 128)).tables(str(dtype), 0.1)
+    boundaries = torch.from_numpy(tables.thresholds).to(dtype)
+    below = torch.nextafter(boundaries, torch.tensor(-1.0, dtype=dtype))
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, 5.0], dtype=dtype)
+    x = torch.cat([boundaries, below, special, (torch.rand(20000) * 0.3 - 0.15).to(dtype)])
+    assert torch.equal(F.reached(x, boundaries), torch.bucketize(x, boundaries, right=True))
+
+
+def test_reached_falls_back_to_bucketize_for_uneven_boundaries():
+    torch.manual_seed(0)
+    boundaries = torch.sort(torch.randn(40) ** 3).values
+    x = torch.randn(5000) * 2
+    assert torch.equal(F.reached(x, boundaries), torch.bucketize(x, boundaries, right=True))
