@@ -112,7 +112,26 @@ class ValueSet:
         return self._hash
 
     def __repr__(self) -> str:
-        return f"ValueSet([{', '.join(_short(v) for v in self._values)}])"
+        """The set as code that rebuilds it; a long one as a ``range`` where it is one, else
+        cut short (an int8 set would fill a screen, and every message names the set).
+
+        Examples:
+            >>> ValueSet([0.5, -1, 1])
+            ValueSet([-1, 0.5, 1])
+            >>> ValueSet(range(-128, 128))
+            ValueSet(range(-128, 128))
+            >>> ValueSet([k * k for k in range(20)])
+            ValueSet([0, 1, 4, 9, ..., 289, 324, 361] (20 values))
+        """
+        v = self._values
+        if len(v) <= 16:
+            return f"ValueSet([{', '.join(_short(x) for x in v)}])"
+        step = v[1] - v[0]
+        if all(x.is_integer() for x in v) and all(b - a == step for a, b in pairwise(v)):
+            stop, by = int(v[-1] + step), int(step)
+            return f"ValueSet(range({int(v[0])}, {stop}{'' if by == 1 else f', {by}'}))"
+        head, tail = ", ".join(map(_short, v[:4])), ", ".join(map(_short, v[-3:]))
+        return f"ValueSet([{head}, ..., {tail}] ({len(v)} values))"
 
     def __reduce__(self) -> tuple[type[ValueSet], tuple[tuple[float, ...]]]:
         return (ValueSet, (self._values,))
