@@ -12,16 +12,19 @@ import types
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._scales import Scaling
+from .._scales import Scaling, bad_scale_message
 from .._sets import ValueSet
 from .._spec import OutsideSetError, check_init, check_temperature, method_options
 from ._methods import METHODS, Constraint, Scale
+
+if TYPE_CHECKING:
+    from ._quantize import Quantize
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 FilterFn = Callable[[nn.Module, str], bool]
@@ -110,6 +113,7 @@ def constrain_(
     init: str = "spread",
     scale: str | int | None = None,
     scale_mode: str | None = None,
+    inputs: Quantize | None = None,
 ) -> ModuleT:
     """Constrain the ``weight`` of every chosen submodule of ``model``, in place; return it.
 
@@ -122,6 +126,12 @@ def constrain_(
     is. A chosen weight that another module also holds (tied weights, such as an embedding
     and a head) is refused, naming both. Options are those of ``constrain``.
 
+    ``inputs``, a ``Quantize`` (a discrete activation), also puts a copy of it before the
+    input of every chosen submodule, in the same call (as ``quantize_inputs_`` does; its checks
+    come first too). BitNet b1.58's ternary weights with 8-bit activations per token are
+    ``constrain_(model, Ternary(), scale="tensor", scale_mode="absmean",
+    inputs=Quantize(ValueSet(range(-128, 128)), scale="token"))``.
+
     Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
@@ -129,6 +139,11 @@ def constrain_(
         >>> model = st.constrain_(model, snapset.Sign(), filter_fn=lambda m, name: name != "2")
         >>> [name for name, _ in st.named_constraints(model)]
         ['0.weight']
+        >>> from snapset.torch._quantize import Quantize, input_quantizers
+        >>> model = st.constrain_(model, snapset.Sign(), inputs=Quantize(snapset.Sign()),
+        ...                       filter_fn=lambda m, name: name == "2")
+        >>> [name for name, _ in input_quantizers(model)]
+        ['2']
     """
     options = _options(method, init, estimator, temperature, latent_range)
     scaling = Scaling.of(scale, scale_mode, method=method)
@@ -150,6 +165,13 @@ def constrain_(
         constraint.tensor_name = f"{qualified_name}.weight" if qualified_name else "weight"
         plan.append((module, constraint))
     _refuse_tied(model, {(id(m), "weight"): c.tensor_name for m, c in plan}, "constrain_")
+    if inputs is not None:
+        from ._quantize import quantize_inputs_  # it builds on this module
+
+        chosen = {id(module) for module, _ in plan}
+        quantize_inputs_(
+            model, inputs, modules=(nn.Module,), filter_fn=lambda m, _: id(m) in chosen
+        )
     for module, constraint in plan:
         register(module, "weight", constraint, init)
     if plan:
@@ -382,9 +404,19 @@ def constrained_tensors(model: nn.Module) -> Iterator[ConstrainedTensor]:
 _OWNER = "_snapset_owner"
 
 
+# A learned scale's alpha carries the same kind of record, so that the optimizer guard finds
+# the scales an optimizer steps without walking any model.
+_SCALE_OWNER = "_snapset_scale_owner"
+
+
 def remember(module: nn.Module, name: str) -> None:
-    """Record that the stored tensor of ``module.<name>`` belongs to its constraint."""
-    setattr(stored_tensor(module, name), _OWNER, (weakref.ref(module), name))
+    """Record that the stored tensor of ``module.<name>`` (and a learned scale's ``alpha``)
+    belongs to its constraint."""
+    owner = (weakref.ref(module), name)
+    setattr(stored_tensor(module, name), _OWNER, owner)
+    scale = cast(Constraint, _stack(module, name)[0]).scale
+    if scale is not None and scale.alpha is not None:
+        setattr(scale.alpha, _SCALE_OWNER, owner)
     _changed()
 
 
@@ -401,6 +433,30 @@ def constraint_of(param: Tensor) -> Constraint | None:
     if stack.original is not param or not isinstance(stack[0], Constraint):
         return None
     return stack[0]
+
+
+def scale_owner(param: Tensor) -> Constraint | None:
+    """The snapset constraint whose learned scale ``alpha`` ``param`` currently is, or None.
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), scale="tensor")
+        >>> scale_owner(layer.parametrizations.weight[0].scale.alpha).tensor_name
+        'weight'
+        >>> scale_owner(layer.bias) is None
+        True
+    """
+    owner = getattr(param, _SCALE_OWNER, None)
+    if owner is None:
+        return None
+    module_ref, name = owner
+    module = module_ref()
+    if module is None or not parametrize.is_parametrized(module, name):
+        return None
+    constraint = _stack(module, name)[0]
+    if not isinstance(constraint, Constraint) or constraint.scale is None:
+        return None
+    return constraint if constraint.scale.alpha is param else None
 
 
 def register(module: nn.Module, name: str, constraint: Constraint, init: str = "nearest") -> None:
@@ -465,17 +521,39 @@ def _check_loads(
     unexpected_keys: list[str],
     error_msgs: list[str],
 ) -> None:
-    """A ``load_state_dict`` pre-hook: check every incoming stored tensor of the constraints
-    in ``module`` before torch copies any (on the model that ``constrain_`` was given, before
-    any module copies); the entries of flip parameters become the set's values in the
-    parameter's dtype."""
+    """A ``load_state_dict`` pre-hook: check every incoming stored tensor and learned scale of
+    the constraints in ``module`` before torch copies any (on the model that ``constrain_`` was
+    given, before any module copies); the entries of flip parameters become the set's values
+    in the parameter's dtype."""
     for record in constrained_tensors(module):
-        path = record.name[: -len(record.tensor_name)]  # "block.0." or ""
-        key = f"{prefix}{path}parametrizations.{record.tensor_name}.original"
+        path = f"{prefix}{record.name[: -len(record.tensor_name)]}"  # "block.0." or ""
+        key = f"{path}parametrizations.{record.tensor_name}.original"
         incoming = state_dict.get(key)
         if isinstance(incoming, Tensor):
             where = f"The state for {record.constraint.method} parameter '{prefix}{record.name}'"
             state_dict[key] = record.constraint.check_incoming(incoming, record.stored, where)
+        scale = record.constraint.scale
+        key = f"{path}parametrizations.{record.tensor_name}.0.scale.alpha"
+        incoming = state_dict.get(key)
+        if scale is not None and scale.alpha is not None and isinstance(incoming, Tensor):
+            _check_incoming_scales(incoming, scale.alpha, f"'{key}'")
+
+
+def _check_incoming_scales(incoming: Tensor, alpha: Tensor, where: str) -> None:
+    """Refuse learned scales to be loaded into ``alpha`` that have another shape or an entry
+    that is not finite and > 0 (in ``alpha``'s dtype, which torch converts them to)."""
+    fix = "; nothing was loaded into this module."
+    if incoming.shape != alpha.shape:
+        raise ValueError(
+            f"The scales {where} have shape {tuple(incoming.shape)}, and this model's have "
+            f"{tuple(alpha.shape)}: the state was saved from a model with another scale= (or "
+            f"another weight shape). Build the model with the same constrain calls{fix}"
+        )
+    held = incoming.to(alpha.dtype)
+    bad = ~(held.isfinite() & (held > 0))
+    if bool(bad.any()):
+        message = bad_scale_message(f"The scales {where}", int(bad.sum()), float(held[bad][0]))
+        raise ValueError(f"{message} Load positive scales{fix}")
 
 
 def _watch_moves(model: nn.Module) -> None:
@@ -495,16 +573,35 @@ def _probed_apply(model: nn.Module, fn: Any, recurse: bool = True) -> nn.Module:
     seen = set()
     for record in records:
         constraint = record.constraint
-        key = (constraint.values, getattr(constraint, "latent_range", None))
+        dtype = fn(constraint.table).dtype
+        key = (constraint.values, getattr(constraint, "latent_range", None), dtype)
         if key not in seen:
             seen.add(key)
-            constraint._tables(fn(constraint.table).dtype)
+            constraint._tables(dtype)
+        _probe_scales(record, dtype)
     moved: nn.Module = type(model)._apply(model, fn, recurse)
     for record in records:
         # values written off the set before the move stay so: the next consumer says so
         with contextlib.suppress(OutsideSetError):
             record.constraint.check(record.stored, record.name)
     return moved
+
+
+def _probe_scales(record: ConstrainedTensor, dtype: torch.dtype) -> None:
+    """Refuse a move to ``dtype`` that would make a learned scale of ``record`` zero or inf
+    (a float16 scale underflows below 6e-8 and overflows above 65504)."""
+    scale = record.constraint.scale
+    if scale is None or scale.alpha is None or scale.alpha.dtype == dtype:
+        return
+    moved = scale.alpha.detach().to(dtype)
+    bad = ~(moved.isfinite() & (moved > 0))
+    if bool(bad.any()):
+        where = f"In {dtype}, the learned scales of '{record.name}'"
+        raise ValueError(
+            f"{bad_scale_message(where, int(bad.sum()), float(moved[bad][0]))} The move would "
+            "round them out of range; nothing was moved. Keep the model in a dtype that holds "
+            "its scales."
+        )
 
 
 def _watch_loads(module: nn.Module) -> None:

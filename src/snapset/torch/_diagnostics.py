@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -13,7 +15,14 @@ from torch import Tensor, nn
 
 from .._packing import radix_for
 from .._sets import ValueSet
-from ._constrain import ConstrainedTensor, check_values, constrained_tensors, hardened_values
+from ._constrain import (
+    ConstrainedTensor,
+    check_values,
+    constrained_tensors,
+    hardened_scales,
+    hardened_values,
+)
+from ._methods import Scale
 from .export._file import HARDENED, hardened_set
 
 
@@ -142,25 +151,43 @@ class SummaryRow:
     count: int
     #: Bits a code needs on its own: ``ceil(log2(len(set)))``, or the dtype's width.
     bits: int
+    #: For a scaled set (``w = alpha * v``), its scale: ``"tensor"``, ``"channel"`` or a group
+    #: size, and the mode when it is a statistic (``"tensor absmean"``); else None.
+    scale: str | None = None
+    #: How many scales the tensor has, and the bits of each (its dtype's width).
+    scale_count: int = 0
+    scale_bits: int = 0
 
     @property
     def packed_bytes(self) -> int:
-        """Bytes of the codes as [`snapset.torch.save`][] packs them, or of the
-        plain tensor.
+        """Bytes of the codes as [`snapset.torch.save`][] packs them, and of their scales, or
+        of the plain tensor.
 
         Codes are packed in mixed radix (``snapset._packing``): ``ceil(count * bits / 8)`` for
         two, four or sixteen values, fewer for others (ternary: 1.59 bits a weight).
         """
         if self.values is None:
             return math.ceil(self.count * self.bits / 8)
-        return radix_for(len(self.values)).nbytes(self.count)
+        scales = math.ceil(self.scale_count * self.scale_bits / 8)
+        return radix_for(len(self.values)).nbytes(self.count) + scales
 
     @property
     def bits_per_weight(self) -> float:
-        """Bits a weight costs in a long packed tensor (1.59 for ternary), or the dtype's width."""
+        """Bits a weight costs in a long packed tensor (1.59 for ternary), its share of the
+        scales included (as GGUF counts TQ2_0, 2 bits a code and a float16 scale per 256
+        codes, at 2.0625), or the dtype's width.
+
+        Examples:
+            >>> import snapset
+            >>> row = SummaryRow("w", snapset.ValueSet([-2, -1, 1, 2]), "ste", 512, 2,
+            ...                  "256", scale_count=2, scale_bits=16)
+            >>> row.bits_per_weight
+            2.0625
+        """
         if self.values is None:
             return float(self.bits)
-        return radix_for(len(self.values)).bits_per_weight
+        codes = radix_for(len(self.values)).bits_per_weight
+        return codes + self.scale_count * self.scale_bits / self.count if self.count else codes
 
     @property
     def float32_bytes(self) -> int:
@@ -212,7 +239,7 @@ class Summary:
         lines = [
             [
                 row.name,
-                _set_text(row.values),
+                _set_text(row.values) + (f" x {row.scale}" if row.scale else ""),
                 row.method,
                 f"{row.count:,}",
                 f"{row.bits_per_weight:.3g}",
@@ -269,10 +296,13 @@ def summary(model: nn.Module) -> Summary:
     (``GF2Linear``'s). A constrained tensor shows its set and method, the bits a weight needs
     once packed and its packed size, as [`snapset.torch.save`][] writes it; so does a tensor
     that ``harden_`` made plain and that still holds members of its set, with the method
-    ``"hardened"``. Any other parameter shows its actual size. Compression is against
-    float32. The totals line gives the model's packed size, as larq's ``models.summary`` does
-    for Keras 2. A ``flip`` parameter that left its set raises [`snapset.OutsideSetError`][]
-    (see [`check_values`][snapset.torch.check_values]): its values are in no set.
+    ``"hardened"``. A scaled set's row names its scale (``{-1, 0, 1} x channel``) and counts
+    the scales in its bits a weight and its packed size (a learned scale has no row of its
+    own), for a hardened one too. Any other parameter shows its actual size. Compression is
+    against float32. The totals line gives the model's packed size, as larq's
+    ``models.summary`` does for Keras 2. A ``flip`` parameter that left its set raises
+    [`snapset.OutsideSetError`][] (see [`check_values`][snapset.torch.check_values]): its
+    values are in no set.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -286,25 +316,79 @@ def summary(model: nn.Module) -> Summary:
         12 of 15 weights (80.0%) in a value set; 14 B packed, 4.29x smaller than float32.
         >>> [(row.name, row.method) for row in st.summary(st.harden_(layer)).rows]
         [('bias', '-'), ('weight', 'hardened')]
+        >>> scaled = st.constrain(torch.nn.Linear(512, 1), "weight", snapset.Ternary(), scale=256)
+        >>> row = st.summary(scaled).rows[-1]
+        >>> row.scale, round(row.bits_per_weight, 3)  # 1.586 a code, 2 float32 scales / 512
+        ('256', 1.711)
     """
     check_values(model)  # a flip parameter off its set is in no set: refused, as save does
     constrained = {id(tensor.stored): tensor for tensor in constrained_tensors(model)}
+    # a learned scale is counted in the row of the tensor it scales
+    alphas = {id(_alpha(t)) for t in constrained.values() if _alpha(t) is not None}
     # harden_ may leave a weight in a buffer (GF2Linear's): listed with the parameters
     hardened_buffers = [(n, b) for n, b in model.named_buffers() if hardened_values(b) is not None]
     rows = []
     for name, param in [*model.named_parameters(), *hardened_buffers]:
         tensor = constrained.get(id(param))
+        if id(param) in alphas:
+            continue
         if tensor is not None:
-            vs = tensor.constraint.values
-            count = math.prod(tensor.constraint.value_shape(param.shape))
-            rows.append(SummaryRow(tensor.name, vs, tensor.constraint.method, count, vs.bits))
+            constraint = tensor.constraint
+            vs = constraint.values
+            count = math.prod(constraint.value_shape(param.shape))
+            row = SummaryRow(tensor.name, vs, constraint.method, count, vs.bits)
+            alpha = _alpha(tensor)  # a statistic scale is computed in the stored dtype
+            rows.append(_with_scale(row, constraint.scale, param if alpha is None else alpha))
             continue
         held = hardened_set(param)
-        if held is not None:
-            rows.append(SummaryRow(name, held, HARDENED, param.numel(), held.bits))
+        scaled = _hardened_scaled(param)
+        if held is not None or scaled is not None:
+            vs = cast(ValueSet, hardened_values(param))
+            row = SummaryRow(name, vs, HARDENED, param.numel(), vs.bits)
+            rows.append(row if scaled is None else _with_scale(row, *scaled))
         else:
             rows.append(SummaryRow(name, None, "-", param.numel(), param.element_size() * 8))
     return Summary(tuple(rows))
+
+
+def _alpha(tensor: ConstrainedTensor) -> Tensor | None:
+    scale = tensor.constraint.scale
+    return None if scale is None else scale.alpha
+
+
+def _with_scale(row: SummaryRow, scale: Scale | None, like: Tensor) -> SummaryRow:
+    """``row`` with the scale of a scaled set: its name, and the number of its scales, each
+    the width of ``like``'s dtype."""
+    if scale is None:
+        return row
+    scaling = scale.scaling
+    text = str(scaling.granularity) + ("" if scaling.learned else f" {scaling.mode}")
+    bits = like.element_size() * 8
+    return dataclasses.replace(row, scale=text, scale_count=scale.layout.count, scale_bits=bits)
+
+
+def _hardened_scaled(tensor: Tensor) -> tuple[Scale, Tensor] | None:
+    """The scale and scales of a tensor that ``harden_`` made from a scaled set, if it still
+    holds ``scale.expand(members, alpha)`` exactly; else None."""
+    values, scales = hardened_values(tensor), hardened_scales(tensor)
+    if values is None or scales is None or not tensor.is_floating_point():
+        return None
+    scale, alpha = scales
+    if alpha.dtype != tensor.dtype or tuple(tensor.shape) != scale.layout.shape:
+        return None
+    try:
+        tables = values.tables(str(tensor.dtype))
+    except ValueError:  # cast since to a dtype that merges the set's values
+        return None
+    table, midpoints = (
+        torch.from_numpy(array).to(tensor.device, tensor.dtype)
+        for array in (tables.values, tables.midpoints)
+    )
+    with torch.no_grad():
+        alpha = alpha.to(tensor.device)
+        members = table[torch.bucketize(scale.divide(tensor, alpha), midpoints, right=True)]
+        held = torch.equal(scale.expand(members, alpha), tensor)
+    return scales if held else None
 
 
 def _set_text(values: ValueSet | None) -> str:

@@ -29,6 +29,10 @@ class Multiplier(nn.Module):
     [`snapset.torch.constrain`][]; method options go through ``**options``).
     ``x`` may have any leading dimensions; its last one has ``num_features`` entries.
 
+    ``scale`` and ``scale_mode`` make it a scaled set, ``w = alpha * v``, as in ``constrain``:
+    ``scale="tensor"`` for one scale, ``"channel"`` for one per feature (a weight of one axis
+    has no input axis, so a group size is refused).
+
     Examples:
         >>> import torch, snapset.torch as st
         >>> layer = st.Multiplier(4, [1, -1, 0.5, -0.5])
@@ -36,6 +40,10 @@ class Multiplier(nn.Module):
         [-1.0, -0.5, 0.5, 1.0]
         >>> layer(torch.ones(2, 4)).shape
         torch.Size([2, 4])
+        >>> scaled = st.Multiplier(4, [1, -1], scale="tensor")
+        >>> alpha = scaled.parametrizations.weight[0].scale.alpha
+        >>> torch.equal(scaled.weight.abs(), alpha.expand(4))
+        True
     """
 
     weight: Tensor
@@ -46,6 +54,8 @@ class Multiplier(nn.Module):
         values: ValueSet | list[float] | tuple[float, ...],
         method: str = "ste",
         *,
+        scale: str | int | None = None,
+        scale_mode: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **options: float | str,
@@ -62,7 +72,15 @@ class Multiplier(nn.Module):
         self.num_features = num_features
         self.weight = nn.Parameter(torch.empty(num_features, device=device, dtype=dtype))
         nn.init.uniform_(self.weight, -1.0, 1.0)
-        constrain(self, "weight", values, method, **options)  # type: ignore[arg-type]
+        constrain(
+            self,
+            "weight",
+            values,
+            method,
+            scale=scale,
+            scale_mode=scale_mode,
+            **options,  # type: ignore[arg-type]
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.weight

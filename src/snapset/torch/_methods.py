@@ -95,6 +95,10 @@ class Scale(nn.Module):
     """
 
     alpha: nn.Parameter | None
+    #: How many entries of a learned ``alpha`` the optimizer guard restored to their value
+    #: before a step that made them zero, negative, NaN or inf (see
+    #: [`snapset.torch.optim.refuse_flip_parameters`][]).
+    clamped: int = 0
 
     def __init__(self, scaling: Scaling, values: ValueSet, weight: Tensor) -> None:
         super().__init__()
@@ -111,11 +115,12 @@ class Scale(nn.Module):
     def statistic(self, weight: Tensor, mode: str | None = None) -> Tensor:
         """``mode`` (default: this scale's) of ``weight`` per group, without gradient."""
         layout = self.layout
-        grouped = weight.detach().abs().reshape(layout.grouped)
-        if (mode or self.scaling.mode) == "absmax":
-            stat = grouped.amax(layout.reduce_axes, keepdim=True)
-        else:
-            stat = grouped.mean(layout.reduce_axes, keepdim=True)
+        stat = weight.detach().abs().reshape(layout.grouped)
+        # no axes to reduce (one scale an entry, as "channel" on a vector): torch would reduce
+        # every axis for an empty tuple
+        if layout.reduce_axes:
+            reduce = stat.amax if (mode or self.scaling.mode) == "absmax" else stat.mean
+            stat = reduce(layout.reduce_axes, keepdim=True)
         return stat.div_(self.unit).clamp_min_(STATISTIC_FLOOR).reshape(layout.scale_shape)
 
     def scales(self, stored: Tensor) -> Tensor:

@@ -6,7 +6,12 @@ Before any optimizer but a flip optimizer steps, it
   step (SGD, Adam) moves it off its set, and ``Adam(model.parameters())`` is the commonest way
   to make one;
 * zeroes, counts and reports the non-finite gradient entries of the latents and logits of
-  ``ste``, ``stochastic`` and ``gumbel``, which would otherwise stay NaN for good.
+  ``ste``, ``stochastic`` and ``gumbel``, which would otherwise stay NaN for good;
+* keeps a copy of the learned scales (``alpha`` of a [`Scale`][snapset.torch.Scale]) it is
+  about to step, and after the step restores, counts (``Scale.clamped``) and reports each
+  entry that the step made zero, negative, NaN or inf: ``w = alpha * v`` needs ``alpha > 0``.
+  Only an optimizer that holds learned scales pays for the copy (they are small: one float
+  per tensor, channel or group).
 
 A ``GradScaler`` looks at the gradients first and skips a step that overflowed, so loss
 scaling works as before. Under ``torch.compile`` the guard steps aside (compiled steps are
@@ -15,6 +20,7 @@ checked by the eager consumers: the forward, ``Bop``, ``harden_``, ``save``).
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any
 
@@ -22,8 +28,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..._scales import bad_scale_message
 from ..._spec import flip_step_refused
-from .._constrain import constraint_of, generation
+from .._constrain import constraint_of, generation, scale_owner
 from .._methods import Constraint
 from ._bop import Bop
 
@@ -32,8 +39,15 @@ __all__ = ["refuse_flip_parameters"]
 _Guarded = list[tuple[Tensor, Constraint]]
 
 # Per optimizer: (what its param groups and the constraints were, its flip parameters, its
-# latents). A step then costs a key of a few integers and a look at those parameters' grads.
-_GUARDED: weakref.WeakKeyDictionary[Optimizer, tuple[tuple[Any, ...], _Guarded, _Guarded]] = (
+# latents, its learned scales). A step then costs a key of a few integers and a look at those
+# parameters' grads.
+_GUARDED: weakref.WeakKeyDictionary[
+    Optimizer, tuple[tuple[Any, ...], _Guarded, _Guarded, _Guarded]
+] = weakref.WeakKeyDictionary()
+
+# The learned scales an optimizer is about to step, each with a copy of its values: written
+# before the step, read and cleared by the post-hook after it.
+_BEFORE: weakref.WeakKeyDictionary[Optimizer, list[tuple[Tensor, Constraint, Tensor]]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -41,7 +55,8 @@ _GUARDED: weakref.WeakKeyDictionary[Optimizer, tuple[tuple[Any, ...], _Guarded, 
 def refuse_flip_parameters(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
     """The guard (a global optimizer step pre-hook): raise ``TypeError`` if ``optimizer``, not
     a flip optimizer, is about to step a flip parameter that has a gradient; zero non-finite
-    gradient entries of latents with a ``RuntimeWarning``.
+    gradient entries of latents with a ``RuntimeWarning``; copy the learned scales it is about
+    to step, so that ``restore_bad_scales`` can undo a step that makes one not finite and > 0.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -59,7 +74,7 @@ def refuse_flip_parameters(optimizer: Optimizer, args: Any, kwargs: Any) -> None
     cached = _GUARDED.get(optimizer)
     if cached is None or cached[0] != key:
         cached = _GUARDED[optimizer] = (key, *_split(groups))
-    _, flips, latents = cached
+    _, flips, latents, scales = cached
     stepped = [constraint for param, constraint in flips if param.grad is not None]
     if stepped:
         names = ", ".join(f"'{c.tensor_name}'" for c in stepped[:3])
@@ -79,15 +94,76 @@ def refuse_flip_parameters(optimizer: Optimizer, args: Any, kwargs: Any) -> None
         if not bool(torch.stack(sums).isfinite().all()):
             for grad, constraint in graded:
                 constraint.zero_nonfinite(grad)
+    stepped_scales = [(param, c) for param, c in scales if param.grad is not None]
+    if stepped_scales:
+        hooks = optimizer._optimizer_step_post_hooks.values()
+        if all(hook is not restore_bad_scales for hook in hooks):
+            optimizer.register_step_post_hook(restore_bad_scales)
+        _BEFORE[optimizer] = [(p, c, p.detach().clone()) for p, c in stepped_scales]
+    else:  # a copy left by a step that raised is stale
+        _BEFORE.pop(optimizer, None)
 
 
-def _split(groups: list[dict[str, Any]]) -> tuple[_Guarded, _Guarded]:
-    """The optimizer's constrained parameters: flip parameters, and latents or logits."""
+def restore_bad_scales(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    """The guard's step post-hook on an optimizer that steps learned scales: restore each
+    entry that the step made zero, negative, NaN or inf to its value before the step, count it
+    in ``Scale.clamped`` and warn (``RuntimeWarning``, once per step).
+
+    Examples:
+        >>> import torch, warnings, snapset, snapset.torch as st
+        >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), scale="tensor")
+        >>> scale = layer.parametrizations.weight[0].scale
+        >>> sgd = torch.optim.SGD([scale.alpha], lr=1e6)
+        >>> layer.weight.abs().sum().backward()  # d/d alpha = sum |v| = 8: a huge step down
+        >>> before = scale.alpha.item()
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     sgd.step()
+        >>> scale.alpha.item() == before, scale.clamped, len(caught)
+        (True, 1, 1)
+    """
+    before = _BEFORE.pop(optimizer, None)
+    if not before:
+        return
+    with torch.no_grad():
+        good = [(param > 0) & param.isfinite() for param, _, _ in before]
+        # one test (and on a GPU one synchronisation) for all of them while they are good
+        if bool(torch.stack([g.all().to(good[0].device) for g in good]).all()):
+            return
+        names, count, example = [], 0, 0.0
+        for (param, constraint, old), ok in zip(before, good, strict=True):
+            bad = int((~ok).sum())
+            if bad:
+                example = example if count else float(param[~ok][0])
+                param.copy_(torch.where(ok, param, old))
+                scale = constraint.scale
+                assert scale is not None  # the guard took it for a scale
+                scale.clamped += bad
+                scale.check()  # records the restored values as checked
+                names.append(f"'{constraint.tensor_name}'")
+                count += bad
+    where = f"After a step of {type(optimizer).__name__}, the learned scales of {', '.join(names)}"
+    warnings.warn(
+        f"{bad_scale_message(where, count, example)} The step was undone for "
+        f"{'it' if count == 1 else 'them'} (Scale.clamped counts them); a lower learning rate "
+        "for the scales avoids it.",
+        RuntimeWarning,
+        3,  # the caller of optimizer.step
+    )
+
+
+def _split(groups: list[dict[str, Any]]) -> tuple[_Guarded, _Guarded, _Guarded]:
+    """The optimizer's constrained parameters: flip parameters, latents or logits, and
+    learned scales."""
     flips: _Guarded = []
     latents: _Guarded = []
+    scales: _Guarded = []
     for group in groups:
         for param in group["params"]:
             constraint = constraint_of(param)
             if constraint is not None:
                 (flips if constraint.stores == "values" else latents).append((param, constraint))
-    return flips, latents
+            owner = scale_owner(param)
+            if owner is not None:
+                scales.append((param, owner))
+    return flips, latents, scales
