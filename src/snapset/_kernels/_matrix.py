@@ -16,6 +16,10 @@ so that every kernel runs over the outputs in SIMD lanes.
   a float buffer and the caller accumulates ``x[:, block] @ W.T[block]`` with BLAS.
 * **Inputs in {-1, +1} with sign weights** (``small_matmul``, any number of rows): the
   input's sign bits are XORed with the weight bytes and counted: ``y = n - 2 popcount(x ^ w)``.
+* **Scaled sets** (``w = alpha * v``): the lookups and XNOR sum each output's code values as
+  unscaled (exactly, for XNOR: integers) over each span of inputs that share a scale, then
+  multiply that sum by its scale: one product an output, or an output and a group of inputs.
+  The decoded tiles hold ``alpha * v`` in float32, the entries of the scaled float layer.
 
 The kernels are compiled by numba on the first packed call, all at once under a lock, and kept
 in numba's on-disk cache, so the first call in a fresh environment takes a few seconds and later
@@ -46,7 +50,15 @@ U8 = npt.NDArray[np.uint8]
 
 @dataclass(frozen=True)
 class PackedMatrix:
-    """An ``(out, n_in)`` matrix of ``k`` values as ``(groups, out)`` bytes of ``g`` codes."""
+    """An ``(out, n_in)`` matrix of ``k`` values as ``(groups, out)`` bytes of ``g`` codes,
+    each value times a positive scale (for a scaled set ``w = alpha * v``; 1 when unscaled).
+
+    The scales cover ``span`` byte positions each: one span for one scale per output (the
+    whole tensor or each output channel), or one span per run of inputs that share a scale
+    (a group size along the input axis). Where such a run does not fill whole bytes (256
+    ternary inputs are 51.2 bytes), each run is padded to whole bytes with the code 0, and
+    ``lay_out`` pads the inputs alike with zeros, so that no byte straddles two scales.
+    """
 
     values: ValueSet
     n_in: int
@@ -56,16 +68,40 @@ class PackedMatrix:
     decoded: F32  # (8, 256): decoded[i, b] is the value of digit i of byte b
     k: int  # len(values), kept at hand for the per-call path
     signs: bool  # values == {-1, +1}: the XNOR path applies
+    scales: F32  # (spans, out): the scale of output o over the byte positions of span s
+    span: int  # byte positions a scale covers
+    run: int  # inputs that share a scale (n_in for one scale per output)
+    scale_bytes: int  # bytes of the scales as given (0 when unscaled)
 
     @classmethod
-    def from_codes(cls, codes: npt.NDArray[np.integer[Any]], values: ValueSet) -> PackedMatrix:
-        """Pack an ``(out, n_in)`` array of codes in ``[0, k)``."""
+    def from_codes(
+        cls,
+        codes: npt.NDArray[np.integer[Any]],
+        values: ValueSet,
+        scales: npt.ArrayLike | None = None,
+    ) -> PackedMatrix:
+        """Pack an ``(out, n_in)`` array of codes in ``[0, k)``, with ``scales`` (positive,
+        of shape ``(1, 1)``, ``(out, 1)`` or ``(out, s)`` with ``s`` dividing ``n_in``: one
+        for the matrix, one per output, or one per output and run of ``n_in / s`` inputs)."""
         out, n_in = codes.shape
         k = len(values)
         g = radix_for(k, max_bits=8).group
-        groups = -(-n_in // g)
+        given = np.ones((1, 1), dtype=np.float32) if scales is None else np.asarray(scales)
+        spans = given.shape[1]
+        if given.ndim != 2 or given.shape[0] not in (1, out) or n_in % spans:
+            raise ValueError(
+                f"scales of shape {given.shape} do not fit an ({out}, {n_in}) matrix: use "
+                "(1, 1), (out, 1) or (out, s) with s dividing the inputs"
+            )
+        run = n_in // spans
+        if spans > 1 and run % g:  # pad each run to whole bytes (code 0 where no input is)
+            width = -(-run // g) * g
+            runs = np.zeros((out, spans, width), dtype=np.int64)
+            runs[:, :, :run] = codes.reshape(out, spans, run)
+            codes = runs.reshape(out, spans * width)
+        groups = -(-codes.shape[1] // g)
         padded = np.zeros((out, groups * g), dtype=np.int64)  # code 0 where there is no input
-        padded[:, :n_in] = codes
+        padded[:, : codes.shape[1]] = codes
         powers = k ** np.arange(g, dtype=np.int64)
         packed = (padded.reshape(out, groups, g) * powers).sum(axis=2).astype(np.uint8)
         table = np.asarray(values.values, dtype=np.float32)
@@ -73,7 +109,21 @@ class PackedMatrix:
         decoded = np.zeros((8, 256), dtype=np.float32)
         decoded[:g] = table[digits]
         codes_t = np.ascontiguousarray(packed.T)
-        return cls(values, n_in, g, codes_t, table, decoded, k, values == ValueSet([-1, 1]))
+        by_span = np.ascontiguousarray(np.broadcast_to(given, (out, spans)).T, dtype=np.float32)
+        return cls(
+            values,
+            n_in,
+            g,
+            codes_t,
+            table,
+            decoded,
+            k,
+            values == ValueSet([-1, 1]),
+            by_span,
+            groups // spans,
+            run,
+            0 if scales is None else 4 * given.size,
+        )
 
     @property
     def out(self) -> int:
@@ -84,9 +134,26 @@ class PackedMatrix:
         return int(self.codes.shape[0])
 
     @property
+    def width(self) -> int:
+        """Inputs the kernels read: ``n_in``, plus each run's padding to whole bytes."""
+        spans = self.scales.shape[0]
+        return self.n_in if spans == 1 else spans * self.span * self.group
+
+    @property
     def nbytes(self) -> int:
-        """Bytes of the packed codes (what the layer keeps instead of a float matrix)."""
-        return int(self.codes.nbytes)
+        """Bytes of the packed codes and of the scales (what the layer keeps instead of a
+        float matrix)."""
+        return int(self.codes.nbytes) + self.scale_bytes
+
+    def lay_out(self, x: F32) -> F32:
+        """Rows ``x`` (``(rows, n_in)``) as the kernels read them: each run of inputs that
+        share a scale padded with zeros to whole bytes (``x`` itself when none needs it)."""
+        if self.width == self.n_in:
+            return x
+        spans = self.scales.shape[0]
+        laid = np.zeros((x.shape[0], spans, self.width // spans), dtype=np.float32)
+        laid[:, :, : self.run] = x.reshape(x.shape[0], spans, self.run)
+        return laid.reshape(x.shape[0], self.width)
 
 
 def backend(explain: bool = False) -> str:
@@ -102,8 +169,10 @@ def small_matmul(x: F32, m: PackedMatrix, bias: F32, max_rows: int) -> tuple[str
 
     Returns the backend that ran (``"numba"`` or ``"numpy"``), then ``("xnor", y)`` when ``W``
     and every input are in {-1, +1}, ``("lookup", y)`` for at most ``max_rows`` rows, and
-    ``("tiles", None)`` otherwise (the caller then uses ``decode_rows`` and BLAS).
+    ``("tiles", None)`` otherwise (the caller then uses ``decode_rows`` and BLAS). Each span's
+    sum of code values is accumulated as unscaled, then multiplied by its scale.
     """
+    x = m.lay_out(x)
     kernels = _KERNELS.module()
     if kernels is not None:
         return ("numba", *_run_small(kernels, x, m, bias, max_rows))
@@ -115,16 +184,21 @@ def small_matmul(x: F32, m: PackedMatrix, bias: F32, max_rows: int) -> tuple[str
 
 
 def decode_rows(m: PackedMatrix, start: int, stop: int, out: F32) -> F32:
-    """Rows ``start * g : stop * g`` of ``W.T`` (byte positions ``start:stop``) into ``out``.
+    """Rows ``start * g : stop * g`` of the scaled ``W.T`` (byte positions ``start:stop``),
+    each code's value times its scale (in float32, the product a scaled float layer holds),
+    into ``out``.
 
-    Returns ``out[: (stop - start) * g]``, float32 of shape ``(rows, out_features)``; rows past
-    ``n_in`` hold the padding codes' value (multiply them by zero inputs).
+    Returns ``out[: (stop - start) * g]``, float32 of shape ``(rows, out_features)``, rows in
+    the order of ``m.lay_out``; padding rows hold the padding codes' value (multiply them by
+    zero inputs).
     """
     rows = (stop - start) * m.group
     kernels = _KERNELS.module()
     if kernels is None:
         block = m.codes[start:stop]  # (bytes, out)
-        out[:rows] = m.decoded[: m.group, block].transpose(1, 0, 2).reshape(rows, m.out)
+        scales = m.scales[np.arange(start, stop) // m.span][:, None, :]
+        decoded = m.decoded[: m.group, block].transpose(1, 0, 2) * scales
+        out[:rows] = decoded.reshape(rows, m.out)
     else:
         _run_decode(kernels, m, start, stop, out)
     return out[:rows]
@@ -134,37 +208,52 @@ def _run_small(
     kernels: ModuleType, x: F32, m: PackedMatrix, bias: F32, max_rows: int
 ) -> tuple[str, F32 | None]:
     y = np.empty((x.shape[0], m.out), dtype=np.float32)
-    used = kernels.small(x, m.table, m.k, m.group, m.codes, bias, m.signs, max_rows, y)
+    used = kernels.small(
+        x, m.table, m.k, m.group, m.codes, m.scales, m.span, bias, m.signs, max_rows, y
+    )
     return ("tiles", None) if used == 0 else ("xnor" if used == 1 else "lookup", y)
 
 
 def _run_decode(kernels: ModuleType, m: PackedMatrix, start: int, stop: int, out: F32) -> None:
+    scaled = m.scale_bytes > 0
     if m.k == 2:
-        kernels.decode_two(m.codes, m.table[0], m.table[1], start, stop, out)
+        low, high = m.table
+        kernels.decode_two(m.codes, low, high, m.scales, m.span, scaled, start, stop, out)
     else:
-        kernels.decode(m.codes, m.decoded, m.group, start, stop, out)
+        kernels.decode(m.codes, m.decoded, m.group, m.scales, m.span, scaled, start, stop, out)
 
 
 # ----- numpy versions --------------------------------------------------------------------------
 
 
+def _by_span(m: PackedMatrix, per_byte: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``(groups, out)`` sums per byte position as ``(spans, out)`` sums per span."""
+    sums: npt.NDArray[Any] = per_byte.reshape(-1, m.span, m.out).sum(axis=1)
+    return sums
+
+
 def _lookup_numpy(x: F32, m: PackedMatrix) -> F32:
     xp = np.zeros((x.shape[0], m.groups * m.group), dtype=np.float32)
-    xp[:, : m.n_in] = x  # padded inputs are 0, so the padding codes add nothing
+    xp[:, : x.shape[1]] = x  # padded inputs are 0, so the padding codes add nothing
     tables = np.empty((m.groups, 256), dtype=np.float32)
     y = np.empty((x.shape[0], m.out), dtype=np.float32)
     for row in range(x.shape[0]):
         _tables_numpy(xp[row], m.table, len(m.values), m.group, tables)
-        y[row] = np.take_along_axis(tables, m.codes.astype(np.intp), axis=1).sum(axis=0)
+        picked = np.take_along_axis(tables, m.codes.astype(np.intp), axis=1)
+        y[row] = (m.scales * _by_span(m, picked)).sum(axis=0)
     return y
 
 
 def _xnor_numpy(signs: F32, m: PackedMatrix) -> F32:
+    n = signs.shape[1]
     bits = np.zeros((signs.shape[0], m.groups * 8), dtype=np.bool_)
-    bits[:, : m.n_in] = signs > 0  # padding: bit 0 in both, so it never counts as differing
+    bits[:, :n] = signs > 0  # padding: bit 0 in both, so it never counts as differing
     x_bytes = np.packbits(bits, axis=1, bitorder="little")
-    counts = np.stack([_popcount(row[:, None] ^ m.codes).sum(axis=0) for row in x_bytes])
-    return (m.n_in - 2 * counts).astype(np.float32)
+    starts = 8 * m.span * np.arange(m.scales.shape[0])
+    inputs = (np.minimum(n, starts + 8 * m.span) - starts)[:, None]  # real inputs per span
+    counts = [_by_span(m, _popcount(row[:, None] ^ m.codes)) for row in x_bytes]
+    y = np.stack([(m.scales * (inputs - 2 * c).astype(np.float32)).sum(axis=0) for c in counts])
+    return y.astype(np.float32)
 
 
 def _tables_numpy(x: F32, values: F32, k: int, g: int, tables: F32) -> None:

@@ -42,6 +42,7 @@ from .export import PackedConv as PackedConv
 from .export import PackedGF2Linear as PackedGF2Linear
 from .export import PackedLinear as PackedLinear
 from .export import PackingReport as PackingReport
+from .export import SignThresholds as SignThresholds
 from .export import SnapsetFileError as SnapsetFileError
 from .export import export_onnx as export_onnx
 from .export import load as load
@@ -71,6 +72,7 @@ __all__ = [
     "ParamGroups",
     "Quantize",
     "Scale",
+    "SignThresholds",
     "SnapsetFileError",
     "StochasticRounding",
     "Summary",

@@ -139,7 +139,7 @@ def constrain_(
         >>> model = st.constrain_(model, snapset.Sign(), filter_fn=lambda m, name: name != "2")
         >>> [name for name, _ in st.named_constraints(model)]
         ['0.weight']
-        >>> from snapset.torch._quantize import Quantize, input_quantizers
+        >>> from snapset.torch import Quantize, input_quantizers
         >>> model = st.constrain_(model, snapset.Sign(), inputs=Quantize(snapset.Sign()),
         ...                       filter_fn=lambda m, name: name == "2")
         >>> [name for name, _ in input_quantizers(model)]
@@ -294,6 +294,36 @@ def hardened_scales(tensor: Tensor) -> tuple[Scale, Tensor] | None:
         (torch.Size([2, 1]), 'channel')
     """
     return cast(tuple[Scale, Tensor] | None, getattr(tensor, _HARDENED_SCALE, None))
+
+
+def scaled_members(value: Tensor, values: ValueSet, scale: Scale, alpha: Tensor) -> Tensor:
+    """The members ``v`` of ``values`` whose ``scale.expand(v, alpha)`` is ``value`` bit for bit,
+    on the CPU: what a tensor that ``harden_`` made from a scaled set holds times its scales.
+    A ``ValueError`` says what changed since (shapes, scales, values).
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), scale="channel")
+        >>> weight = st.harden_(layer).weight
+        >>> scale, alpha = hardened_scales(weight)
+        >>> scaled_members(weight, snapset.Sign(), scale, alpha).abs().eq(1).all().item()
+        True
+    """
+    value = value.detach().cpu()
+    alpha = alpha.detach().cpu().to(value.dtype)
+    if tuple(value.shape) != scale.layout.shape or tuple(alpha.shape) != scale.layout.scale_shape:
+        raise ValueError("its shape or its scales' shape changed since harden_")
+    bad = ~(alpha.isfinite() & (alpha > 0))
+    if bool(bad.any()):
+        raise ValueError(bad_scale_message("its scales", int(bad.sum()), float(alpha[bad][0])))
+    table = torch.from_numpy(values.tables(str(value.dtype)).values).to(value.dtype)
+    # the nearest member of each ratio, in float64 so that no rounding of the ratio decides
+    ratio = scale.divide(value.double(), alpha.double())
+    midpoints = torch.tensor(values.midpoints, dtype=torch.float64)
+    members = table[torch.bucketize(ratio, midpoints, right=True)]
+    if not torch.equal(scale.expand(members, alpha), value):
+        raise ValueError(f"harden_ left alpha times members of {values!r} in it; it changed since.")
+    return members
 
 
 def mark_hardened(

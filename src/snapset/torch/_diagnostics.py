@@ -21,6 +21,7 @@ from ._constrain import (
     constrained_tensors,
     hardened_scales,
     hardened_values,
+    scaled_members,
 )
 from ._methods import Scale
 from .export._file import HARDENED, hardened_set
@@ -373,22 +374,11 @@ def _hardened_scaled(tensor: Tensor) -> tuple[Scale, Tensor] | None:
     values, scales = hardened_values(tensor), hardened_scales(tensor)
     if values is None or scales is None or not tensor.is_floating_point():
         return None
-    scale, alpha = scales
-    if alpha.dtype != tensor.dtype or tuple(tensor.shape) != scale.layout.shape:
-        return None
     try:
-        tables = values.tables(str(tensor.dtype))
-    except ValueError:  # cast since to a dtype that merges the set's values
+        scaled_members(tensor, values, *scales)
+    except ValueError:  # changed since harden_, or cast to a dtype that merges the values
         return None
-    table, midpoints = (
-        torch.from_numpy(array).to(tensor.device, tensor.dtype)
-        for array in (tables.values, tables.midpoints)
-    )
-    with torch.no_grad():
-        alpha = alpha.to(tensor.device)
-        members = table[torch.bucketize(scale.divide(tensor, alpha), midpoints, right=True)]
-        held = torch.equal(scale.expand(members, alpha), tensor)
-    return scales if held else None
+    return scales
 
 
 def _set_text(values: ValueSet | None) -> str:

@@ -258,6 +258,11 @@ class Constraint(NamedMethod, nn.Module):
             return value
         return self._right_inverse(self.scale.divide(value, self.scale.alpha.detach()))
 
+    def stored_for(self, members: Tensor) -> Tensor:
+        """The stored tensor that shows the exact ``members`` unscaled, whatever the scale
+        holds (a file's codes load through it; their scales load beside)."""
+        return self._right_inverse(members)
+
     def _reads(self, stored: Tensor, alpha: Tensor | None = None) -> Tensor:
         """What the method's own map reads: the stored tensor, or, for a statistic scale, the
         float weight divided by its scale on the method's latent scale."""

@@ -1,12 +1,15 @@
 """Mutation fuzzing of snapset files: a damaged file loads whole and exact, or not at all.
 
 Files are saved for every method (``ste``, ``stochastic``, ``gumbel``, ``flip``), four sets
-(Binary, Sign, Ternary, a five-value list), four dtypes, hardened models and ``GF2Linear``
-(trainable and hardened), then damaged: bit flips, truncation, byte edits, header-length
-edits and structured edits of the JSON header (shapes, dtypes, offsets, value lists, groups,
-method names, versions, nesting, huge numbers). Every case must either load, with every packed
-value in its set and every tensor in its declared shape, or raise ``SnapsetFileError`` with the
-target model unchanged; any other exception, or a load that breaks a promise, fails.
+(Binary, Sign, Ternary, a five-value list), four dtypes, hardened models, ``GF2Linear``
+(trainable and hardened), scaled sets (learned and statistic scales, constrained and hardened)
+and models with input quantizers, then damaged: bit flips, truncation, byte edits,
+header-length edits and structured edits of the JSON header (shapes, dtypes, offsets, value
+lists, groups, method names, scales, quantizer records, versions, nesting, huge numbers).
+Every case must either load, with every packed value in its set (``alpha * v`` exactly, with
+every scale finite and > 0, for a scaled one) and every tensor in its declared shape, or raise
+``SnapsetFileError`` with the target model (its input quantizers too) unchanged; any other
+exception, or a load that breaks a promise, fails.
 
 Cases are seeded: case ``i`` of seed ``s`` is the same file on every machine. ``make test`` runs
 a few hundred, the slow marker a few thousand; a large run prints its counts::
@@ -35,7 +38,7 @@ from torch import Tensor, nn
 
 import snapset
 import snapset.torch as st
-from snapset.torch._constrain import hardened_values
+from snapset.torch._constrain import hardened_scales, hardened_values, scaled_members
 
 SETS = {
     "binary": snapset.Binary(),
@@ -71,6 +74,8 @@ class Config:
 
     name: str
     build: Callable[[int], nn.Module]
+    #: How often a case draws it, against 1 for each of the many unscaled configs.
+    weight: int = 1
 
 
 def constrained(method: str, values: snapset.ValueSet, dtype: torch.dtype) -> Config:
@@ -87,6 +92,33 @@ def hardened(values: snapset.ValueSet, dtype: torch.dtype) -> Config:
     )
 
 
+# Scales and quantizer records are drawn about a third of the time, though few configs hold them.
+NEW_FIELDS = 8
+
+
+def scaled(
+    method: str, values: snapset.ValueSet, scale: str, mode: str | None, hard: bool = False
+) -> Config:
+    def build(seed: int) -> nn.Module:
+        model = base_model(seed, torch.float32)
+        model = st.constrain_(model, values, method, scale=scale, scale_mode=mode)
+        return st.harden_(model) if hard else model
+
+    kind = "hardened" if hard else method
+    return Config(f"{kind}/{values!r}/scale={scale!r}/{mode}", build, NEW_FIELDS)
+
+
+def quantized(seed: int) -> nn.Module:
+    """Input quantizers of both kinds of state: a learned scale per channel, and none."""
+    model = st.constrain_(base_model(seed, torch.float32), snapset.Ternary(), scale="tensor")
+    learned = st.Quantize(snapset.Sign(), scale="channel", scale_mode="learned", num_features=6)
+    st.quantize_inputs_(model, learned, filter_fn=lambda module, name: name == "0")
+    token = st.Quantize(snapset.ValueSet(range(-128, 128)), scale="token")
+    st.quantize_inputs_(model, token, filter_fn=lambda module, name: name == "2")
+    model.train()(torch.randn(4, 6))  # a learned scale starts from a training batch
+    return model.eval()
+
+
 def gf2(hard: bool) -> Config:
     def build(seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -101,6 +133,11 @@ CONFIGS = (
     *(hardened(v, d) for v in SETS.values() for d in DTYPES.values()),
     gf2(hard=False),
     gf2(hard=True),
+    scaled("ste", SETS["ternary"], "channel", None),
+    scaled("flip", SETS["sign"], "tensor", None),
+    scaled("stochastic", SETS["sign"], "channel", "absmax"),  # exact: max|alpha * v| = alpha
+    scaled("gumbel", SETS["five"], "channel", None, hard=True),
+    Config("input quantizers", quantized, NEW_FIELDS),
 )
 
 
@@ -244,8 +281,10 @@ def edit_packed(rng: random.Random, spec: Any) -> Any:
     if not isinstance(spec, dict) or rng.random() < 0.05:
         return odd_value(rng)
     spec = dict(spec)
-    field = rng.choice(("values", "shape", "dtype", "method", "group", "drop", "add"))
-    if field == "values":
+    field = rng.choice(("values", "shape", "dtype", "method", "group", "drop", "add", "scale"))
+    if field == "scale":
+        spec["scale"] = edit_scale(rng, spec.get("scale"))
+    elif field == "values":
         spec["values"] = edit_values(rng, spec["values"])
     elif field == "shape":
         spec["shape"] = edit_shape(rng, spec["shape"])
@@ -262,12 +301,67 @@ def edit_packed(rng: random.Random, spec: Any) -> Any:
     return spec
 
 
+def edit_scale(rng: random.Random, scale: Any) -> Any:
+    """One edit of a packed tensor's ``scale`` description (or one where it had none)."""
+    if not isinstance(scale, dict) or rng.random() < 0.1:
+        return rng.choice(({"granularity": "channel", "mode": "learned"}, odd_value(rng)))
+    scale = dict(scale)
+    field = rng.choice(("granularity", "mode", "drop", "add"))
+    if field == "granularity":
+        scale[field] = rng.choice(("tensor", "channel", "token", 1, 2, 3, 0, -1, 2**70, 2.0))
+    elif field == "mode":
+        scale[field] = rng.choice(("learned", "absmean", "absmax", "static", odd_value(rng)))
+    elif field == "drop":
+        del scale[rng.choice(sorted(scale))]
+    else:
+        scale["extra"] = odd_value(rng)
+    return scale
+
+
+QUANTIZER_VALUES = {
+    "values": lambda rng: edit_values(rng, [-1.0, 1.0]),
+    "method": lambda rng: rng.choice(("ste", "stochastic", "gumbel", "flip", odd_value(rng))),
+    "estimator": lambda rng: rng.choice(("clip", "identity", "inward", "x", odd_value(rng))),
+    "scale": lambda rng: rng.choice(("tensor", "token", "channel", 0.5, -1.0, 1e-300, 1e309)),
+    "scale_mode": lambda rng: rng.choice(("absmax", "learned", "static", None, odd_value(rng))),
+    "feature_axis": lambda rng: rng.choice((0, 1, -1, -2, 63, 65, odd_value(rng))),
+    "num_features": lambda rng: rng.choice((None, 5, 6, 7, 2**62, odd_value(rng))),
+    "dtype": lambda rng: rng.choice((*FLOAT_NAMES, odd_value(rng))),
+}
+
+
+def edit_quantizers(rng: random.Random, text: str) -> Any:
+    """One edit of ``snapset.quantizers``: a record's field, a record, or the whole."""
+    if rng.random() < 0.1:
+        return rng.choice(("", "{", "[]", "null", '{"0": 1}', "[" * 100_000, odd_value(rng)))
+    recorded = json.loads(text)
+    layer = rng.choice(sorted(recorded))
+    kind = rng.randrange(6)
+    if kind == 0:
+        recorded[rng.choice(("1", "3", "0.weight", "", "x"))] = recorded.pop(layer)
+    elif kind == 1:
+        del recorded[layer]
+    elif kind == 2:
+        recorded[layer] = odd_value(rng)
+    else:
+        record = dict(recorded[layer])
+        field = rng.choice(sorted(QUANTIZER_VALUES))
+        if rng.random() < 0.1:
+            del record[field]
+        else:
+            record[field] = QUANTIZER_VALUES[field](rng)
+        recorded[layer] = record
+    return json.dumps(recorded)
+
+
 def edit_metadata(rng: random.Random, metadata: dict[str, Any]) -> Any:
     kind = rng.randrange(10)
     if kind == 0:
         return odd_value(rng)
     metadata = dict(metadata)
-    if kind == 1:
+    if "snapset.quantizers" in metadata and kind in (1, 2):
+        metadata["snapset.quantizers"] = edit_quantizers(rng, metadata["snapset.quantizers"])
+    elif kind == 1:
         metadata["format"] = rng.choice(("snapset2", "", odd_value(rng)))
     elif kind == 2:
         metadata["snapset.version"] = rng.choice(("0", "2", "1.0", odd_value(rng)))
@@ -366,7 +460,7 @@ class Case:
 
 def make_case(seed: int, index: int) -> Case:
     rng = random.Random(f"{seed}:{index}")
-    config_index = rng.randrange(len(CONFIGS))
+    config_index = rng.choices(range(len(CONFIGS)), weights=[c.weight for c in CONFIGS])[0]
     mutation = rng.choices(list(MUTATIONS), weights=[WEIGHTS[m] for m in MUTATIONS])[0]
     data = MUTATIONS[mutation](rng, saved(config_index))
     return Case(index, CONFIGS[config_index], mutation, data)
@@ -396,6 +490,14 @@ REASONS = (
     ("holds values of", "set vs model"),
     ("cannot load into the constrained model", "plain values vs set"),
     ("round-trip", "constraint round trip"),
+    ("recomputes the scales", "statistic round trip"),
+    ("in the file but", "scaling vs model"),
+    ("the scales of", "scales"),
+    ("damaged 'snapset.quantizers'", "quantizer metadata JSON"),
+    ("learned scales of the input quantizer", "quantizer scales"),
+    ("records no input quantizer", "quantizers vs model"),
+    ("differs from the model's", "quantizer vs model"),
+    ("input quantizer of", "quantizer record"),
     ("': ", "decoding"),
 )
 
@@ -409,6 +511,25 @@ def state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def positive(alpha: Tensor | None) -> bool:
+    return alpha is None or bool((alpha.isfinite() & (alpha > 0)).all())
+
+
+def holds_its_set(tensor: Tensor) -> bool:
+    """A tensor marked by harden_ (or a load) holds members of its set, times its scales."""
+    values, scaled = hardened_values(tensor), hardened_scales(tensor)
+    if values is None:
+        return scaled is None
+    if scaled is None:
+        return in_set(values, tensor)
+    scale, alpha = scaled
+    try:
+        scaled_members(tensor, values, scale, alpha)  # alpha * v exactly, alpha > 0
+    except ValueError:
+        return False
+    return True
+
+
 def check_loaded_model(model: nn.Module, shapes: dict[str, torch.Size]) -> None:
     assert {k: v.shape for k, v in model.state_dict().items()} == shapes
     for name, constraint in st.named_constraints(model):
@@ -416,25 +537,29 @@ def check_loaded_model(model: nn.Module, shapes: dict[str, torch.Size]) -> None:
         owner = model.get_submodule(".".join(path))
         stored = owner.parametrizations[tensor_name].original  # type: ignore[index, union-attr]
         assert in_set(constraint.values, constraint.hard(stored)), name
+        assert positive(constraint.scales(stored)), name
         if constraint.method == "flip":
             assert in_set(constraint.values, stored), name
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        marked = hardened_values(tensor)
-        assert marked is None or in_set(marked, tensor), name
+        assert holds_its_set(tensor), name
         if tensor.dtype == torch.bool:
             assert bool(tensor.view(torch.uint8).le(1).all()), name
+    for name, quantizer in st.input_quantizers(model):
+        assert positive(quantizer.alpha), name
 
 
 def check_loaded_dict(loaded: dict[str, Tensor], data: bytes) -> None:
     header, _ = split(data)  # it loaded, so its header parses
     described = json.loads(header.pop("__metadata__").get("snapset.constrained", "{}"))
-    assert loaded.keys() == header.keys()
+    scales = {name + ".scales" for name, spec in described.items() if "scale" in spec}
+    assert loaded.keys() == header.keys() - scales
     for name, tensor in loaded.items():
         spec = described.get(name)
         if spec is not None:
             assert list(tensor.shape) == spec["shape"] and str(tensor.dtype)[6:] == spec["dtype"]
             assert hardened_values(tensor) == snapset.ValueSet(spec["values"]), name
-            assert in_set(snapset.ValueSet(spec["values"]), tensor), name
+            assert (hardened_scales(tensor) is None) == ("scale" not in spec), name
+            assert holds_its_set(tensor), name
         else:
             assert list(tensor.shape) == header[name]["shape"], name
             assert hardened_values(tensor) is None, name
@@ -446,15 +571,18 @@ def run_case(case: Case, path: Path) -> tuple[str, str]:
     """Load the damaged file into a model and into a dict; return both outcomes."""
     path.write_bytes(case.data)
     target = case.config.build(1)
-    before = state(target)
+    before, quantizers = state(target), list(st.input_quantizers(target))
     try:
         st.load(target, path)
-        check_loaded_model(target, {k: v.shape for k, v in before.items()})
+        shapes = {k: v.shape for k, v in state(target).items()}  # with quantizers put in
+        check_loaded_model(target, shapes)
+        assert {k: shapes[k] for k in before} == {k: v.shape for k, v in before.items()}
         into_model = "loaded"
     except st.SnapsetFileError as error:
         after = state(target)
         assert after.keys() == before.keys()
         assert all(torch.equal(after[k], before[k]) for k in before), "a refused load changed it"
+        assert list(st.input_quantizers(target)) == quantizers, "a refused load changed them"
         into_model = reason(error)
     try:
         check_loaded_dict(st.load(None, path), case.data)

@@ -25,14 +25,6 @@ SHAPES = [(1, 1), (7, 3), (64, 17), (65, 5), (203, 33)] + [
 ]
 
 
-@pytest.fixture(params=["numba", "numpy"])
-def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "numpy":
-        monkeypatch.setenv("SNAPSET_KERNELS", "numpy")
-    assert _kernels.backend() == request.param  # numba is installed with the export extra
-    return str(request.param)
-
-
 def hardened_linear(n_in: int, out: int, values: snapset.ValueSet, seed: int) -> nn.Linear:
     torch.manual_seed(seed)
     return st.harden_(st.constrain(nn.Linear(n_in, out), "weight", values)).eval()

@@ -4,13 +4,29 @@ A file holds, for each tensor whose values come from a set, its value set, shape
 codes packed by ``snapset._packing`` (close to ``log2(k)`` bits a weight), and every other
 ``state_dict`` tensor as it is. The safetensors header's ``__metadata__`` carries::
 
-    "format": "snapset", "snapset.version": "1",
+    "format": "snapset", "snapset.version": "1" (or "2" with scales or input quantizers),
     "snapset.constrained": JSON {name: {"values": [...], "shape": [...], "dtype": "float32",
                                         "method": "ste", "group": g}}
 
 and the tensor ``name`` is the ``uint8`` stream of codes. Any safetensors reader opens the file.
 ``method`` is the constraint's method, or ``"hardened"`` for a plain tensor of set values (one
 that ``harden_`` made, or one whose set the caller declared).
+
+A scaled tensor (``w = alpha * v``, see ``snapset._scales``) adds ``"scale": {"granularity":
+"channel", "mode": "learned"}`` to its description, and its scales ``alpha`` are the float
+tensor ``name + ".scales"`` in the tensor's dtype, of the shape the core's layout gives for the
+codes' shape with PyTorch's axes (outputs along 0, inputs along 1). The codes are those of
+``v``; a statistic scale (``absmean``, ``absmax``) is saved as the scales it computed, so the
+file holds what the model computes with in eval mode, as for every method. A model with input
+quantizers (``quantize_inputs_``) adds::
+
+    "snapset.quantizers": JSON {layer: {"values": [...], "method": "ste", "estimator": "clip",
+                                        "scale": "token", "scale_mode": "absmax",
+                                        "feature_axis": -1, "num_features": null,
+                                        "dtype": "float32"}}
+
+and a learned scale's ``alpha`` (and its ``initialized`` flag) are the plain tensors
+``layer + ".input_quantizer.alpha"`` (``.initialized``), as in the model's ``state_dict``.
 
 What a load promises:
 
@@ -28,6 +44,8 @@ What a load promises:
 * **Values in their sets.** Packed tensors decode through their set's table in their dtype, so
   they hold members of the set and nothing else; a set that merges or overflows in that dtype
   is refused, as are bool tensors with bytes other than 0 and 1.
+* **Scales that fit.** Scales are finite and > 0, in the shape their granularity gives the
+  codes' shape; a quantizer record builds a ``Quantize`` whose state the file holds.
 """
 
 from __future__ import annotations
@@ -39,7 +57,7 @@ import os
 import secrets
 import stat
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from io import BufferedReader
 from pathlib import Path
@@ -50,19 +68,35 @@ import torch
 from torch import Tensor, nn
 
 from ..._packing import Radix, pack_codes, radix_for, unpack_codes
+from ..._scales import (
+    SCALE_GRANULARITIES,
+    SCALE_MODES,
+    Scaling,
+    bad_scale_message,
+    check_granularity,
+)
 from ..._sets import ValueSet
 from ..._spec import NOT_BY_FLIP_OPTIMIZER, outside_set_error
 from .._constrain import (
     ConstrainedTensor,
     check_values,
     constrained_tensors,
+    hardened_scales,
     hardened_values,
     mark_hardened,
+    scaled_members,
 )
+from .._methods import Scale
+from .._quantize import INPUT_QUANTIZER, Quantize, input_quantizers, quantize_inputs_
 
 __all__ = ["SnapsetFileError", "load", "save"]
 
-FORMAT_VERSION = 1
+#: The file format this snapset writes: version 2 for a file with scales or input quantizers
+#: (which a reader of version 1 would load as unscaled values without their quantizers), and
+#: version 1, which every snapset reads, for any other.
+FORMAT_VERSION = 2
+#: The versions this snapset reads.
+READ_VERSIONS = ("1", "2")
 #: A header larger than this is refused unread (safetensors itself caps it at 100 MB).
 MAX_HEADER_BYTES = 100 * 2**20
 #: Tensors a file may hold: a model of a billion tensors is not one file.
@@ -75,6 +109,8 @@ MAX_VALUES = 2**16
 MAX_DISTINCT_VALUES = 2**20
 #: The ``method`` recorded for a plain tensor of set values (hardened, or its set declared).
 HARDENED = "hardened"
+#: The suffix of the name under which a scaled tensor's scales are stored.
+SCALES = ".scales"
 
 _DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -164,17 +200,48 @@ class _Slot:
     def dtype(self) -> torch.dtype:
         return self.tensor.stored.dtype
 
+    @property
+    def scale(self) -> Scale | None:
+        return self.tensor.constraint.scale
+
     def hard(self) -> Tensor:
         return self.tensor.constraint.hard(self.tensor.stored).detach()
 
-    def new_stored(self, value: Tensor) -> Tensor:
-        """The tensor to store so that the slot shows ``value``; checked to be exact."""
-        stored = self.tensor.constraint.right_inverse(value)
-        if not torch.equal(self.tensor.constraint.hard(stored), value):
+    def scales(self) -> Tensor | None:
+        return self.tensor.constraint.scales(self.tensor.stored)
+
+    def writes(self, members: Tensor, alpha: Tensor | None) -> list[tuple[Tensor, Tensor]]:
+        """The (target, value) pairs that make the slot show ``members`` (times ``alpha`` for a
+        scaled set), checked to be exact."""
+        constraint, scale = self.tensor.constraint, self.scale
+        writes = []
+        if scale is None or alpha is None:
+            stored = constraint.right_inverse(members)
+        elif scale.alpha is None:  # a statistic: the stored tensor is the float weight itself
+            stored = scale.expand(members, alpha)
+        else:
+            # the members' stored form on the set's own scale, beside the file's learned alpha
+            stored = constraint.stored_for(members)
+            writes.append((scale.alpha, alpha))
+        if not torch.equal(constraint.hard(stored), members):
             raise SnapsetFileError(
                 f"'{self.tensor.name}': the values do not round-trip its constraint"
             )
-        return stored
+        # a statistic scale is recomputed from the float weight: it must give the saved one
+        if (
+            scale is not None
+            and scale.alpha is None
+            and alpha is not None
+            and not torch.equal(scale.statistic(stored), alpha)
+        ):
+            raise SnapsetFileError(
+                f"'{self.tensor.name}': scale_mode={scale.scaling.mode!r} recomputes the scales "
+                "from the float weight, and alpha * v gives back other scales than the saved "
+                "ones, so no float weight snapset builds shows the saved values exactly; load "
+                "the file into a plain model of the same architecture (exact, as if hardened); "
+                "to resume training, save and load a state_dict with torch.save"
+            )
+        return [(self.tensor.stored, stored), *writes]
 
 
 def _slots(model: nn.Module) -> dict[str, _Slot]:
@@ -182,12 +249,18 @@ def _slots(model: nn.Module) -> dict[str, _Slot]:
 
 
 def _plain_state(model: nn.Module, slots: dict[str, _Slot]) -> dict[str, Tensor]:
-    """``state_dict`` entries that are not the stored tensor of a slot."""
-    skip = set()
+    """``state_dict`` entries that are neither the stored tensor of a slot nor its constraint's
+    own state (a learned scale's ``alpha``, saved beside the codes)."""
+    skip, own = set(), []
     for name, slot in slots.items():
         owner = name[: -len(slot.tensor.tensor_name)]  # "0." of "0.weight"
-        skip.add(f"{owner}parametrizations.{slot.tensor.tensor_name}.original")
-    return {k: v for k, v in model.state_dict().items() if k not in skip}
+        prefix = f"{owner}parametrizations.{slot.tensor.tensor_name}."
+        skip.add(f"{prefix}original")
+        own.append(f"{prefix}0.")  # the snapset constraint is the first of its stack
+    prefixes = tuple(own)
+    return {
+        k: v for k, v in model.state_dict().items() if k not in skip and not k.startswith(prefixes)
+    }
 
 
 def _tensor_objects(model: nn.Module) -> dict[str, Tensor]:
@@ -251,11 +324,15 @@ def save(
             "(or pip install safetensors)"
         ) from error
     tensors, described = _contents(model, values or {})
+    quantizers = {name: _quantizer_record(q) for name, q in input_quantizers(model)}
+    scaled = any("scale" in spec for spec in described.values())
     metadata = {
         "format": "snapset",
-        "snapset.version": str(FORMAT_VERSION),
+        "snapset.version": str(FORMAT_VERSION) if quantizers or scaled else "1",
         "snapset.constrained": json.dumps(described),
     }
+    if quantizers:
+        metadata["snapset.quantizers"] = json.dumps(quantizers)
     target = Path(path)
     _replace(target, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
     return target
@@ -282,6 +359,9 @@ def _contents(
     for name, slot in slots.items():
         method = slot.tensor.constraint.method
         tensors[name], described[name] = _packed(name, slot.values, slot.hard(), method, _OFF_SET)
+        alpha = slot.scales()
+        if slot.scale is not None and alpha is not None:
+            _add_scales(tensors, described, name, slot.scale.scaling, alpha)
     objects = _tensor_objects(model)
     for name, tensor in plain.items():
         if name in tensors:
@@ -295,7 +375,12 @@ def _contents(
         mark = hardened_values(objects[name]) if name in objects else None
         if mark is not None:
             try:
-                tensors[name], described[name] = _packed(name, mark, tensor, HARDENED, _CHANGED)
+                scaled = hardened_scales(objects[name])
+                members = tensor if scaled is None else scaled_members(tensor, mark, *scaled)
+                tensors[name], described[name] = _packed(name, mark, members, HARDENED, _CHANGED)
+                if scaled is not None:
+                    scale, alpha = scaled
+                    _add_scales(tensors, described, name, scale.scaling, alpha.to(tensor.dtype))
                 continue
             except (ValueError, TypeError) as error:  # trained or cast since harden_
                 warnings.warn(
@@ -342,6 +427,37 @@ def _packed(
     return torch.from_numpy(pack_codes(codes.numpy(), radix)), description
 
 
+def _add_scales(
+    tensors: dict[str, Tensor],
+    described: dict[str, dict[str, Any]],
+    name: str,
+    scaling: Scaling,
+    alpha: Tensor,
+) -> None:
+    """Store the scales of the packed tensor ``name`` beside its codes, in its dtype."""
+    described[name]["scale"] = {"granularity": scaling.granularity, "mode": scaling.mode}
+    dtype = _FLOAT_NAMES[described[name]["dtype"]]
+    tensors[name + SCALES] = alpha.detach().to(dtype).cpu().contiguous().clone()
+
+
+def _quantizer_record(quantizer: Quantize) -> dict[str, Any]:
+    """What a file records of an input quantizer: the arguments that build it again."""
+    scaling = quantizer.scaling
+    scale: str | float | None = None
+    if scaling is not None:
+        scale = scaling.value if scaling.value is not None else scaling.granularity
+    return {
+        "values": list(quantizer.values.values),
+        "method": quantizer.method,
+        "estimator": quantizer.estimator,
+        "scale": scale,
+        "scale_mode": None if scaling is None else scaling.mode,
+        "feature_axis": quantizer.feature_axis,
+        "num_features": quantizer.num_features,
+        "dtype": str(quantizer.rounding.table.dtype).removeprefix("torch."),
+    }
+
+
 def _replace(target: Path, write: Callable[[Path], None]) -> None:
     """Write a new file through ``write`` under a temporary name, check that ``load`` reads its
     header, and rename it to ``target``; on any failure remove it and leave ``target`` as it was."""
@@ -384,6 +500,8 @@ class _Packed:
     dtype: torch.dtype
     method: str
     radix: Radix
+    #: A scaled tensor's scaling (None: unscaled).
+    scaling: Scaling | None = None
 
     @property
     def count(self) -> int:
@@ -421,7 +539,13 @@ class _File:
         self.entries = {
             name: _entry(path, name, spec, size - self.data_start) for name, spec in header.items()
         }
-        self.packed = _packed_entries(path, metadata, self.entries)
+        sets = _Sets()
+        self.packed = _packed_entries(path, metadata, self.entries, sets)
+        #: The entries that hold a packed tensor's scales (not tensors of the model).
+        self.scale_names = {
+            name + SCALES for name, packed in self.packed.items() if packed.scaling is not None
+        }
+        self.quantizers = _quantizer_entries(path, metadata, self.entries, sets)
 
     def read(self, name: str) -> Tensor:
         """The tensor ``name`` as the file stores it, in new memory."""
@@ -438,9 +562,9 @@ class _File:
             return torch.empty(entry.shape, dtype=entry.dtype)
         return torch.frombuffer(raw, dtype=entry.dtype).reshape(entry.shape)
 
-    def decode(self, name: str, dtype: torch.dtype | None = None) -> Tensor:
-        """The exact values of a packed tensor, in ``dtype`` (default: the file's), marked as
-        ``harden_`` marks a plain tensor of set values."""
+    def members(self, name: str, dtype: torch.dtype | None = None) -> Tensor:
+        """The members ``v`` of a packed tensor's set, in ``dtype`` (default: the file's),
+        marked as ``harden_`` marks a plain tensor of set values."""
         packed = self.packed[name]
         data = self.read(name).numpy()
         try:
@@ -450,6 +574,35 @@ class _File:
             raise SnapsetFileError(f"{self.path}: tensor '{name}': {error}") from None
         value = table[torch.from_numpy(codes)].reshape(packed.shape)
         mark_hardened(value, packed.values)
+        return value
+
+    def scales(self, name: str, dtype: torch.dtype | None = None) -> Tensor | None:
+        """The scales ``alpha`` of a packed tensor in ``dtype`` (None: unscaled), checked to be
+        finite and > 0 there."""
+        packed = self.packed[name]
+        if packed.scaling is None:
+            return None
+        alpha = self.read(name + SCALES).to(dtype or packed.dtype)
+        bad = ~(alpha.isfinite() & (alpha > 0))
+        if bool(bad.any()):
+            where = f"the scales of '{name}'"
+            raise SnapsetFileError(
+                f"{self.path}: {bad_scale_message(where, int(bad.sum()), float(alpha[bad][0]))} "
+                "The file is damaged (or its scales do not fit this dtype): save the model again."
+            )
+        return alpha
+
+    def decode(self, name: str, dtype: torch.dtype | None = None) -> Tensor:
+        """The exact values of a packed tensor, ``alpha * v`` for a scaled one, in ``dtype``,
+        marked as ``harden_`` marks what it makes plain (with the scales, for a scaled one)."""
+        members = self.members(name, dtype)
+        alpha = self.scales(name, dtype)
+        packed = self.packed[name]
+        if alpha is None or packed.scaling is None:
+            return members
+        scale = Scale(packed.scaling, packed.values, members)
+        value = scale.expand(members, alpha)
+        mark_hardened(value, packed.values, (scale, alpha))
         return value
 
 
@@ -564,31 +717,33 @@ class _Sets:
 _FIELDS = ("values", "shape", "dtype", "method", "group")
 
 
-def _packed_entries(path: Path, metadata: object, entries: dict[str, _Entry]) -> dict[str, _Packed]:
+def _packed_entries(
+    path: Path, metadata: object, entries: dict[str, _Entry], sets: _Sets
+) -> dict[str, _Packed]:
     if not isinstance(metadata, dict) or metadata.get("format") != "snapset":
         raise SnapsetFileError(f"{path}: not a snapset file (no 'format: snapset' in its metadata)")
     version = metadata.get("snapset.version")
-    if version != str(FORMAT_VERSION):
+    if version not in READ_VERSIONS:
         raise SnapsetFileError(
-            f"{path}: snapset file format version {_clip(version)}; this snapset reads version "
-            f"{FORMAT_VERSION} (upgrade snapset to read newer files)"
+            f"{path}: snapset file format version {_clip(version)}; this snapset reads versions "
+            f"{' and '.join(READ_VERSIONS)} (upgrade snapset to read newer files)"
         )
     described = _parse_json(
         path, metadata.get("snapset.constrained", "{}"), "'snapset.constrained' metadata"
     )
     if not isinstance(described, dict):
         raise SnapsetFileError(f"{path}: damaged 'snapset.constrained' metadata (not an object)")
-    sets = _Sets()
     packed = {}
     for name, spec in described.items():
         try:
-            packed[name] = _packed_entry(spec, entries.get(name), sets)
+            packed[name] = _packed_entry(name, spec, entries, sets)
         except (ValueError, TypeError) as error:
             raise SnapsetFileError(f"{path}: constrained tensor '{name}': {error}") from None
     return packed
 
 
-def _packed_entry(spec: object, entry: _Entry | None, sets: _Sets) -> _Packed:
+def _packed_entry(name: str, spec: object, entries: dict[str, _Entry], sets: _Sets) -> _Packed:
+    entry = entries.get(name)
     if entry is None:
         raise ValueError("its codes are missing")
     if not isinstance(spec, dict) or not all(field in spec for field in _FIELDS):
@@ -609,7 +764,116 @@ def _packed_entry(spec: object, entry: _Entry | None, sets: _Sets) -> _Packed:
             f"{count} codes of {len(values)} values take {radix.nbytes(count)} bytes, the file "
             f"holds {entry.dtype} of shape {list(entry.shape)}"
         )
-    return _Packed(values, shape, dtype, spec["method"], radix)
+    if "scale" not in spec:
+        return _Packed(values, shape, dtype, spec["method"], radix)
+    scaling = _scaling(spec["scale"])
+    layout = scaling.layout(shape, 0, 1 if len(shape) >= 2 else None)
+    scales = entries.get(name + SCALES)
+    if scales is None or scales.dtype != dtype or scales.shape != layout.scale_shape:
+        held = "none" if scales is None else f"{scales.dtype} of shape {list(scales.shape)}"
+        raise ValueError(
+            f"scale={scaling.granularity!r} on shape {list(shape)} needs scales "
+            f"'{name}{SCALES}' of {dtype} and shape {list(layout.scale_shape)}, the file holds "
+            f"{held} (a damaged file: save the model again)"
+        )
+    return _Packed(values, shape, dtype, spec["method"], radix, scaling)
+
+
+def _scaling(raw: object) -> Scaling:
+    """The scaling a packed tensor's ``scale`` field describes (``ValueError`` if none)."""
+    if not isinstance(raw, dict) or set(raw) != {"granularity", "mode"}:
+        raise ValueError(f"scale {_clip(raw)} is not an object with fields granularity, mode")
+    granularity, mode = raw["granularity"], raw["mode"]
+    check_granularity(granularity, SCALE_GRANULARITIES, "a group size along the input axis")
+    if not isinstance(mode, str) or mode not in SCALE_MODES:
+        raise ValueError(f"scale mode {_clip(mode)} is none of {', '.join(SCALE_MODES)}")
+    return Scaling(granularity, mode)
+
+
+_QUANTIZER_FIELDS = (
+    "values",
+    "method",
+    "estimator",
+    "scale",
+    "scale_mode",
+    "feature_axis",
+    "num_features",
+    "dtype",
+)
+
+
+@dataclass(frozen=True)
+class _QuantizerEntry:
+    """An input quantizer a file records: what builds it, and the names of its state."""
+
+    build: Callable[[], Quantize]
+    record: dict[str, Any]
+    state: dict[str, str]  # the quantizer's state_dict key -> the file's tensor name
+
+
+def _quantizer_entries(
+    path: Path, metadata: dict[str, Any], entries: dict[str, _Entry], sets: _Sets
+) -> dict[str, _QuantizerEntry]:
+    records = _parse_json(
+        path, metadata.get("snapset.quantizers", "{}"), "'snapset.quantizers' metadata"
+    )
+    if not isinstance(records, dict):
+        raise SnapsetFileError(f"{path}: damaged 'snapset.quantizers' metadata (not an object)")
+    quantizers = {}
+    for layer, record in records.items():
+        try:
+            quantizers[layer] = _quantizer_entry(layer, record, entries, sets)
+        except (ValueError, TypeError) as error:
+            raise SnapsetFileError(f"{path}: input quantizer of '{layer}': {error}") from None
+    return quantizers
+
+
+def _quantizer_entry(
+    layer: str, record: object, entries: dict[str, _Entry], sets: _Sets
+) -> _QuantizerEntry:
+    if not isinstance(record, dict) or set(record) != set(_QUANTIZER_FIELDS):
+        raise ValueError(f"its record is not an object with fields {', '.join(_QUANTIZER_FIELDS)}")
+    dtype = _FLOAT_NAMES.get(record["dtype"]) if isinstance(record["dtype"], str) else None
+    if dtype is None:
+        raise ValueError(f"unknown dtype {_clip(record['dtype'])}")
+    values = sets.read(record["values"], dtype)
+    for field in ("method", "estimator", "scale_mode"):
+        if not isinstance(record[field], str) and record[field] is not None:
+            raise ValueError(f"{field} {_clip(record[field])} is not a string")
+    axis, count = record["feature_axis"], record["num_features"]
+    if not isinstance(axis, int) or isinstance(axis, bool) or abs(axis) > MAX_DIMS:
+        raise ValueError(f"feature_axis {_clip(axis)} is not an axis of a tensor")
+    prefix = f"{layer}.{INPUT_QUANTIZER}." if layer else f"{INPUT_QUANTIZER}."  # "": the model
+    alpha = entries.get(prefix + "alpha")
+    # a learned per-channel scale holds num_features entries: the file's tensor bounds them
+    if count is not None and (not _is_count(count) or alpha is None or alpha.shape != (count,)):
+        raise ValueError(
+            f"num_features {_clip(count)} does not match its learned scales "
+            f"'{prefix}alpha' ({'missing' if alpha is None else list(alpha.shape)})"
+        )
+
+    def build() -> Quantize:
+        quantizer = Quantize(
+            values,
+            record["method"],
+            estimator=record["estimator"],
+            scale=record["scale"],
+            scale_mode=record["scale_mode"],
+            feature_axis=axis,
+            num_features=count,
+        )
+        return quantizer.to(dtype)
+
+    built = build()
+    state = {key: prefix + key for key in built.state_dict()}
+    for key, tensor in built.state_dict().items():
+        entry = entries.get(state[key])
+        if entry is None or entry.shape != tuple(tensor.shape) or entry.dtype != tensor.dtype:
+            raise ValueError(
+                f"its {key} '{state[key]}' is missing or not {tensor.dtype} of shape "
+                f"{list(tensor.shape)}"
+            )
+    return _QuantizerEntry(build, _quantizer_record(built), state)
 
 
 # ----- load -----------------------------------------------------------------------------------
@@ -626,15 +890,28 @@ def load(model: nn.Module | None, path: str | os.PathLike[str]) -> Any:
     tensor gets the stored tensor that shows the saved values (the latent at the value, or
     logits peaked at it).
 
+    A scaled tensor (``w = alpha * v``) loads into a model constrained with the same scaling
+    (``scale`` and ``scale_mode``), whose learned ``alpha`` takes the saved scales, or into a
+    plain tensor, which then holds ``alpha * v`` bit for bit, marked with its set and scales as
+    ``harden_`` marks it. A statistic scale (``absmean``, ``absmax``) recomputes its scales from
+    the float weight, which the file does not hold: such a target is given ``alpha * v`` as its
+    float weight, and the load is refused unless that gives back the saved scales exactly.
+
+    Input quantizers that the file records (see ``quantize_inputs_``) must match the model's,
+    layer by layer; a layer that has none gets one, built from the file, so that a plain model
+    computes what the saved one computes.
+
     With ``model=None`` it returns a ``dict`` of tensors that a plain (hardened) model's
-    ``load_state_dict`` accepts: the packed tensors decoded to their exact values and dtype,
-    under their names (``"0.weight"``), and every other tensor as saved.
+    ``load_state_dict`` accepts: the packed tensors decoded to their exact values (``alpha *
+    v`` for a scaled one) and dtype, under their names (``"0.weight"``), and every other tensor
+    as saved (an input quantizer's learned scale among them).
 
     The file is opened once and read whole through that handle (a ``save`` racing on the same
     path never mixes two files), and everything is decoded and checked before the first tensor
     of ``model`` changes. Raises ``SnapsetFileError`` (a ``ValueError``) for a damaged or
-    hostile file, or one whose names, shapes or value sets do not match ``model``; nothing in
-    ``model`` changes then. Needs no extra: it reads safetensors itself.
+    hostile file, or one whose names, shapes, value sets, scales or input quantizers do not
+    match ``model``; nothing in ``model`` changes then. Needs no extra: it reads safetensors
+    itself.
 
     Examples:
         >>> import os, tempfile, torch, snapset, snapset.torch as st
@@ -644,19 +921,27 @@ def load(model: nn.Module | None, path: str | os.PathLike[str]) -> Any:
         >>> x = torch.randn(2, 6)
         >>> torch.equal(plain(x), model(x))
         True
+        >>> scaled = st.constrain(torch.nn.Linear(6, 3), "weight", snapset.Sign(), scale="channel")
+        >>> path = st.save(scaled.eval(), path)
+        >>> torch.equal(st.load(torch.nn.Linear(6, 3), path)(x), scaled(x))
+        True
     """
     with Path(path).open("rb") as handle:
         file = _File(Path(path), handle)
         if model is None:
-            return {name: _read_any(file, name) for name in file.entries}
-        writes = list(_plan(file, model))
+            return {
+                name: _read_any(file, name) for name in file.entries if name not in file.scale_names
+            }
+        writes, installs = _plan(file, model)
     with torch.no_grad():
         for target, value in writes:
             target.copy_(value)
     for target, value in writes:
         # a plain tensor that now holds a packed set's values is marked as harden_ marks it;
         # one that now holds a file's plain values loses an older mark
-        mark_hardened(target, hardened_values(value))
+        mark_hardened(target, hardened_values(value), hardened_scales(value))
+    for layer, quantizer in installs:
+        quantize_inputs_(model, quantizer, modules=(nn.Module,), filter_fn=_named(layer))
     return model
 
 
@@ -664,11 +949,20 @@ def _read_any(file: _File, name: str) -> Tensor:
     return file.decode(name) if name in file.packed else file.read(name)
 
 
-def _plan(file: _File, model: nn.Module) -> Iterator[tuple[Tensor, Tensor]]:
-    """Every (target, new value) pair, all decoded and checked before anything is written."""
+def _named(layer: str) -> Callable[[nn.Module, str], bool]:
+    return lambda module, name: name == layer
+
+
+def _plan(
+    file: _File, model: nn.Module
+) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[str, Quantize]]]:
+    """Every (target, new value) pair and every input quantizer to put in, all decoded and
+    checked before anything is written."""
     slots = _slots(model)
     plain = _plain_state(model, slots)
-    wanted = set(slots) | set(plain)
+    installs = _quantizers_to_install(file, model)
+    wanted = set(slots) | set(plain) | file.scale_names
+    wanted |= {name for layer, _ in installs for name in file.quantizers[layer].state.values()}
     missing, unexpected = sorted(wanted - set(file.entries)), sorted(set(file.entries) - wanted)
     if missing or unexpected:
         raise SnapsetFileError(
@@ -681,19 +975,31 @@ def _plan(file: _File, model: nn.Module) -> Iterator[tuple[Tensor, Tensor]]:
         )
     writes: list[tuple[Tensor, Tensor]] = []
     for name, slot in slots.items():
-        value = _value_for(file, name, slot.shape, slot.dtype, slot.values)
-        writes.append((slot.tensor.stored, slot.new_stored(value)))
+        _check_fits(file, name, slot.shape, slot.values)
+        _check_scaling(file, name, slot.scale)
+        if name in file.packed:
+            members, alpha = file.members(name, slot.dtype), file.scales(name, slot.dtype)
+        else:
+            members, alpha = _plain_members(file, name, slot.dtype, slot.values), None
+        writes += slot.writes(members, alpha)
     objects = _tensor_objects(model)
     for name, tensor in plain.items():
-        value = _value_for(file, name, tuple(tensor.shape), tensor.dtype, None)
+        _check_fits(file, name, tuple(tensor.shape), None)
+        if name in file.packed:
+            value = file.decode(name, tensor.dtype)
+        else:
+            value = file.read(name).to(tensor.dtype)
         # the parameter or buffer itself, which keeps the mark (state_dict's view would not)
         writes.append((objects.get(name, tensor), value))
-    return iter(writes)
+    for layer, quantizer in installs:
+        entry = file.quantizers[layer]
+        quantizer.load_state_dict({key: file.read(name) for key, name in entry.state.items()})
+    for layer in file.quantizers:
+        _check_quantizer_scales(file, layer)
+    return writes, installs
 
 
-def _value_for(
-    file: _File, name: str, shape: tuple[int, ...], dtype: torch.dtype, values: ValueSet | None
-) -> Tensor:
+def _check_fits(file: _File, name: str, shape: tuple[int, ...], values: ValueSet | None) -> None:
     packed = file.packed.get(name)
     file_shape = packed.shape if packed is not None else file.entries[name].shape
     if file_shape != shape:
@@ -706,15 +1012,93 @@ def _value_for(
             f"{file.path}: '{name}' holds values of {packed.values!r} but the model constrains it "
             f"to {values!r}"
         )
-    if packed is not None:
-        return file.decode(name, dtype)
+
+
+def _check_scaling(file: _File, name: str, scale: Scale | None) -> None:
+    packed = file.packed.get(name)
+    saved = None if packed is None else packed.scaling
+    wanted = None if scale is None else scale.scaling
+    if saved != wanted:
+        raise SnapsetFileError(
+            f"{file.path}: '{name}' is {_scaled(saved)} in the file but {_scaled(wanted)} in the "
+            "model; constrain it as the saved model was (scale=..., scale_mode=...), or load the "
+            "file into a plain model"
+        )
+
+
+def _scaled(scaling: Scaling | None) -> str:
+    if scaling is None:
+        return "unscaled"
+    return f"scaled (scale={scaling.granularity!r}, scale_mode={scaling.mode!r})"
+
+
+def _plain_members(file: _File, name: str, dtype: torch.dtype, values: ValueSet) -> Tensor:
+    """A plain tensor of the file that loads into a constrained tensor: members of its set."""
     value = file.read(name).to(dtype)
-    if values is not None:
-        outside = _set_codes(values, value)[1]
-        if bool(outside.any()):
-            raise SnapsetFileError(
-                f"{file.path}: '{name}' is a plain tensor in the file with entries outside "
-                f"{values!r} (e.g. {value.reshape(-1)[outside][0].item()}), so it cannot load "
-                "into the constrained model"
-            )
+    outside = _set_codes(values, value)[1]
+    if bool(outside.any()):
+        raise SnapsetFileError(
+            f"{file.path}: '{name}' is a plain tensor in the file with entries outside "
+            f"{values!r} (e.g. {value.reshape(-1)[outside][0].item()}), so it cannot load "
+            "into the constrained model"
+        )
     return value
+
+
+def _quantizers_to_install(file: _File, model: nn.Module) -> list[tuple[str, Quantize]]:
+    """The input quantizers the file records and ``model`` lacks, built; ``SnapsetFileError``
+    if the model's input quantizers and the file's differ."""
+    present = dict(input_quantizers(model))
+    extra = sorted(set(present) - set(file.quantizers))
+    if extra:
+        raise SnapsetFileError(
+            f"{file.path} records no input quantizer of {', '.join(map(repr, extra))}, which the "
+            "model has: remove them (snapset.torch.remove_input_quantizers_) or load a file "
+            "saved with them"
+        )
+    installs = []
+    for layer, entry in file.quantizers.items():
+        if layer in present:
+            mine = _quantizer_record(present[layer])
+            differ = [
+                f"{field} ({_clip(entry.record[field])} in the file, {_clip(mine[field])} in "
+                "the model)"
+                for field in _QUANTIZER_FIELDS
+                if field != "dtype" and mine[field] != entry.record[field]
+            ]
+            if differ:
+                raise SnapsetFileError(
+                    f"{file.path}: the input quantizer of '{layer}' differs from the model's in "
+                    f"{', '.join(differ)}; build the model's quantizers as the saved model's "
+                    "were, or load into a model without them"
+                )
+            continue
+        try:
+            target = model.get_submodule(layer)
+        except AttributeError:
+            raise SnapsetFileError(
+                f"{file.path} records an input quantizer of '{layer}', which "
+                f"{type(model).__name__} does not have"
+            ) from None
+        if hasattr(target, INPUT_QUANTIZER):
+            raise SnapsetFileError(
+                f"{file.path}: '{layer}' needs an input quantizer, and its attribute "
+                f"'{INPUT_QUANTIZER}' is taken by something else; rename it"
+            )
+        installs.append((layer, entry.build()))
+    return installs
+
+
+def _check_quantizer_scales(file: _File, layer: str) -> None:
+    """A recorded learned scale must be finite and > 0 (the quantizer would refuse it)."""
+    name = file.quantizers[layer].state.get("alpha")
+    if name is None:
+        return
+    alpha = file.read(name)
+    bad = ~(alpha.isfinite() & (alpha > 0))
+    if bool(bad.any()):
+        where = f"the learned scales of the input quantizer of '{layer}'"
+        raise SnapsetFileError(
+            f"{file.path}: {bad_scale_message(where, int(bad.sum()), float(alpha[bad][0]))} "
+            "The file is damaged: save the model again."
+        )

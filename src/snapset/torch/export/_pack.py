@@ -15,10 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..._kernels import PackedMatrix, backend, decode_rows, small_matmul
-from ..._sets import ValueSet
+from ..._scales import bad_scale_message
+from ..._sets import Sign, ValueSet
 from ..._spec import outside_set_error
-from .._constrain import harden_, hardened_values, mark_hardened
+from .._constrain import harden_, hardened_scales, hardened_values, mark_hardened, scaled_members
 from .._layers import GF2Linear
+from .._methods import Scale
+from .._quantize import Quantize, input_quantizers, quantize_inputs_, remove_input_quantizers_
 from ._file import hardened_set
 from ._pack_gf2 import PackedGF2Linear
 
@@ -27,6 +30,7 @@ __all__ = [
     "PackedConv",
     "PackedLinear",
     "PackingReport",
+    "SignThresholds",
     "kernel_backend",
     "pack",
     "unpackable",
@@ -113,10 +117,12 @@ _WORKSPACE = threading.local()
 
 
 def _tiled_matmul(rows: Tensor, matrix: PackedMatrix) -> Tensor:
-    """``rows @ W.T`` by BLAS on ``W.T`` decoded a block of inputs at a time."""
+    """``rows @ W.T`` by BLAS on ``W.T`` decoded a block of inputs at a time (scaled entries
+    in float32, as a scaled float layer holds them)."""
     g = matrix.group
     padded = torch.zeros(rows.shape[0], matrix.groups * g)
-    padded[:, : matrix.n_in] = rows  # padding inputs are 0: the padding codes add nothing
+    # padding inputs are 0: the padding codes add nothing
+    padded[:, : matrix.width] = torch.from_numpy(matrix.lay_out(rows.numpy()))
     step = max(1, TILE_BYTES // (4 * g * matrix.out))
     size = min(step, matrix.groups) * g * matrix.out
     workspace = getattr(_WORKSPACE, "buffer", None)
@@ -137,7 +143,11 @@ class PackedLinear(nn.Module):
     """An inference-only ``nn.Linear`` whose weight lives as packed codes (see ``pack``).
 
     The weight takes ``g`` codes a byte (1 bit a weight for two values, 1.6 for ternary, 2 for
-    four); the bias stays float32. It computes in float32 on the CPU, and has no gradient.
+    four); the bias stays float32. A weight that ``harden_`` made from a scaled set
+    (``w = alpha * v``, see [`constrain`][snapset.torch.constrain]'s ``scale``) keeps its codes
+    and its scales (float32, one per tensor, output channel or group of inputs): the kernels sum
+    the codes' values as unscaled, then multiply each output's sum (each group's, for a group
+    size) by its scale. It computes in float32 on the CPU, and has no gradient.
     ``lookup_max_rows`` (default ``LUT_MAX_ROWS``) picks the kernel by batch size: up to
     this many input rows use the table-lookup kernel, beyond it decoded tiles and BLAS; 0
     always uses tiles. XNOR-popcount runs instead when weights and inputs are all in {-1, +1}.
@@ -175,15 +185,15 @@ class PackedLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, values: ValueSet) -> PackedLinear:
-        """Pack a (hardened) ``nn.Linear`` whose weight holds only members of ``values``;
-        ``ValueError`` if it cannot be packed (``unpackable`` says why)."""
-        _refuse_unpackable(linear, values)
-        codes = values.encode(_members(linear.weight, values, "'weight'", _HARDEN_FIRST))
-        return cls(PackedMatrix.from_codes(codes, values), linear.bias)
+        """Pack a (hardened) ``nn.Linear`` whose weight holds only members of ``values``, or
+        (hardened from a scaled set) its scales times members; ``ValueError`` if it cannot be
+        packed (``unpackable`` says why)."""
+        codes, scales = _codes_and_scales(linear, values)
+        return cls(PackedMatrix.from_codes(codes, values, scales), linear.bias)
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the packed weight."""
+        """Bytes of the packed weight: its codes and its scales."""
         return self.matrix.nbytes
 
     def forward(self, x: Tensor) -> Tensor:
@@ -197,7 +207,8 @@ class PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"values={self.matrix.values!r}, bias={self.bias is not None}"
+            f"values={self.matrix.values!r}{_scales_repr((self.matrix,))}, "
+            f"bias={self.bias is not None}"
         )
 
 
@@ -252,13 +263,18 @@ class PackedConv(nn.Module):
     @classmethod
     def from_conv(cls, conv: nn.Conv1d | nn.Conv2d, values: ValueSet) -> PackedConv:
         """Pack a (hardened) ``Conv1d``/``Conv2d`` whose weight holds only members of
-        ``values``; ``ValueError`` if it cannot be packed (``unpackable`` says why)."""
-        _refuse_unpackable(conv, values)
-        codes = values.encode(_members(conv.weight, values, "'weight'", _HARDEN_FIRST))
+        ``values``, or (hardened from a scaled set) its scales times members; ``ValueError``
+        if it cannot be packed (``unpackable`` says why)."""
+        codes, scales = _codes_and_scales(conv, values)
         per_group = conv.out_channels // conv.groups
+        parts: list[Any]
+        if scales is None or len(scales) == 1:  # unscaled, or one scale for the tensor
+            parts = [scales] * conv.groups
+        else:  # per output channel (and group of input channels): split with the outputs
+            parts = np.split(scales, conv.groups)
         matrices = [
-            PackedMatrix.from_codes(block.reshape(per_group, -1), values)
-            for block in np.split(codes, conv.groups)
+            PackedMatrix.from_codes(block.reshape(per_group, -1), values, part)
+            for block, part in zip(np.split(codes, conv.groups), parts, strict=True)
         ]
         dims = 2 if isinstance(conv, nn.Conv2d) else 1
         return cls(
@@ -278,7 +294,7 @@ class PackedConv(nn.Module):
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the packed weight."""
+        """Bytes of the packed weight: its codes and its scales."""
         return sum(m.nbytes for m in self.matrices)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -314,7 +330,7 @@ class PackedConv(nn.Module):
             f"{self.dims}d, in_features={first.n_in * len(self.matrices)}, "
             f"out_channels={self.out_channels}, groups={len(self.matrices)}, "
             f"kernel_size={self.kernel_size}, stride={self.stride}, pads={self.pads}, "
-            f"pad_mode={self.pad_mode!r}, values={first.values!r}"
+            f"pad_mode={self.pad_mode!r}, values={first.values!r}{_scales_repr(self.matrices)}"
         )
 
 
@@ -337,8 +353,10 @@ def _pads(conv: nn.Conv1d | nn.Conv2d) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class PackingReport:
     """What ``pack`` did with each constrained weight, by its name in the model: the packed
-    layer that now runs it, or why it stayed in float. ``pack`` attaches it to the model it
-    returns, as ``packing_report``.
+    layer that now runs it (and its scale, for a scaled set), or why it stayed in float; and
+    each ``BatchNorm`` that it folded, with the sign activation after it, into the thresholds
+    of a ``SignThresholds``. ``pack`` attaches it to the model it returns, as
+    ``packing_report``.
 
     Examples:
         >>> import warnings, torch, snapset, snapset.torch as st
@@ -360,12 +378,102 @@ class PackingReport:
     packed: dict[str, str] = field(default_factory=dict)
     #: Each weight left in float, and why.
     kept: dict[str, str] = field(default_factory=dict)
+    #: Each folded ``BatchNorm``'s name and what replaced it.
+    folded: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         rows = [(n, f"packed: {layer}") for n, layer in self.packed.items()]
         rows += [(n, f"in float: {why}") for n, why in self.kept.items()]
+        rows += [(n, f"folded: {what}") for n, what in self.folded.items()]
         width = max((len(name) for name, _ in rows), default=0)
         return "\n".join(f"{name:<{width}}  {what}" for name, what in rows)
+
+
+class SignThresholds(nn.Module):
+    """``sign(BatchNorm(y))`` per channel as one comparison: ``high`` where ``y >= threshold``,
+    else ``low`` (each -1 or +1; a channel whose ``BatchNorm`` scale is negative has ``high =
+    -1``, one whose output cannot change sign has ``low = high``).
+
+    ``pack`` puts it in place of a ``BatchNorm1d``/``BatchNorm2d`` (eval mode, running
+    statistics) that lies, in an ``nn.Sequential``, between a linear layer or convolution
+    (packed, or left in float) and a packed layer whose input quantizer is
+    ``Quantize(snapset.Sign())`` without a scale, and takes that quantizer off (its input is
+    now -1 and +1): a binary network's layers then pass signs to each other, and each sign
+    layer runs the XNOR-popcount kernel. The threshold is found on the float32 values
+    themselves, by bisection over their order with the ``BatchNorm`` and the quantizer of the
+    model: the decision is exactly the one the unpacked model takes for the same ``y``,
+    rounding included (for inputs in {-1, +1} and sign weights, ``y`` is an integer plus the
+    bias, so the threshold is one on the XNOR count). Channels lie along axis 1, as for
+    ``BatchNorm``.
+
+    Examples:
+        >>> import torch, snapset
+        >>> from snapset.torch import Quantize
+        >>> bn = torch.nn.BatchNorm1d(2).eval()
+        >>> with torch.no_grad():
+        ...     bn.running_mean[0] = 3.0; bn.weight[1] = -1.0
+        >>> sign = Quantize(snapset.Sign()).eval()
+        >>> folded = SignThresholds.of(lambda y: sign(bn(y[None]))[0], 2)
+        >>> folded.threshold[0].item(), folded.low.tolist(), folded.high.tolist()
+        (3.0, [-1.0, 1.0], [1.0, -1.0])
+        >>> y = torch.tensor([[2.0, -1.0], [3.0, 0.5], [2.9999998, 0.0]])
+        >>> torch.equal(folded(y), sign(bn(y)))
+        True
+    """
+
+    threshold: Tensor
+    low: Tensor
+    high: Tensor
+
+    def __init__(self, threshold: Tensor, low: Tensor, high: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("threshold", threshold.float())
+        self.register_buffer("low", low.float())
+        self.register_buffer("high", high.float())
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, decide: Callable[[Tensor], Tensor], channels: int) -> SignThresholds:
+        """The thresholds of ``decide``, a map from a float32 vector of ``channels`` values to
+        -1 or +1 each that is monotone in each channel (as ``sign(BatchNorm(y))`` is)."""
+        ends = _ordered(torch.tensor([-_FLOAT32_MAX, _FLOAT32_MAX]))
+        low_key = ends[0].expand(channels).clone()
+        high_key = ends[1].expand(channels).clone()
+        low, high = decide(_unordered(low_key)), decide(_unordered(high_key))
+        # bisection over float32 in its order: decide(low_key) == low, decide(high_key) == high
+        while bool((high_key - low_key > 1).any()):
+            middle = (low_key + high_key) // 2
+            up = decide(_unordered(middle)) == high
+            high_key = torch.where(up, middle, high_key)
+            low_key = torch.where(up, low_key, middle)
+        # signed zeros decide alike (BatchNorm and a sign keep them apart from nothing), so
+        # the float comparison y >= threshold is the comparison in this order
+        threshold = torch.where(low == high, torch.inf, _unordered(high_key))
+        return cls(threshold, low, high)
+
+    def forward(self, y: Tensor) -> Tensor:
+        shape = [1] * y.dim()
+        shape[1 if y.dim() > 1 else 0] = -1
+        high, low = self.high.view(shape), self.low.view(shape)
+        return torch.where(y >= self.threshold.view(shape), high, low).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.threshold.numel()}"
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _ordered(values: Tensor) -> Tensor:
+    """float32 values as int64 keys in the same order (-0.0 just below +0.0)."""
+    bits = values.float().view(torch.int32).long()
+    return torch.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits)
+
+
+def _unordered(keys: Tensor) -> Tensor:
+    """The float32 values of ``_ordered`` keys."""
+    bits = torch.where(keys < 0, (-(keys + 1)) | -0x80000000, keys)
+    return bits.int().view(torch.float32)
 
 
 #: The packed layer's constructor for each layer type that ``pack`` packs.
@@ -377,9 +485,9 @@ _PACKERS: dict[type[nn.Module], Callable[[Any, ValueSet], nn.Module]] = {
 }
 
 
-def unpackable(layer: nn.Module, values: ValueSet) -> str:
-    """Why ``pack`` leaves ``layer``, whose weight is constrained to ``values``, in float; ""
-    when it packs it.
+def unpackable(layer: nn.Module, values: ValueSet, scales: Tensor | None = None) -> str:
+    """Why ``pack`` leaves ``layer``, whose weight is constrained to ``values`` (times
+    ``scales``, for a scaled set), in float; "" when it packs it.
 
     Examples:
         >>> import torch, snapset
@@ -392,6 +500,12 @@ def unpackable(layer: nn.Module, values: ValueSet) -> str:
         'packed layers compute in float32, and ValueSet([1, 1.0000000000009095]) cannot be ...'
         >>> unpackable(torch.nn.Linear(3, 3).double(), snapset.ValueSet([1e-50, 1]))
         'packed layers compute in float32, where 1e-50 of ValueSet([1e-50, 1]) underflows'
+        >>> tiny = torch.full((1, 1), 1e-50, dtype=torch.float64)
+        >>> unpackable(torch.nn.Linear(3, 3), snapset.Sign(), tiny)
+        'packed layers compute in float32, where the scale 1e-50 times 1.0 underflows'
+        >>> unpackable(torch.nn.Linear(3, 3), snapset.Sign(), torch.tensor([[-1.0]]))
+        ... # doctest: +ELLIPSIS
+        'its scales hold 1 entry that is not finite and > 0 (for example -1.0); ...'
     """
     if type(layer) not in _PACKERS:
         *others, last = (kind.__name__ for kind in _PACKERS)
@@ -408,16 +522,29 @@ def unpackable(layer: nn.Module, values: ValueSet) -> str:
     lost = [v for v, h in zip(values, held, strict=True) if v != 0 and abs(h) < _FLOAT32_TINY]
     if lost:
         return f"packed layers compute in float32, where {lost[0]!r} of {values!r} underflows"
+    return "" if scales is None else _unpackable_scales(scales, values)
+
+
+def _unpackable_scales(scales: Tensor, values: ValueSet) -> str:
+    """Why scales ``alpha`` of members of ``values`` cannot be packed: entries that are not
+    positive floats, or products ``alpha * v`` beyond float32's range; "" when they can."""
+    alpha = scales.detach().cpu().double()
+    bad = ~(alpha.isfinite() & (alpha > 0))
+    if bool(bad.any()):
+        return bad_scale_message("its scales", int(bad.sum()), float(alpha[bad][0]))
+    magnitudes = sorted(abs(v) for v in values if v != 0)
+    for scale, value in ((alpha.max(), magnitudes[-1]), (alpha.min(), magnitudes[0])):
+        product = float(scale) * value
+        if not _FLOAT32_TINY <= product <= _FLOAT32_MAX:
+            what = "overflows" if product > _FLOAT32_MAX else "underflows"
+            return (
+                f"packed layers compute in float32, where the scale {float(scale)!r} times "
+                f"{value!r} {what}"
+            )
     return ""
 
 
 _FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
-
-
-def _refuse_unpackable(layer: nn.Module, values: ValueSet) -> None:
-    reason = unpackable(layer, values)
-    if reason:
-        raise ValueError(f"{layer} cannot be packed: {reason}. Keep it as a float layer")
 
 
 # what puts a weight off its set when a packed layer is built by hand
@@ -442,11 +569,24 @@ def pack(model: nn.Module) -> nn.Module:
     float64 model's set must fit there). The copy's ``packing_report`` (a ``PackingReport``)
     lists what went where. ``model`` is unchanged.
 
+    Scaled sets (``w = alpha * v``) pack as codes and scales: the kernels sum each output's
+    codes' values as unscaled (exactly, for XNOR) and multiply the sum by its scale (each
+    group's sum by its group's, for a group size; groups of inputs that do not fill whole
+    bytes are padded to them); the batch kernel decodes ``alpha * v`` in float32, as the
+    float layer holds it. A packed layer keeps the input quantizer of the layer it replaces
+    (``quantize_inputs_``), and a ``BatchNorm`` between a packed layer and a layer whose input
+    quantizer is ``Quantize(snapset.Sign())`` (in an ``nn.Sequential``; the layer before it
+    may be a float ``Linear`` or convolution too) becomes a ``SignThresholds``, which passes
+    signs on: a binary network (sign weights, sign
+    activations) runs end to end on the XNOR-popcount kernel, each layer's decisions those of
+    the unpacked model.
+
     Every constrained tensor must hold members of its set: a flip parameter that something
     other than a flip optimizer moved off the set raises ``snapset.OutsideSetError``, with
-    nothing packed. Outputs match the hardened float model to float32 rounding. Packed layers
-    compute in float32 on the CPU, take floating-point inputs only (as ``nn.Linear`` does;
-    float64 inputs within float32's range), and do not propagate gradients.
+    nothing packed. Outputs match the hardened float model to float32 rounding (sums in
+    another order; bit for bit where every sum is exact, as XNOR's). Packed layers compute in
+    float32 on the CPU, take floating-point inputs only (as ``nn.Linear`` does; float64 inputs
+    within float32's range), and do not propagate gradients.
 
     Kernels, chosen per call (see ``benchmarks/inference.py`` for their speed): XNOR-popcount
     when the weights are in {-1, +1} and so is every input; table lookups (T-MAC style) for up
@@ -468,6 +608,20 @@ def pack(model: nn.Module) -> nn.Module:
         >>> print(packed.packing_report)
         0.weight  packed: PackedLinear
         2.weight  packed: PackedLinear
+
+        A binary network: sign weights, sign activations, BatchNorm folded into thresholds.
+
+        >>> from snapset.torch import Quantize, quantize_inputs_
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32),
+        ...                             torch.nn.Linear(32, 10))
+        >>> model = quantize_inputs_(st.constrain_(model, snapset.Sign()),
+        ...                          Quantize(snapset.Sign())).eval()
+        >>> packed = st.pack(model)
+        >>> [type(layer).__name__ for layer in packed]
+        ['PackedLinear', 'SignThresholds', 'PackedLinear']
+        >>> x = torch.randn(5, 64)
+        >>> torch.equal(packed(x), model(x)), packed[2].last_kernel
+        (True, 'xnor')
     """
     packed = hardened_copy(model).requires_grad_(False)
     # harden_ marks every tensor it makes plain with its set, and a loaded file marks its
@@ -481,22 +635,26 @@ def pack(model: nn.Module) -> nn.Module:
     for name in marked:  # decided on the hardened copy, before any layer is replaced
         owner, _, attr = name.rpartition(".")
         layer = packed.get_submodule(owner)
-        values = hardened_set(getattr(layer, attr))
-        if values is None:
-            report.kept[name] = "its values left their set after harden_"
-        elif attr != "weight":
+        tensor = getattr(layer, attr)
+        values = cast(ValueSet, hardened_values(tensor))
+        scaled = hardened_scales(tensor)
+        if attr != "weight":
             report.kept[name] = "only weights are packed"
-        elif reason := unpackable(layer, values):
+        elif reason := unpackable(layer, values, None if scaled is None else scaled[1]):
             report.kept[name] = reason
+        elif not _still_hardened(tensor, values):
+            report.kept[name] = "its values left their set after harden_"
         else:
-            replacements[owner] = _PACKERS[type(layer)](layer, values)
-            report.packed[name] = type(replacements[owner]).__name__
+            replacements[owner] = _with_input_quantizer(_PACKERS[type(layer)](layer, values), layer)
+            kind = type(replacements[owner]).__name__
+            report.packed[name] = kind if scaled is None else f"{kind}, {_scale_name(scaled[0])}"
     for owner, replacement in replacements.items():
         if owner == "":
             packed = replacement
         else:
             parent, _, child = owner.rpartition(".")
             setattr(packed.get_submodule(parent), child, replacement)
+    _fold_sign_thresholds(packed, report)
     if report.kept:
         kept = "; ".join(f"'{name}' ({why})" for name, why in report.kept.items())
         warnings.warn(
@@ -508,18 +666,140 @@ def pack(model: nn.Module) -> nn.Module:
     return packed
 
 
+def _with_input_quantizer(replacement: nn.Module, layer: nn.Module) -> nn.Module:
+    """``replacement`` with a copy of the input quantizer that ``layer`` has, if any."""
+    for name, quantizer in input_quantizers(layer):
+        if name == "":
+            quantize_inputs_(replacement, quantizer, modules=(type(replacement),))
+    return replacement
+
+
+_SEQUENCE_TAKERS = (PackedLinear, PackedConv)
+
+
+def _fold_sign_thresholds(model: nn.Module, report: PackingReport) -> None:
+    """In each ``nn.Sequential`` of ``model``: a linear layer or convolution (packed, or left
+    in float), a ``BatchNorm`` and a packed layer whose input quantizer is a sign become the
+    first layer, a ``SignThresholds`` and the packed layer without its quantizer."""
+    for prefix, sequence in list(model.named_modules()):
+        if not isinstance(sequence, nn.Sequential):
+            continue
+        names = list(sequence._modules)
+        for first, middle, last in zip(names, names[1:], names[2:], strict=False):
+            layer, norm, taker = (sequence._modules[n] for n in (first, middle, last))
+            channels = _out_channels(layer)
+            if (
+                channels is None
+                or not _foldable(norm, channels)
+                or not isinstance(taker, _SEQUENCE_TAKERS)
+                or (sign := _sign_quantizer(taker)) is None
+            ):
+                continue
+            norm = cast(nn.modules.batchnorm._BatchNorm, norm)
+            shape = (1, channels) + (1,) * (2 if isinstance(norm, nn.BatchNorm2d) else 0)
+            thresholds = SignThresholds.of(
+                lambda y: sign(norm(y.reshape(shape))).reshape(-1),  # noqa: B023
+                channels,
+            )
+            setattr(sequence, middle, thresholds)
+            remove_input_quantizers_(taker)
+            where = f"{prefix}." if prefix else ""
+            report.folded[f"{where}{middle}"] = (
+                f"{type(norm).__name__} and the sign input quantizer of '{where}{last}' "
+                "into SignThresholds"
+            )
+
+
+def _out_channels(layer: nn.Module | None) -> int | None:
+    """The channels of a (packed or float) linear or convolution's output."""
+    if isinstance(layer, (PackedLinear, nn.Linear)):
+        return layer.out_features
+    if isinstance(layer, (PackedConv, nn.Conv1d, nn.Conv2d)):
+        return layer.out_channels
+    return None
+
+
+def _foldable(norm: nn.Module | None, channels: int) -> bool:
+    """Whether ``norm`` is a float32 ``BatchNorm`` that uses running statistics in eval."""
+    return (
+        isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d))
+        and norm.running_mean is not None
+        and norm.running_mean.dtype == torch.float32
+        and norm.num_features == channels
+    )
+
+
+def _sign_quantizer(layer: nn.Module) -> Quantize | None:
+    """``layer``'s input quantizer if it is an unscaled sign (its output is -1 or +1)."""
+    for name, quantizer in input_quantizers(layer):
+        if name == "" and quantizer.values == Sign() and quantizer.scaling is None:
+            return quantizer
+    return None
+
+
 def hardened_copy(model: nn.Module) -> nn.Module:
     """A hardened deep copy of ``model`` in eval mode; ``model`` itself stays as it is."""
     copied = copy.deepcopy(model)
     # deepcopy drops a Parameter's attributes, among them the set harden_ marked it with
-    marks = {name: hardened_values(tensor) for name, tensor in _named_tensors(model)}
+    marks = {
+        name: (hardened_values(tensor), hardened_scales(tensor))
+        for name, tensor in _named_tensors(model)
+    }
     for name, tensor in _named_tensors(copied):
-        mark_hardened(tensor, marks[name])
+        mark_hardened(tensor, *marks[name])
     return harden_(copied).eval()
 
 
 def _named_tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
     return [*model.named_parameters(), *model.named_buffers()]
+
+
+def _still_hardened(tensor: Tensor, values: ValueSet) -> bool:
+    """Whether ``tensor`` still holds what ``harden_`` left: members of ``values``, or their
+    scales times members."""
+    scaled = hardened_scales(tensor)
+    if scaled is None:
+        return hardened_set(tensor) is not None
+    try:
+        scaled_members(tensor, values, *scaled)
+    except ValueError:
+        return False
+    return True
+
+
+def _codes_and_scales(layer: nn.Module, values: ValueSet) -> tuple[np.ndarray, np.ndarray | None]:
+    """The codes of ``layer.weight``'s members, ``(out, -1)``-shaped, and its scales as an
+    ``(out, s)`` or ``(1, 1)`` float64 array (None for an unscaled set); ``ValueError`` where
+    it cannot be packed."""
+    weight = cast(Tensor, layer.weight)
+    scaled = hardened_scales(weight)
+    _refuse_unpackable(layer, values, None if scaled is None else scaled[1])
+    if scaled is None:
+        members = _members(weight, values, "'weight'", _HARDEN_FIRST)
+        return values.encode(members).reshape(weight.shape[0], -1), None
+    scale, alpha = scaled
+    try:
+        members_t = scaled_members(weight, values, scale, alpha)
+    except ValueError as error:
+        raise ValueError(f"'weight' cannot be packed: {error} {_HARDEN_FIRST}") from None
+    codes = values.encode(members_t.double().numpy()).reshape(weight.shape[0], -1)
+    per_out = alpha.detach().cpu().double().reshape(alpha.shape[0], -1)
+    return codes, per_out.numpy()
+
+
+def _refuse_unpackable(layer: nn.Module, values: ValueSet, scales: Tensor | None) -> None:
+    reason = unpackable(layer, values, scales)
+    if reason:
+        raise ValueError(f"{layer} cannot be packed: {reason}. Keep it as a float layer")
+
+
+def _scale_name(scale: Scale) -> str:
+    return f"scale={scale.scaling.granularity!r}"
+
+
+def _scales_repr(matrices: tuple[PackedMatrix, ...]) -> str:
+    count = sum(matrix.scale_bytes for matrix in matrices) // 4
+    return f", scales={count}" if count else ""
 
 
 def _members(weight: Tensor, values: ValueSet, where: str, fix: str) -> np.ndarray:
