@@ -48,8 +48,8 @@ def constraint(layer: nn.Module) -> st.Constraint:
     return layer.parametrizations.weight[0]
 
 
-def alpha_of(layer: nn.Module) -> nn.Parameter:
-    return constraint(layer).scale.alpha
+def log_gain_of(layer: nn.Module) -> nn.Parameter:
+    return constraint(layer).scale.log_gain
 
 
 def stored(layer: nn.Module) -> nn.Parameter:
@@ -63,7 +63,7 @@ def test_a_step_that_makes_a_scale_negative_is_undone_counted_and_said() -> None
     layer = st.constrain(nn.Linear(6, 3), "weight", snapset.Sign(), scale="channel")
     scale = constraint(layer).scale
     sgd = torch.optim.SGD(layer.parameters(), lr=1e4)
-    layer.weight.abs().sum().backward()  # d/d alpha = 6 per channel: the step makes it < 0
+    layer.weight.abs().sum().backward()  # d/d log_gain = 6 start per channel: the step makes it < 0
     before, latent_before = scale.alpha.detach().clone(), stored(layer).detach().clone()
     with pytest.warns(RuntimeWarning) as caught:
         sgd.step()
@@ -75,7 +75,8 @@ def test_a_step_that_makes_a_scale_negative_is_undone_counted_and_said() -> None
     assert scale.clamped == 3
     assert not torch.equal(stored(layer), latent_before)  # the rest of the step happened
     # the guard's write is recorded: the next check is O(1) and the forward works
-    assert scale._trusted == (scale.alpha.dtype, scale.alpha.data_ptr(), scale.alpha._version)
+    key = [(t.dtype, t.data_ptr(), t._version) for t in (scale.start, scale.log_gain)]
+    assert scale._trusted == tuple(key)
     assert torch.equal(layer.weight.abs(), before.expand(3, 6))
 
 
@@ -83,16 +84,16 @@ def test_only_the_bad_entries_are_restored_and_one_warning_covers_every_scale() 
     model = nn.Sequential(nn.Linear(4, 2), nn.Linear(2, 2))
     st.constrain_(model, snapset.Sign(), "flip", scale="channel")
     scales = [constraint(layer).scale for layer in model]
-    before = [scale.alpha.detach().clone() for scale in scales]
+    before = [scale.log_gain.detach().clone() for scale in scales]
     for scale in scales:  # channel 0 shrinks by 1e3, channel 1 grows; one NaN in the second
-        scale.alpha.grad = torch.tensor([[1e3], [-1.0]])
-    scales[1].alpha.grad[1] = float("nan")
-    sgd = torch.optim.SGD([scale.alpha for scale in scales], lr=1.0)
+        scale.log_gain.grad = torch.tensor([[1e3], [-1.0]])
+    scales[1].log_gain.grad[1] = float("nan")
+    sgd = torch.optim.SGD([scale.log_gain for scale in scales], lr=1.0)
     with pytest.warns(RuntimeWarning, match="'0.weight', '1.weight' hold 3 entries"):
         sgd.step()
-    assert torch.equal(scales[0].alpha[0], before[0][0])
-    assert scales[0].alpha[1].item() == pytest.approx(before[0][1].item() + 1.0)
-    assert torch.equal(scales[1].alpha, before[1])
+    assert torch.equal(scales[0].log_gain[0], before[0][0])
+    assert scales[0].log_gain[1].item() == pytest.approx(before[0][1].item() + 1.0)
+    assert torch.equal(scales[1].log_gain, before[1])
     assert [scale.clamped for scale in scales] == [1, 2]
 
 
@@ -115,7 +116,7 @@ def test_a_copied_model_has_its_scales_guarded_after_param_groups() -> None:
     twin.weight.abs().sum().backward()
     with pytest.warns(RuntimeWarning, match="learned scales of 'weight'"):
         sgd.step()
-    assert alpha_of(twin).item() > 0
+    assert constraint(twin).scale.alpha.item() > 0
 
 
 # ----- 2. load_state_dict -------------------------------------------------------------------
@@ -128,7 +129,7 @@ def test_state_dict_round_trip_is_bit_for_bit(method: str, mode: str, scale: str
     if mode == "learned":
         with torch.no_grad():  # scales of their own, not those a fresh model starts from
             for layer in (model[0], model[3]):
-                alpha_of(layer).mul_(torch.rand_like(alpha_of(layer)) + 0.5)
+                log_gain_of(layer).add_(torch.rand_like(log_gain_of(layer)) - 0.5)
     fresh = scaled_model(method, scale, mode, seed=7)
     fresh.load_state_dict(model.state_dict())
     model.eval()
@@ -139,30 +140,32 @@ def test_state_dict_round_trip_is_bit_for_bit(method: str, mode: str, scale: str
 
 
 @pytest.mark.parametrize(
-    ("bad", "match"),
+    ("part", "bad", "match"),
     [
-        (lambda a: -a, "hold 8 entries that are not finite and > 0"),
-        (lambda a: a * 0, "not finite and > 0"),
-        (lambda a: torch.full_like(a, float("nan")), "not finite and > 0"),
-        (lambda a: torch.full_like(a, float("inf")), "not finite and > 0"),
-        (lambda a: a[:4], r"have shape \(4, 1\), and this model's have \(8, 1\)"),
+        ("start", lambda a: -a, "hold 8 entries that are not finite and > 0"),
+        ("start", lambda a: a * 0, "not finite and > 0"),
+        ("log_gain", lambda a: torch.full_like(a, float("nan")), "not finite and > 0"),
+        ("log_gain", lambda a: torch.full_like(a, 1e4), "not finite and > 0"),
+        ("start", lambda a: a[:4], r"have shape \(4, 1\), and this model's have \(8, 1\)"),
         (
+            "start",
             lambda a: a.double() * 1e-60,
             r"8 entries that are not finite and > 0 \(for example 0.0\)",
         ),
     ],
     ids=["negative", "zero", "nan", "inf", "shape", "zero in float32"],
 )
-def test_bad_incoming_scales_are_refused_with_nothing_loaded(bad, match: str) -> None:
+def test_bad_incoming_scales_are_refused_with_nothing_loaded(part: str, bad, match: str) -> None:
     source = scaled_model("ste", "channel", "learned", seed=0)
     target = scaled_model("ste", "channel", "learned", seed=3)
     incoming = source.state_dict()
-    key = "3.parametrizations.weight.0.scale.alpha"
+    key = f"3.parametrizations.weight.0.scale.{part}"
     incoming[key] = bad(incoming[key])
     before = state(target)
     with pytest.raises(ValueError, match=match) as error:
         target.load_state_dict(incoming)
-    assert f"'{key}'" in str(error.value) and "nothing was loaded" in str(error.value)
+    assert "'3.parametrizations.weight.0.scale" in str(error.value)
+    assert "nothing was loaded" in str(error.value)
     assert same_state(target, before)
 
 
@@ -181,7 +184,7 @@ def test_a_dtype_move_moves_the_scales_and_the_forward_stays_exact(
         alpha = c.scales(held)
         assert layer.weight.dtype == alpha.dtype == dtype
         if mode == "learned":
-            assert c.scale.alpha.dtype == dtype
+            assert c.scale.log_gain.dtype == c.scale.start.dtype == dtype
         else:  # recomputed from the float weight as it is now held
             assert torch.equal(alpha, c.scale.statistic(held.detach()))
             if dtype == torch.float64:
@@ -194,7 +197,8 @@ def test_a_dtype_move_moves_the_scales_and_the_forward_stays_exact(
 def test_a_move_that_would_round_a_learned_scale_to_zero_is_refused() -> None:
     model = scaled_model("ste", "channel", "learned")
     with torch.no_grad():
-        alpha_of(model[3])[2] = 1e-9  # below float16's smallest subnormal
+        scale = constraint(model[3]).scale
+        scale.assign(scale.start.index_fill(0, torch.tensor([2]), 1e-9))  # below float16's least
     before = state(model)
     with pytest.raises(ValueError, match=r"In torch.float16, the learned scales of '3.weight'"):
         model.half()
@@ -289,7 +293,7 @@ def test_summary_names_each_scale_and_keeps_it_after_harden() -> None:
     text = str(st.summary(model))
     assert "| {-1, 0, 1} x channel " in text and "| {-1, 1} x tensor absmean " in text
     rows = {row.name: row for row in st.summary(model).rows}
-    assert "0.parametrizations.weight.0.scale.alpha" not in rows
+    assert "0.parametrizations.weight.0.scale.log_gain" not in rows
     assert (rows["0.weight"].scale_count, rows["1.weight"].scale_count) == (4, 1)
     assert rows["0.weight"].bits_per_weight == pytest.approx(1.5862068965517242 + 4 * 32 / 32)
     assert rows["2.weight"].scale is None
@@ -315,7 +319,7 @@ def test_flip_tracker_follows_the_codes_of_a_scaled_set(method: str, mode: str) 
     start = c.codes(stored(layer)).long()
     if c.scale.alpha is not None:
         with torch.no_grad():
-            c.scale.alpha.mul_(3.0)  # a new scale moves no code
+            c.scale.log_gain.add_(1.0)  # a new scale moves no code
         tracker.update()
         assert tracker.flip_ratios()["weight"] == [0.0]
     with torch.no_grad():  # a third of the columns to another member
@@ -338,7 +342,7 @@ def test_flip_tracker_follows_the_codes_of_a_scaled_set(method: str, mode: str) 
 def test_learned_scales_land_in_other(method: str) -> None:
     layer = st.constrain(nn.Linear(4, 2), "weight", snapset.Sign(), method, scale="channel")
     groups = st.param_groups(layer)
-    assert [id(p) for p in groups.other] == [id(layer.bias), id(alpha_of(layer))]
+    assert [id(p) for p in groups.other] == [id(layer.bias), id(log_gain_of(layer))]
     assert stored(layer) in (groups.flip if method == "flip" else groups.latent)
 
 
@@ -354,11 +358,11 @@ def test_bop_flips_the_codes_and_adam_fits_the_channel_scales() -> None:
         model = nn.Linear(16, 4, bias=False)
         st.constrain(model, "weight", snapset.Sign(), "flip", scale="channel")
         groups = st.param_groups(model)
-        assert groups.flip == [stored(model)] and groups.other == [alpha_of(model)]
+        assert groups.flip == [stored(model)] and groups.other == [log_gain_of(model)]
         bop = st.Bop(groups.flip, threshold=1e-5, gamma=1e-2)
         adam = torch.optim.Adam(groups.latent + groups.other, lr=3e-2)
         tracker = st.FlipTracker(model)
-        start = alpha_of(model).detach().clone()
+        start = constraint(model).scale.alpha.detach().clone()
         for _ in range(200):
             loss = nn.functional.mse_loss(model(x), y)
             for optimizer in (bop, adam):
@@ -371,9 +375,10 @@ def test_bop_flips_the_codes_and_adam_fits_the_channel_scales() -> None:
     finally:
         torch.set_num_threads(threads)
     assert sum(tracker.flip_ratios()["weight"]) > 0  # Bop moved codes
-    assert not torch.equal(alpha_of(model), start)  # Adam moved the scales
+    alpha = constraint(model).scale.alpha.detach()
+    assert not torch.equal(alpha, start)  # Adam moved the scales
     assert torch.equal(stored(model).detach(), planted_codes)
-    torch.testing.assert_close(alpha_of(model).detach(), planted_scales, rtol=2e-2, atol=0)
+    torch.testing.assert_close(alpha, planted_scales, rtol=2e-2, atol=0)
     assert loss.item() < 1e-3
 
 
@@ -438,7 +443,7 @@ def test_harden_leaves_the_eval_forward_bit_for_bit(
     if mode == "learned":
         with torch.no_grad():
             for layer in (model[0], model[3]):
-                alpha_of(layer).mul_(torch.rand_like(alpha_of(layer)) + 0.5)
+                log_gain_of(layer).add_(torch.rand_like(log_gain_of(layer)) - 0.5)
     model.eval()
     expected = model(inputs())
     layers = (model[0], model[3])
@@ -475,13 +480,26 @@ def test_absmean_ternary_per_tensor_is_bitnets_quantizer() -> None:
     assert torch.equal(layer.weight, bitnet(latent))
 
     g = torch.randn(32, 64)
+    (layer.weight * g).sum().backward()  # a statistic's default estimator is BitNet's identity
+    assert layer.parametrizations.weight[0].estimator == "identity"
+    torch.testing.assert_close(stored(layer).grad, g, rtol=1e-6, atol=0)
+    assert int(((latent / bitnet_scale(latent)).abs() > 1).sum()) > 0  # outside too
+
+
+def test_a_statistic_scale_keeps_an_estimator_it_is_given() -> None:
+    """Outside the range ``inward`` passes only the steps back in."""
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32)
+    latent = layer.weight.detach().clone()
+    st.constrain(
+        layer, "weight", snapset.Ternary(), estimator="inward", scale="tensor", scale_mode="absmean"
+    )
+    g = torch.randn(32, 64)
     (layer.weight * g).sum().backward()
     inside = (latent / bitnet_scale(latent)).abs() <= 1
     torch.testing.assert_close(stored(layer).grad[inside], g[inside], rtol=1e-6, atol=0)
-    # outside the range the default estimator ('inward') passes only steps back in
     inward = torch.where(g * latent > 0, g, torch.zeros_like(g))
     torch.testing.assert_close(stored(layer).grad[~inside], inward[~inside], rtol=1e-6, atol=0)
-    assert int((~inside).sum()) > 0
 
 
 def test_absmean_ternary_differs_from_bitnet_only_on_ties() -> None:

@@ -76,7 +76,8 @@ def constrain(
     that starts at the weight's ``absmean`` and that a gradient optimizer trains) or a
     statistic of the float weight recomputed at every forward, ``"absmean"`` (BitNet b1.58)
     or ``"absmax"`` (``ste`` and ``stochastic`` only; the latent is then the float weight
-    itself and ``init`` does not apply). See [`Scale`][snapset.torch.Scale].
+    itself, ``init`` does not apply, and the estimator defaults to ``"identity"``, BitNet's).
+    See [`Scale`][snapset.torch.Scale].
 
     Raises ``ValueError`` or ``TypeError`` naming the problem, with the module left untouched.
     A parameter that ``module`` holds twice, or that is the stored tensor of another
@@ -90,8 +91,9 @@ def constrain(
         >>> sorted(layer.weight.unique().tolist())
         [-1.0, 0.0, 1.0]
     """
-    options = _options(method, init, estimator, temperature, latent_range)
     scaling = Scaling.of(scale, scale_mode, method=method)
+    estimator = estimator if scaling is None else scaling.estimator(estimator)
+    options = _options(method, init, estimator, temperature, latent_range)
     value_set = ValueSet(values)
     param = _constrainable_parameter(module, name)
     _refuse_tied(module, {(id(module), name): name}, "constrain")
@@ -145,8 +147,9 @@ def constrain_(
         >>> [name for name, _ in input_quantizers(model)]
         ['2']
     """
-    options = _options(method, init, estimator, temperature, latent_range)
     scaling = Scaling.of(scale, scale_mode, method=method)
+    estimator = estimator if scaling is None else scaling.estimator(estimator)
+    options = _options(method, init, estimator, temperature, latent_range)
     value_set = ValueSet(values)
     plan = []
     for qualified_name, module in model.named_modules():
@@ -434,19 +437,19 @@ def constrained_tensors(model: nn.Module) -> Iterator[ConstrainedTensor]:
 _OWNER = "_snapset_owner"
 
 
-# A learned scale's alpha carries the same kind of record, so that the optimizer guard finds
+# A learned scale's log_gain carries the same kind of record, so that the optimizer guard finds
 # the scales an optimizer steps without walking any model.
 _SCALE_OWNER = "_snapset_scale_owner"
 
 
 def remember(module: nn.Module, name: str) -> None:
-    """Record that the stored tensor of ``module.<name>`` (and a learned scale's ``alpha``)
+    """Record that the stored tensor of ``module.<name>`` (and a learned scale's ``log_gain``)
     belongs to its constraint."""
     owner = (weakref.ref(module), name)
     setattr(stored_tensor(module, name), _OWNER, owner)
     scale = cast(Constraint, _stack(module, name)[0]).scale
-    if scale is not None and scale.alpha is not None:
-        setattr(scale.alpha, _SCALE_OWNER, owner)
+    if scale is not None and scale.log_gain is not None:
+        setattr(scale.log_gain, _SCALE_OWNER, owner)
     _changed()
 
 
@@ -466,12 +469,12 @@ def constraint_of(param: Tensor) -> Constraint | None:
 
 
 def scale_owner(param: Tensor) -> Constraint | None:
-    """The snapset constraint whose learned scale ``alpha`` ``param`` currently is, or None.
+    """The snapset constraint whose learned scale's ``log_gain`` ``param`` currently is, or None.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), scale="tensor")
-        >>> scale_owner(layer.parametrizations.weight[0].scale.alpha).tensor_name
+        >>> scale_owner(layer.parametrizations.weight[0].scale.log_gain).tensor_name
         'weight'
         >>> scale_owner(layer.bias) is None
         True
@@ -486,7 +489,7 @@ def scale_owner(param: Tensor) -> Constraint | None:
     constraint = _stack(module, name)[0]
     if not isinstance(constraint, Constraint) or constraint.scale is None:
         return None
-    return constraint if constraint.scale.alpha is param else None
+    return constraint if constraint.scale.log_gain is param else None
 
 
 def register(module: nn.Module, name: str, constraint: Constraint, init: str = "nearest") -> None:
@@ -563,26 +566,38 @@ def _check_loads(
             where = f"The state for {record.constraint.method} parameter '{prefix}{record.name}'"
             state_dict[key] = record.constraint.check_incoming(incoming, record.stored, where)
         scale = record.constraint.scale
-        key = f"{path}parametrizations.{record.tensor_name}.0.scale.alpha"
-        incoming = state_dict.get(key)
-        if scale is not None and scale.alpha is not None and isinstance(incoming, Tensor):
-            _check_incoming_scales(incoming, scale.alpha, f"'{key}'")
+        if scale is not None and scale.start is not None and scale.log_gain is not None:
+            held = f"{path}parametrizations.{record.tensor_name}.0.scale."
+            _check_incoming_scales(state_dict, held, scale.start, scale.log_gain)
 
 
-def _check_incoming_scales(incoming: Tensor, alpha: Tensor, where: str) -> None:
-    """Refuse learned scales to be loaded into ``alpha`` that have another shape or an entry
-    that is not finite and > 0 (in ``alpha``'s dtype, which torch converts them to)."""
+def _check_incoming_scales(
+    state_dict: dict[str, Any], prefix: str, start: Tensor, log_gain: Tensor
+) -> None:
+    """Refuse a learned scale's incoming ``start`` and ``log_gain`` (under ``prefix``) that
+    have another shape than this model's or make ``alpha = start * exp(log_gain)`` zero,
+    negative, NaN or inf in its dtype (which torch converts them to)."""
     fix = "; nothing was loaded into this module."
-    if incoming.shape != alpha.shape:
-        raise ValueError(
-            f"The scales {where} have shape {tuple(incoming.shape)}, and this model's have "
-            f"{tuple(alpha.shape)}: the state was saved from a model with another scale= (or "
-            f"another weight shape). Build the model with the same constrain calls{fix}"
-        )
-    held = incoming.to(alpha.dtype)
-    bad = ~(held.isfinite() & (held > 0))
+    parts = {"start": start, "log_gain": log_gain}
+    if not any(isinstance(state_dict.get(prefix + part), Tensor) for part in parts):
+        return
+    held = {}
+    for part, target in parts.items():
+        incoming = state_dict.get(prefix + part)
+        incoming = incoming if isinstance(incoming, Tensor) else target.detach()
+        if incoming.shape != target.shape:
+            raise ValueError(
+                f"The scales '{prefix}{part}' have shape {tuple(incoming.shape)}, and this "
+                f"model's have {tuple(target.shape)}: the state was saved from a model with "
+                f"another scale= (or another weight shape). Build the model with the same "
+                f"constrain calls{fix}"
+            )
+        held[part] = incoming.to(target.dtype)
+    alpha = held["start"] * held["log_gain"].exp()
+    bad = ~(alpha.isfinite() & (alpha > 0))
     if bool(bad.any()):
-        message = bad_scale_message(f"The scales {where}", int(bad.sum()), float(held[bad][0]))
+        where = f"The scales start * exp(log_gain) of '{prefix[:-1]}'"
+        message = bad_scale_message(where, int(bad.sum()), float(alpha[bad][0]))
         raise ValueError(f"{message} Load positive scales{fix}")
 
 
@@ -621,9 +636,11 @@ def _probe_scales(record: ConstrainedTensor, dtype: torch.dtype) -> None:
     """Refuse a move to ``dtype`` that would make a learned scale of ``record`` zero or inf
     (a float16 scale underflows below 6e-8 and overflows above 65504)."""
     scale = record.constraint.scale
-    if scale is None or scale.alpha is None or scale.alpha.dtype == dtype:
+    if scale is None or scale.start is None or scale.log_gain is None:
         return
-    moved = scale.alpha.detach().to(dtype)
+    if scale.log_gain.dtype == dtype:
+        return
+    moved = scale.start.to(dtype) * scale.log_gain.detach().to(dtype).exp()
     bad = ~(moved.isfinite() & (moved > 0))
     if bool(bad.any()):
         where = f"In {dtype}, the learned scales of '{record.name}'"

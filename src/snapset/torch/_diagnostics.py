@@ -325,21 +325,21 @@ def summary(model: nn.Module) -> Summary:
     check_values(model)  # a flip parameter off its set is in no set: refused, as save does
     constrained = {id(tensor.stored): tensor for tensor in constrained_tensors(model)}
     # a learned scale is counted in the row of the tensor it scales
-    alphas = {id(_alpha(t)) for t in constrained.values() if _alpha(t) is not None}
+    log_gains = {id(_log_gain(t)) for t in constrained.values() if _log_gain(t) is not None}
     # harden_ may leave a weight in a buffer (GF2Linear's): listed with the parameters
     hardened_buffers = [(n, b) for n, b in model.named_buffers() if hardened_values(b) is not None]
     rows = []
     for name, param in [*model.named_parameters(), *hardened_buffers]:
         tensor = constrained.get(id(param))
-        if id(param) in alphas:
+        if id(param) in log_gains:
             continue
         if tensor is not None:
             constraint = tensor.constraint
             vs = constraint.values
             count = math.prod(constraint.value_shape(param.shape))
             row = SummaryRow(tensor.name, vs, constraint.method, count, vs.bits)
-            alpha = _alpha(tensor)  # a statistic scale is computed in the stored dtype
-            rows.append(_with_scale(row, constraint.scale, param if alpha is None else alpha))
+            log_gain = _log_gain(tensor)  # a statistic scale is computed in the stored dtype
+            rows.append(_with_scale(row, constraint.scale, param if log_gain is None else log_gain))
             continue
         held = hardened_set(param)
         scaled = _hardened_scaled(param)
@@ -352,9 +352,9 @@ def summary(model: nn.Module) -> Summary:
     return Summary(tuple(rows))
 
 
-def _alpha(tensor: ConstrainedTensor) -> Tensor | None:
+def _log_gain(tensor: ConstrainedTensor) -> Tensor | None:
     scale = tensor.constraint.scale
-    return None if scale is None else scale.alpha
+    return None if scale is None else scale.log_gain
 
 
 def _with_scale(row: SummaryRow, scale: Scale | None, like: Tensor) -> SummaryRow:

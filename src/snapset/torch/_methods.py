@@ -75,9 +75,14 @@ class Scale(nn.Module):
     ``snapset._scales.Scaling``) chooses: the whole tensor, each output channel (axis 0), or
     each run of ``g`` entries along the input axis (axis 1). Where it comes from:
 
-    * ``learned``: the parameter ``alpha``, which starts at the ``absmean`` statistic of the
-      weight it was made from and is trained by a gradient optimizer (for ``flip`` too: Bop
-      moves the codes, ``param_groups`` puts ``alpha`` among the other parameters);
+    * ``learned``: ``alpha = start * exp(log_gain)``, a fixed ``start`` (a buffer: the
+      ``absmean`` statistic of the weight it was made from) times the exponential of a trained
+      ``log_gain`` (a parameter that starts at 0), trained by a gradient optimizer (for
+      ``flip`` too: Bop moves the codes, ``param_groups`` puts ``log_gain`` among the other
+      parameters). In the log domain, as TQT (Jain et al., 2020) trains its thresholds, a step
+      moves ``alpha`` by a factor, the same for a scale of 0.03 or of 30, and never past zero;
+      a step on ``alpha`` itself would move a small scale by as much as a large one, Adam's
+      ``lr`` each time, and soon below zero;
     * ``absmean`` / ``absmax``: ``mean|W|`` or ``max|W|`` of the stored float weight per group,
       divided by the set's unit (``snapset._scales.scale_unit``) and floored at 1e-5,
       recomputed at every forward without a gradient (BitNet b1.58's ``absmean``). The method
@@ -90,13 +95,14 @@ class Scale(nn.Module):
         >>> import torch, snapset, snapset.torch as st
         >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), scale="channel")
         >>> scale = layer.parametrizations.weight[0].scale
-        >>> scale.alpha.shape, scale
-        (torch.Size([2, 1]), Scale(granularity='channel', mode='learned'))
+        >>> scale.alpha.shape, scale.log_gain.tolist(), scale
+        (torch.Size([2, 1]), [[0.0], [0.0]], Scale(granularity='channel', mode='learned'))
     """
 
-    alpha: nn.Parameter | None
-    #: How many entries of a learned ``alpha`` the optimizer guard restored to their value
-    #: before a step that made them zero, negative, NaN or inf (see
+    start: Tensor | None
+    log_gain: nn.Parameter | None
+    #: How many entries of a learned ``log_gain`` the optimizer guard restored to their value
+    #: before a step that made ``alpha`` zero, NaN or inf (an exponential out of range) (see
     #: [`snapset.torch.optim.refuse_flip_parameters`][]).
     clamped: int = 0
 
@@ -108,9 +114,38 @@ class Scale(nn.Module):
             tuple(weight.shape), 0, 1 if weight.dim() >= 2 else None
         )
         self.unit = scale_unit(values)
-        start = self.statistic(weight, "absmean") if scaling.learned else None
-        self.alpha = None if start is None else nn.Parameter(start)
-        self._trusted: tuple[torch.dtype, int, int] | None = None
+        if scaling.learned:
+            start = self.statistic(weight, "absmean")
+            self.register_buffer("start", start)
+            self.log_gain = nn.Parameter(torch.zeros_like(start))
+        else:
+            self.start = self.log_gain = None
+        self._trusted: tuple[tuple[torch.dtype, int, int], ...] | None = None
+
+    @property
+    def learned(self) -> bool:
+        """Whether the scales are trained (else a statistic of the float weight)."""
+        return self.log_gain is not None
+
+    @property
+    def alpha(self) -> Tensor | None:
+        """A learned scale's ``start * exp(log_gain)``, with the gradient to ``log_gain``;
+        None for a statistic."""
+        if self.start is None or self.log_gain is None:
+            return None
+        return self.start * self.log_gain.exp()
+
+    @torch.no_grad()
+    def assign(self, alpha: Tensor) -> None:
+        """Make a learned scale ``alpha`` exactly: ``start = alpha`` and ``log_gain = 0`` (what a
+        file's scales load as)."""
+        if self.start is None or self.log_gain is None:
+            raise ValueError(
+                f"scale_mode={self.scaling.mode!r} recomputes its scales at every forward; "
+                "only a learned scale can be assigned"
+            )
+        self.start.copy_(alpha)
+        self.log_gain.zero_()
 
     def statistic(self, weight: Tensor, mode: str | None = None) -> Tensor:
         """``mode`` (default: this scale's) of ``weight`` per group, without gradient."""
@@ -126,11 +161,12 @@ class Scale(nn.Module):
     def scales(self, stored: Tensor) -> Tensor:
         """The scales (shape ``layout.scale_shape``): ``alpha``, or the statistic of
         ``stored``; a learned one is checked first (see ``check``)."""
-        if self.alpha is None:
+        alpha = self.alpha
+        if alpha is None:
             return self.statistic(stored)
         if not torch.compiler.is_compiling():
             self.check()
-        return self.alpha
+        return alpha
 
     def expand(self, members: Tensor, alpha: Tensor) -> Tensor:
         """``alpha * members``, each scale times the entries of its group."""
@@ -146,11 +182,14 @@ class Scale(nn.Module):
 
     def check(self, where: str = "the learned scales") -> None:
         """Raise ``ValueError`` if a learned ``alpha`` holds an entry that is not finite and
-        > 0 (O(1) while nothing wrote it since the last check)."""
-        alpha = self.alpha
-        if alpha is None or _key(alpha) == self._trusted:
+        > 0 (O(1) while nothing wrote ``start`` or ``log_gain`` since the last check)."""
+        if self.start is None or self.log_gain is None:
+            return
+        key = (_key(self.start), _key(self.log_gain))
+        if key == self._trusted:
             return
         with torch.no_grad():
+            alpha = self.start * self.log_gain.exp()
             bad = ~(alpha.isfinite() & (alpha > 0))
             if bool(bad.any()):
                 raise ValueError(
@@ -158,7 +197,7 @@ class Scale(nn.Module):
                     "Load or assign positive scales (snapset clamps what its optimizers' steps "
                     "would make so)."
                 )
-        self._trusted = _key(alpha)
+        self._trusted = key
 
     def extra_repr(self) -> str:
         return f"granularity={self.scaling.granularity!r}, mode={self.scaling.mode!r}"
@@ -210,7 +249,7 @@ class Constraint(NamedMethod, nn.Module):
         """The values to store first for a freshly made ``weight`` (see ``INITS``): spread
         over the set (``"spread"``) or as they are (``"nearest"``), divided by a learned scale
         first; a statistic scale keeps the float weight as it is."""
-        if self.scale is not None and self.scale.alpha is None:
+        if self.scale is not None and not self.scale.learned:
             return weight
         alpha = self.scales(weight)
         on_set = weight if alpha is None or self.scale is None else self.scale.divide(weight, alpha)
@@ -254,9 +293,10 @@ class Constraint(NamedMethod, nn.Module):
         (divided by a learned scale first); a statistic scale stores the float weight itself."""
         if self.scale is None:
             return self._right_inverse(value)
-        if self.scale.alpha is None:
+        alpha = self.scale.alpha
+        if alpha is None:
             return value
-        return self._right_inverse(self.scale.divide(value, self.scale.alpha.detach()))
+        return self._right_inverse(self.scale.divide(value, alpha.detach()))
 
     def stored_for(self, members: Tensor) -> Tensor:
         """The stored tensor that shows the exact ``members`` unscaled, whatever the scale
@@ -266,7 +306,7 @@ class Constraint(NamedMethod, nn.Module):
     def _reads(self, stored: Tensor, alpha: Tensor | None = None) -> Tensor:
         """What the method's own map reads: the stored tensor, or, for a statistic scale, the
         float weight divided by its scale on the method's latent scale."""
-        if self.scale is None or self.scale.alpha is not None:
+        if self.scale is None or self.scale.learned:
             return stored
         alpha = self.scale.statistic(stored) if alpha is None else alpha
         return self._latent_of(self.scale.divide(stored, alpha))

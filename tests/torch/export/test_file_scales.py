@@ -46,8 +46,8 @@ def scaled(
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # learned scales away from their start, as training leaves them
         for name, param in model.named_parameters():
-            if name.endswith("scale.alpha"):
-                param.mul_(torch.rand(param.shape, generator=generator) + 0.5)
+            if name.endswith("scale.log_gain"):
+                param.add_(torch.rand(param.shape, generator=generator) - 0.5)
     return model.eval()
 
 
@@ -181,8 +181,8 @@ def test_hardened_scaled_tensor_that_changed_is_saved_as_it_is_with_a_warning(
 def test_a_bad_learned_scale_is_refused_at_save_and_nothing_is_written(tmp_path: Path) -> None:
     model = scaled(snapset.Sign())
     with torch.no_grad():
-        model[2].parametrizations.weight[0].scale.alpha[1] = -0.5
-    with pytest.raises(ValueError, match=r"1 entry that is not finite and > 0 \(for example -0.5"):
+        model[2].parametrizations.weight[0].scale.start[1] = -0.5
+    with pytest.raises(ValueError, match=r"1 entry that is not finite and > 0 \(for example -"):
         st.save(model, tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
 

@@ -33,9 +33,10 @@ def test_scaled_weights_are_codes_times_scales_bit_for_bit(
 ) -> None:
     torch.manual_seed(0)
     layer = st.constrain(nn.Linear(6, 4, bias=False), "weight", values, scale=scale)
-    alpha = layer.parametrizations.weight[0].scale.alpha
+    scale = layer.parametrizations.weight[0].scale
     with torch.no_grad():  # scales away from their start, as training leaves them
-        alpha.mul_(torch.rand(alpha.shape) + 0.5)
+        scale.log_gain.add_(torch.rand(scale.log_gain.shape) - 0.5)
+    alpha = scale.alpha
     model = nn.Sequential(layer).eval()
     path = st.export_onnx(model, torch.randn(2, 6), tmp_path / "m.onnx")
     onnx.checker.check_model(str(path))

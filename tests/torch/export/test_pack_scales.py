@@ -131,7 +131,8 @@ def test_scales_that_are_not_positive_or_leave_float32_stay_in_float() -> None:
         assert type(st.pack(layer)) is nn.Linear
     double = scaled(nn.Linear(8, 3).double(), snapset.Sign(), "tensor", "learned")
     with torch.no_grad():
-        double.parametrizations.weight[0].scale.alpha.fill_(1e-50)
+        scale = double.parametrizations.weight[0].scale
+        scale.assign(torch.full_like(scale.start, 1e-50))
     x = torch.randn(2, 8, dtype=torch.float64)
     with pytest.warns(UserWarning, match="where the scale 1e-50 times 1.0 underflows"):
         packed = st.pack(double)

@@ -217,12 +217,13 @@ class _Slot:
         writes = []
         if scale is None or alpha is None:
             stored = constraint.right_inverse(members)
-        elif scale.alpha is None:  # a statistic: the stored tensor is the float weight itself
+        elif scale.start is None or scale.log_gain is None:  # a statistic: the float weight itself
             stored = scale.expand(members, alpha)
         else:
             # the members' stored form on the set's own scale, beside the file's learned alpha
+            # (as Scale.assign: start = alpha, log_gain = 0)
             stored = constraint.stored_for(members)
-            writes.append((scale.alpha, alpha))
+            writes += [(scale.start, alpha), (scale.log_gain, torch.zeros_like(scale.log_gain))]
         if not torch.equal(constraint.hard(stored), members):
             raise SnapsetFileError(
                 f"'{self.tensor.name}': the values do not round-trip its constraint"
@@ -230,7 +231,7 @@ class _Slot:
         # a statistic scale is recomputed from the float weight: it must give the saved one
         if (
             scale is not None
-            and scale.alpha is None
+            and not scale.learned
             and alpha is not None
             and not torch.equal(scale.statistic(stored), alpha)
         ):
@@ -250,7 +251,8 @@ def _slots(model: nn.Module) -> dict[str, _Slot]:
 
 def _plain_state(model: nn.Module, slots: dict[str, _Slot]) -> dict[str, Tensor]:
     """``state_dict`` entries that are neither the stored tensor of a slot nor its constraint's
-    own state (a learned scale's ``alpha``, saved beside the codes)."""
+    own state (a learned scale's ``start`` and ``log_gain``; its alpha is saved beside the
+    codes)."""
     skip, own = set(), []
     for name, slot in slots.items():
         owner = name[: -len(slot.tensor.tensor_name)]  # "0." of "0.weight"

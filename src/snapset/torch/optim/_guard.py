@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from torch.optim import Optimizer
 from ..._scales import bad_scale_message
 from ..._spec import flip_step_refused
 from .._constrain import constraint_of, generation, scale_owner
-from .._methods import Constraint
+from .._methods import Constraint, Scale
 from ._bop import Bop
 
 __all__ = ["refuse_flip_parameters"]
@@ -113,8 +113,8 @@ def restore_bad_scales(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         >>> import torch, warnings, snapset, snapset.torch as st
         >>> layer = st.constrain(torch.nn.Linear(4, 2), "weight", snapset.Sign(), scale="tensor")
         >>> scale = layer.parametrizations.weight[0].scale
-        >>> sgd = torch.optim.SGD([scale.alpha], lr=1e6)
-        >>> layer.weight.abs().sum().backward()  # d/d alpha = sum |v| = 8: a huge step down
+        >>> sgd = torch.optim.SGD([scale.log_gain], lr=1e6)
+        >>> layer.weight.abs().sum().backward()  # a huge step down: exp(log_gain) underflows
         >>> before = scale.alpha.item()
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
@@ -126,7 +126,11 @@ def restore_bad_scales(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
     if not before:
         return
     with torch.no_grad():
-        good = [(param > 0) & param.isfinite() for param, _, _ in before]
+        # a log_gain is good where alpha = start * exp(log_gain) is finite and > 0
+        good = []
+        for param, constraint, _ in before:
+            alpha = cast(Tensor, cast(Scale, constraint.scale).start) * param.exp()
+            good.append((alpha > 0) & alpha.isfinite())
         # one test (and on a GPU one synchronisation) for all of them while they are good
         if bool(torch.stack([g.all().to(good[0].device) for g in good]).all()):
             return
