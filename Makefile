@@ -84,6 +84,8 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/compile_step.py
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/scales.py
+	$(BIN)/python benchmarks/binary_net.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

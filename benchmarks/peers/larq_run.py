@@ -12,7 +12,6 @@ ReLU, centring over channels), written in Keras 2 with larq's ``QuantConv1D``/``
 Only the weights are binary, as in snapset's rows (no input quantizer).
 """
 
-import json
 import os
 import time
 
@@ -20,42 +19,20 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from _common import arguments, emit, splits, wanted
+from _larq import import_larq, one_cycle
 
 
 def main() -> None:
     args = arguments()
-    try:
-        import larq as lq
-        import tensorflow as tf
-    except ImportError as error:
-        print(json.dumps({"unavailable": f"larq does not import: {error}"}), flush=True)
+    found = import_larq()
+    if found is None:
         return
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    lq, tf = found
     keras = tf.keras
     recipe = args.recipe
     library = f"larq {lq.__version__}"
 
-    class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-        """torch's OneCycleLR (cosine, pct_start 0.3, div 25, final div 1e4)."""
-
-        def __init__(self, peak: float, total: int) -> None:
-            self.peak, self.total = peak, total
-
-        def __call__(self, step):
-            step = tf.cast(step, tf.float32)
-            start, low = self.peak / 25, self.peak / 25 / 1e4
-            up = 0.3 * self.total - 1
-            down = self.total - 1 - up
-
-            def cosine(a, b, t):
-                return b + (a - b) / 2 * (1 + tf.cos(3.141592653589793 * t))
-
-            return tf.where(
-                step <= up,
-                cosine(start, self.peak, step / up),
-                cosine(self.peak, low, tf.minimum((step - up) / down, 1.0)),
-            )
+    OneCycle = one_cycle(tf)
 
     class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         def __init__(self, start: float, total: int, floor: float) -> None:

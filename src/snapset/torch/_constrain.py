@@ -455,21 +455,13 @@ def remember(module: nn.Module, name: str) -> None:
 
 def constraint_of(param: Tensor) -> Constraint | None:
     """The snapset constraint whose stored tensor ``param`` currently is, or None."""
-    owner = getattr(param, _OWNER, None)
-    if owner is None:
-        return None
-    module_ref, name = owner
-    module = module_ref()
-    if module is None or not parametrize.is_parametrized(module, name):
-        return None
-    stack = _stack(module, name)
-    if stack.original is not param or not isinstance(stack[0], Constraint):
-        return None
-    return stack[0]
+    found = _recorded(param, _OWNER)
+    return found[1] if found is not None and found[0].original is param else None
 
 
 def scale_owner(param: Tensor) -> Constraint | None:
-    """The snapset constraint whose learned scale's ``log_gain`` ``param`` currently is, or None.
+    """The snapset constraint whose learned scale's ``log_gain`` ``param`` currently is, or
+    None.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -479,17 +471,23 @@ def scale_owner(param: Tensor) -> Constraint | None:
         >>> scale_owner(layer.bias) is None
         True
     """
-    owner = getattr(param, _SCALE_OWNER, None)
+    found = _recorded(param, _SCALE_OWNER)
+    scale = None if found is None else found[1].scale
+    return found[1] if found is not None and scale is not None and scale.log_gain is param else None
+
+
+def _recorded(param: Tensor, record: str) -> tuple[Any, Constraint] | None:
+    """The parametrization stack and snapset constraint that ``param``'s ``record`` leads to,
+    while both still exist."""
+    owner = getattr(param, record, None)
     if owner is None:
         return None
     module_ref, name = owner
     module = module_ref()
     if module is None or not parametrize.is_parametrized(module, name):
         return None
-    constraint = _stack(module, name)[0]
-    if not isinstance(constraint, Constraint) or constraint.scale is None:
-        return None
-    return constraint if constraint.scale.log_gain is param else None
+    stack = _stack(module, name)
+    return (stack, stack[0]) if isinstance(stack[0], Constraint) else None
 
 
 def register(module: nn.Module, name: str, constraint: Constraint, init: str = "nearest") -> None:
