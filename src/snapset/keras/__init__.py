@@ -32,6 +32,7 @@ from ._callbacks import FlipRatio as FlipRatio
 from ._constrain import constrain as constrain
 from ._constrain import exact_weights as exact_weights
 from ._constrain import harden_ as harden_
+from ._constrain import scaled_parts as scaled_parts
 from ._constrain import set_temperature as set_temperature
 from ._layers import Conv1D as Conv1D
 from ._layers import Conv2D as Conv2D
@@ -43,6 +44,7 @@ from ._methods import STE as STE
 from ._methods import Flip as Flip
 from ._methods import GumbelSoftmax as GumbelSoftmax
 from ._methods import Method as Method
+from ._methods import Scale as Scale
 from ._methods import StochasticRounding as StochasticRounding
 from ._methods import flip_values as flip_values
 from ._quantize import Quantize as Quantize
@@ -66,6 +68,7 @@ __all__ = [
     "Multiplier",
     "Quantize",
     "Router",
+    "Scale",
     "SetLayer",
     "StochasticRounding",
     "constrain",
@@ -74,6 +77,7 @@ __all__ = [
     "harden_",
     "optim",
     "quantize",
+    "scaled_parts",
     "set_temperature",
 ]
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import keras
+import numpy as np
 import numpy.typing as npt
 from keras import ops
 
@@ -42,7 +43,8 @@ def constrain(layer: LayerT, name: str, values: ValuesLike, *, init: str = "spre
     (``Dense.kernel``, ``Conv*.kernel``, ``Embedding.embeddings``,
     ``DepthwiseConv2D.depthwise_kernel``, ...), and only with the ``flip`` method: ``ste``,
     ``stochastic`` and ``gumbel`` change what ``call`` computes with, which needs snapset's own
-    layers (``Dense``, ``Conv1D``, ``Conv2D``, ``Multiplier``). The mark is not saved: after
+    layers (``Dense``, ``Conv1D``, ``Conv2D``, ``Multiplier``); so does a scaled set
+    (``scale=``, ``w = alpha * v``), which those layers take. The mark is not saved: after
     ``load_model``, call ``constrain`` again with ``init="nearest"`` (the saved values are already
     members of the set). ``harden_`` removes it.
 
@@ -143,7 +145,10 @@ def exact_weights(model: keras.Layer) -> dict[str, npt.NDArray[Any]]:
     Keys are ``"<layer name>/<weight name>"`` (``kernel``, ``bias`` with ``bias_values``); weights
     of other layers marked by [`snapset.keras.constrain`][] come too. These
     are the values the layers compute with in inference, not the latents or logits that
-    ``model.get_weights()`` returns for ``ste``, ``stochastic`` and ``gumbel`` layers.
+    ``model.get_weights()`` returns for ``ste``, ``stochastic`` and ``gumbel`` layers: members
+    of the set, or for a scaled set ``alpha * v`` in the weight's dtype (the members and the
+    scales apart: [`snapset.keras.scaled_parts`][]). Warns (``RuntimeWarning``) about learned
+    scales that the scale constraint clamped since the last report.
 
     Examples:
         >>> import keras, numpy as np, snapset.keras as sk
@@ -152,9 +157,46 @@ def exact_weights(model: keras.Layer) -> dict[str, npt.NDArray[Any]]:
         >>> list(weights), sorted(np.unique(weights["d/kernel"]).tolist())
         (['d/kernel'], [0.0, 1.0])
     """
-    return {
+    weights = {
         key: exact_numpy(variable, method) for key, variable, method in constrained_variables(model)
     }
+    for layer in _layers(model):
+        if isinstance(layer, SetLayer):
+            layer.warn_scale_clamps()
+    return weights
+
+
+def scaled_parts(model: keras.Layer) -> dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+    """``(members, scales)`` of every scaled weight of ``model``, as numpy arrays.
+
+    Keys as [`snapset.keras.exact_weights`][], which gives the weights the layers compute with,
+    ``alpha * v``; here the two factors come apart: the exact members ``v`` of the set (the
+    weight's shape) and the scales ``alpha`` (the layout's ``scale_shape``: ``(1, units)``
+    for ``scale="channel"`` on a ``Dense``, ``(in / g, units)`` for a group size ``g``).
+    ``scales`` expanded over the groups times ``members`` is the weight, bit for bit.
+    Weights without a scale are left out.
+
+    Examples:
+        >>> import keras, numpy as np, snapset, snapset.keras as sk
+        >>> model = keras.Sequential([keras.Input((4,)),
+        ...     sk.Dense(2, snapset.Ternary(), scale=2, scale_mode="absmean", name="d")])
+        >>> members, scales = sk.scaled_parts(model)["d/kernel"]
+        >>> set(np.unique(members)) <= {-1.0, 0.0, 1.0}, scales.shape
+        (True, (2, 2))
+        >>> weight = sk.exact_weights(model)["d/kernel"]
+        >>> np.array_equal(weight, members * np.repeat(scales, 2, axis=0))
+        True
+    """
+    parts = {}
+    for key, variable, method in constrained_variables(model):
+        if method.scale is not None:
+            checked_numpy(variable)
+            members, scales = method.hard(variable), method.scales(variable)
+            parts[key] = (
+                np.asarray(ops.convert_to_numpy(members)),
+                np.asarray(ops.convert_to_numpy(scales)),
+            )
+    return parts
 
 
 def harden_(model: LayerT) -> LayerT:

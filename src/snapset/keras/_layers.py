@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -11,11 +12,14 @@ import numpy as np
 import numpy.typing as npt
 from keras import ops
 
+from .._scales import STATISTIC_FLOOR, Scaling
 from .._sets import ValueSet
 from .._spec import check_init
 from ._functional import Tensor
 from ._methods import (
     METHODS,
+    SCALE_FIX,
+    ScaleFloor,
     attach,
     check_options,
     checked_numpy,
@@ -47,6 +51,19 @@ class SetLayer(keras.Layer):
     or ``"nearest"``. ``method=None`` means no constraint, what ``harden`` leaves: the weights are
     plain variables, drawn by their initializer and used as they are.
 
+    ``scale`` makes a scaled set ``w = alpha * v`` (``v`` exact members): ``"tensor"``,
+    ``"channel"`` (per output channel, the kernel's last axis) or an int group size along the
+    input axis (the axis before the last), with ``scale_mode`` ``"learned"`` (the default: a
+    float variable ``<name>_scale`` that starts at the kernel's ``absmean``, kept finite and
+    positive by its constraint ``ScaleFloor``, which counts its clamps in ``scale_clamps``),
+    ``"absmean"`` or ``"absmax"`` (statistics of the stored float kernel, recomputed at every
+    call; ``ste`` and ``stochastic`` only), as [`snapset.torch.constrain`][]'s ``scale=``.
+    ``exact_weights`` gives ``alpha * v``, [`snapset.keras.scaled_parts`][] the two apart.
+
+    ``input_quantizer`` is a Keras layer applied to the inputs (cast to the compute dtype)
+    before the layer's own arithmetic, as larq's ``input_quantizer`` (for example
+    ``Quantize(snapset.Sign())``); it is saved with the layer.
+
     A layer of your own gets set-valued weights from ``add_set_weight`` in ``build`` and
     reads them with ``set_value`` in ``call``; register it with
     ``keras.saving.register_keras_serializable`` to save it.
@@ -75,6 +92,9 @@ class SetLayer(keras.Layer):
         temperature: float | None = None,
         init: str = "spread",
         seed: int | None = None,
+        scale: str | int | None = None,
+        scale_mode: str | None = None,
+        input_quantizer: keras.Layer | None = None,
         **kwargs: Any,
     ) -> None:
         value_set = ValueSet(values)
@@ -85,12 +105,21 @@ class SetLayer(keras.Layer):
             "seed": seed,
         }
         if method is None:
-            _refuse_options(given)
+            _refuse_options({**given, "scale": scale, "scale_mode": scale_mode})
         #: The method's options, defaults filled in (what ``get_config`` saves).
         self.options: dict[str, Any] = {} if method is None else check_options(method, given)
         check_init(init)
-        # Latents are read in their own dtype (a float16 copy could round across a boundary);
-        # call() casts the exact values to the compute dtype itself.
+        #: The scale of the layer's scaled weights (``w = alpha * v``), or None.
+        self.scaling = None if method is None else Scaling.of(scale, scale_mode, method=method)
+        if input_quantizer is not None and not isinstance(input_quantizer, keras.Layer):
+            raise TypeError(
+                f"input_quantizer must be a keras.Layer (such as snapset.keras.Quantize), not "
+                f"{type(input_quantizer).__name__}"
+            )
+        # Latents and scales are read in their own dtype (a float16 copy could round across a
+        # boundary, or give another statistic than harden stores); call() casts the exact
+        # values to the compute dtype itself. A mixed call autocasts variables even so, unless
+        # they are made with autocast=False (add_set_weight's are).
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.values = value_set
@@ -101,37 +130,97 @@ class SetLayer(keras.Layer):
             keras.random.SeedGenerator(self.options["seed"]) if "seed" in self.options else None
         )
         self._set_weights: dict[str, Any] = {}
+        # weight name -> (learned scales, their clamp count), for learned scales
+        self._scale_variables: dict[str, tuple[Any, Any]] = {}
+        self._clamps_reported: dict[str, int] = {}
+        self.input_quantizer = input_quantizer
 
     # ----- building ---------------------------------------------------------------------------
 
     def add_set_weight(
-        self, name: str, shape: tuple[int, ...], initializer: Any, values: ValueSet | None = None
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        initializer: Any,
+        values: ValueSet | None = None,
+        *,
+        scaled: bool = True,
     ) -> Any:
         """Create the stored variable of weight ``name``; its values come from ``values``.
 
         ``initializer`` draws the starting point, which ``init`` then maps onto the set. Returns
         the variable (the latent for ``ste`` and ``stochastic``, the logits for ``gumbel``; with
-        ``method=None``, a plain variable drawn by ``initializer``).
+        ``method=None``, a plain variable drawn by ``initializer``). With the layer's ``scale``
+        and ``scaled=True`` the weight is a scaled set, laid out as a Keras kernel (inputs on
+        the axis before the last, outputs on the last); a learned scale adds the variables
+        ``<name>_scale`` and ``<name>_scale_clamps``. A scale that does not fit ``shape`` is
+        refused (``ValueError``) before any variable is made.
         """
         vs = values if values is not None else self.values
         vs.tables(self.compute_dtype)  # the values must survive the cast to the compute dtype
         base = keras.initializers.get(initializer)
         if self.method is None:
-            variable = self.add_weight(name=name, shape=shape, initializer=base)
-        else:
-            method = METHODS[self.method](vs, self.variable_dtype, name, **self.options)
+            variable = self.add_weight(name=name, shape=shape, initializer=base, autocast=False)
+            self._set_weights[name] = variable
+            return variable
+        method = METHODS[self.method](vs, self.variable_dtype, name, **self.options)
+        scale = method.scaled(self.scaling if scaled else None, shape).scale
+        # The stored variable and a learned scale start from one draw (the scale at its
+        # absmean, the stored values at draw / scale), so the two initializers share it.
+        drawn: list[Tensor] = []
 
-            def start(stored_shape: tuple[int, ...], dtype: Any = None) -> Tensor:
-                # In keras.ops: Keras may run this while build() is traced. The draw has the
-                # weight's shape (its fans), not the stored one.
-                return method.start(ops.cast(base(shape, dtype=dtype), dtype), self.init)
+        def draw(dtype: Any) -> Tensor:
+            # In keras.ops: Keras may run this while build() is traced. The draw has the
+            # weight's shape (its fans), not the stored one.
+            if not drawn:
+                drawn.append(ops.cast(base(shape, dtype=dtype), dtype))
+            return drawn[0] if scale is not None and scale.scaling.learned else drawn.pop()
 
-            variable = self.add_weight(
-                name=method.stored_name, shape=method.stored_shape(shape), initializer=start
+        def start(stored_shape: tuple[int, ...], dtype: Any = None) -> Tensor:
+            return method.start(draw(dtype), self.init)
+
+        variable = self.add_weight(
+            name=method.stored_name,
+            shape=method.stored_shape(shape),
+            initializer=start,
+            autocast=False,
+        )
+        if scale is not None and scale.scaling.learned:
+
+            def absmean(scale_shape: tuple[int, ...], dtype: Any = None) -> Tensor:
+                weight = draw(dtype)
+                drawn.clear()
+                return scale.statistic(weight, "absmean")
+
+            clamps = self.add_weight(
+                name=f"{name}_scale_clamps",
+                shape=(),
+                initializer="zeros",
+                dtype="int32",
+                trainable=False,
             )
-            attach(variable, method)
+            scale.alpha = self.add_weight(
+                name=f"{name}_scale",
+                shape=scale.layout.scale_shape,
+                initializer=absmean,
+                constraint=ScaleFloor(clamps),
+                autocast=False,
+            )
+            self._scale_variables[name] = (scale.alpha, clamps)
+            self._clamps_reported[name] = 0
+        attach(variable, method)
         self._set_weights[name] = variable
         return variable
+
+    def _quantized(self, inputs: Tensor) -> Tensor:
+        """The inputs cast to the compute dtype, through ``input_quantizer`` if there is one."""
+        inputs = ops.cast(inputs, self.compute_dtype)
+        return inputs if self.input_quantizer is None else self.input_quantizer(inputs)
+
+    def _build_input_quantizer(self, input_shape: tuple[int | None, ...]) -> None:
+        # Built with the layer, so that load_model finds its variables where it saved them.
+        if self.input_quantizer is not None and not self.input_quantizer.built:
+            self.input_quantizer.build(input_shape)
 
     # ----- reading ----------------------------------------------------------------------------
 
@@ -143,11 +232,46 @@ class SetLayer(keras.Layer):
             variable = method.value(variable, training, self.seed_generator)
         return ops.cast(variable, self.compute_dtype)
 
+    @property
+    def scale_clamps(self) -> dict[str, int]:
+        """How many entries of each learned scale the scale constraint set to the floor
+        (1e-5) after an optimizer step made them zero, negative, NaN or inf, by weight name
+        (see ``ScaleFloor``).
+
+        Examples:
+            >>> import numpy as np, snapset, snapset.keras as sk
+            >>> layer = sk.Dense(2, snapset.Sign(), scale="channel")
+            >>> _ = layer(np.ones((1, 3), "float32"))
+            >>> layer.scale_clamps
+            {'kernel': 0}
+        """
+        return {
+            name: int(ops.convert_to_numpy(clamps))
+            for name, (_, clamps) in self._scale_variables.items()
+        }
+
+    def warn_scale_clamps(self) -> None:
+        """Warn (``RuntimeWarning``) about clamps of learned scales not reported yet."""
+        for name, count in self.scale_clamps.items():
+            new = count - self._clamps_reported[name]
+            if new > 0:
+                self._clamps_reported[name] = count
+                warnings.warn(
+                    f"Layer '{self.name}': optimizer steps made {new} entries of the learned "
+                    f"scales of '{name}' zero, negative, NaN or inf; the scale constraint set "
+                    f"them to {STATISTIC_FLOOR} (w = alpha * v needs alpha > 0). Lower the "
+                    "learning rate of the scales if this repeats.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+
     def exact_weights(self) -> dict[str, npt.NDArray[Any]]:
-        """The deterministic exact values of each constrained weight, as numpy arrays.
+        """The deterministic weights of each constrained weight, as numpy arrays.
 
         These are what the layer computes with in inference (and, except for ``stochastic``
-        while training, in training): members of the value set, never the latents.
+        while training, in training): members of the value set, never the latents; for a
+        scaled set ``alpha * v`` (the members and scales apart: ``scaled_parts``). Warns about
+        learned scales clamped since the last report (``scale_clamps``).
 
         Examples:
             >>> import numpy as np, snapset.keras as sk
@@ -156,16 +280,42 @@ class SetLayer(keras.Layer):
             >>> sorted(np.unique(layer.exact_weights()["kernel"]).tolist())
             [-1.0, 1.0]
         """
+        self.warn_scale_clamps()
         return {
             name: exact_numpy(variable, method)
             for name, variable in self._set_weights.items()
             if (method := method_of(variable)) is not None
         }
 
+    def scaled_parts(self) -> dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+        """``(members, scales)`` of each scaled weight, as numpy arrays: the exact members
+        ``v`` of the set (the weight's shape) and the scales ``alpha`` (shape
+        ``Scaling.layout(...).scale_shape``), whose product is the weight.
+
+        Examples:
+            >>> import numpy as np, snapset, snapset.keras as sk
+            >>> layer = sk.Dense(2, snapset.Ternary(), scale="channel")
+            >>> _ = layer(np.ones((1, 4), "float32"))
+            >>> members, scales = layer.scaled_parts()["kernel"]
+            >>> set(np.unique(members)) <= {-1.0, 0.0, 1.0}, scales.shape
+            (True, (1, 2))
+        """
+        parts = {}
+        for name, variable in self._set_weights.items():
+            method = method_of(variable)
+            if method is not None and method.scale is not None:
+                checked_numpy(variable)
+                members, scales = method.hard(variable), method.scales(variable)
+                parts[name] = (
+                    np.asarray(ops.convert_to_numpy(members)),
+                    np.asarray(ops.convert_to_numpy(scales)),
+                )
+        return parts
+
     def _hard(self, name: str) -> Tensor:
         variable = self._set_weights[name]
         method = method_of(variable)
-        return ops.convert_to_tensor(variable) if method is None else method.hard(variable)
+        return ops.convert_to_tensor(variable) if method is None else method.exact(variable)
 
     def set_value_set(self, name: str) -> ValueSet:
         """The value set of constrained weight ``name``."""
@@ -179,12 +329,14 @@ class SetLayer(keras.Layer):
     def harden(self) -> None:
         """Store the exact values in place of the latents and remove the constraints.
 
-        Each constrained variable is assigned its exact values and becomes a plain weight, and the
-        layer becomes ``method=None`` (as [`snapset.torch.harden_`][] leaves
-        plain parameters). The outputs in inference stay the same, bit for bit; the stored variables
-        (and what ``get_weights``, ``save`` and ``save_weights`` write) hold only set members;
-        ``exact_weights``, [`snapset.keras.Router`][] and
-        [`snapset.keras.FlipRatio`][] no longer see them. Recompile a
+        Each constrained variable is assigned its exact values (``alpha * v`` for a scaled set,
+        the product the forward pass computes) and becomes a plain weight, the variables of
+        learned scales go, and the layer becomes ``method=None`` with no scale (as
+        [`snapset.torch.harden_`][] leaves plain parameters). The outputs in inference stay
+        the same, bit for bit; the stored variables (and what ``get_weights``, ``save`` and
+        ``save_weights`` write) hold only set members, or their products with the scales;
+        ``exact_weights``, [`snapset.keras.Router`][] and [`snapset.keras.FlipRatio`][] no
+        longer see them. Warns about learned scales clamped since the last report. Recompile a
         compiled model before training it further ([`snapset.keras.harden_`][]
         drops its compiled functions).
 
@@ -198,15 +350,22 @@ class SetLayer(keras.Layer):
         """
         for variable in self._set_weights.values():
             checked_numpy(variable)  # all of them, before any changes
+        self.warn_scale_clamps()
         for name, variable in self._set_weights.items():
             method = method_of(variable)
             if method is not None and method.value_shape(variable.shape) != variable.shape:
-                self._set_weights[name] = self._replace(variable, method.hard(variable))
+                self._set_weights[name] = self._replace(variable, method.exact(variable))
                 release(variable)
             else:
                 harden_variable(variable)
+        # the scales are in the weights now: a method=None layer has no such variables
+        for alpha, clamps in self._scale_variables.values():
+            self._untrack_variable(alpha)
+            self._untrack_variable(clamps)
+        self._scale_variables, self._clamps_reported = {}, {}
         self.method = None
         self.options = {}
+        self.scaling = None
 
     def _replace(self, old: Any, values: Tensor) -> Any:
         """A plain variable holding ``values`` in place of ``old`` (whose shape differs), at
@@ -224,6 +383,7 @@ class SetLayer(keras.Layer):
                 initializer="zeros",
                 dtype=old.dtype,
                 trainable=old.trainable,
+                autocast=False,
             )
         finally:
             if locked:
@@ -235,21 +395,23 @@ class SetLayer(keras.Layer):
     # ----- saving and loading -------------------------------------------------------------------
 
     def _meaning(self) -> dict[str, Any]:
-        """What the stored variables mean, weight by weight: method, set, latent scale, dtype
-        (``None`` for a plain weight); saved beside them and compared when they load."""
+        """What the stored variables mean, weight by weight: method, set, latent scale, dtype,
+        and for a scaled set its scale and scale mode (``None`` for a plain weight); saved
+        beside them and compared when they load."""
         meaning: dict[str, Any] = {}
         for name, variable in self._set_weights.items():
             method = method_of(variable)
-            meaning[name] = (
-                None
-                if method is None
-                else [
-                    method.method,
-                    list(method.values.values),
-                    method.options.get("latent_range"),
-                    method.dtype,
-                ]
-            )
+            if method is None:
+                meaning[name] = None
+                continue
+            meaning[name] = [
+                method.method,
+                list(method.values.values),
+                method.options.get("latent_range"),
+                method.dtype,
+            ]
+            if method.scale is not None:  # unscaled records stay as files before scales had them
+                meaning[name] += [method.scale.scaling.granularity, method.scale.scaling.mode]
         read_back: dict[str, Any] = json.loads(json.dumps(meaning))  # lists, not tuples
         return read_back
 
@@ -267,8 +429,9 @@ class SetLayer(keras.Layer):
         Refused, with the layer unchanged: a file whose record of what the weights mean (method,
         set, latent scale, dtype) differs from this layer's config, a variable of the wrong
         shape, a flip variable holding anything but members of its set (in the variable's
-        dtype), a latent holding NaN or infinity (``snapset.OutsideSetError``). Files saved
-        before snapset recorded the meaning are checked without it.
+        dtype), a latent holding NaN or infinity (``snapset.OutsideSetError``), a learned
+        scale that is not finite and > 0 (``ValueError``). Files saved before snapset recorded
+        the meaning are checked without it.
         """
         variables = self._trainable_variables + self._non_trainable_variables
         keys = set(store.keys())
@@ -299,14 +462,19 @@ class SetLayer(keras.Layer):
         if saved != current:
             raise ValueError(
                 f"Layer '{self.name}': its weights were saved as {saved} (weight: [method, "
-                f"values, latent_range, dtype]), but its config now makes them {current}. "
-                "Loading would reinterpret the stored numbers, so nothing was loaded; the "
-                "config was edited after saving: restore its values, method, latent_range and "
-                "dtype, or load into the layer it was saved from and convert with harden()."
+                f"values, latent_range, dtype(, scale, scale_mode)]), but its config now makes "
+                f"them {current}. Loading would reinterpret the stored numbers, so nothing was "
+                "loaded; the config was edited after saving: restore its values, method, "
+                "latent_range, dtype, scale and scale_mode, or load into the layer it was saved "
+                "from and convert with harden()."
             )
 
     def _check_incoming(self, variables: Sequence[Any], arrays: list[npt.NDArray[Any]]) -> None:
         """Refuse arrays that do not fit the variables they are meant for."""
+        scales = {
+            id(alpha): method_of(self._set_weights[name])
+            for name, (alpha, _) in self._scale_variables.items()
+        }
         for variable, array in zip(variables, arrays, strict=True):
             where = f"'{self.name}/{variable.name}'"
             if tuple(array.shape) != tuple(variable.shape):
@@ -318,6 +486,10 @@ class SetLayer(keras.Layer):
             if method is not None:
                 incoming = ops.convert_to_numpy(ops.convert_to_tensor(array, variable.dtype))
                 method.check(incoming, f"{where} as loaded", _LOADED_FIX)
+            scaled = scales.get(id(variable))
+            if scaled is not None and scaled.scale is not None:
+                incoming = ops.convert_to_numpy(ops.convert_to_tensor(array, variable.dtype))
+                scaled.scale.check(np.asarray(incoming), f"the scales {where} as loaded", SCALE_FIX)
 
     # ----- config ---------------------------------------------------------------------------
 
@@ -325,7 +497,24 @@ class SetLayer(keras.Layer):
         config: dict[str, Any] = super().get_config()
         config.update(values=list(self.values.values), method=self.method, init=self.init)
         config.update(self.options)
+        scaling = self.scaling
+        config.update(
+            scale=None if scaling is None else scaling.granularity,
+            scale_mode=None if scaling is None else scaling.mode,
+            input_quantizer=None
+            if self.input_quantizer is None
+            else keras.saving.serialize_keras_object(self.input_quantizer),
+        )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any:
+        config = dict(config)
+        if config.get("input_quantizer") is not None:
+            config["input_quantizer"] = keras.saving.deserialize_keras_object(
+                config["input_quantizer"]
+            )
+        return super().from_config(config)
 
 
 _MEANING = "snapset_meaning"  # the store key of what a layer's stored variables mean
@@ -397,6 +586,7 @@ class Multiplier(SetLayer):
         features = input_shape[-1]
         if features is None:
             raise ValueError("Multiplier needs a known size of the input's last axis")
+        self._build_input_quantizer(input_shape)
         self.add_set_weight("kernel", (features,), self.kernel_initializer)
 
     @property
@@ -405,8 +595,7 @@ class Multiplier(SetLayer):
         return self._hard("kernel")
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
-        inputs = ops.cast(inputs, self.compute_dtype)
-        return ops.multiply(inputs, self.set_value("kernel", training))
+        return ops.multiply(self._quantized(inputs), self.set_value("kernel", training))
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape
@@ -446,7 +635,9 @@ class _KernelBiasLayer(SetLayer):
         self.add_set_weight("kernel", kernel_shape, self.kernel_initializer)
         if self.use_bias and self.bias_values is not None:
             # A zero init would spread to nothing useful: draw it like the kernel instead.
-            self.add_set_weight("bias", (units,), self.kernel_initializer, self.bias_values)
+            self.add_set_weight(
+                "bias", (units,), self.kernel_initializer, self.bias_values, scaled=False
+            )
         elif self.use_bias:
             self.bias = self.add_weight(
                 name="bias", shape=(units,), initializer=self.bias_initializer
@@ -479,7 +670,8 @@ class Dense(_KernelBiasLayer):
     """``y = activation(x @ W + b)`` with ``W`` (and, with ``bias_values``, ``b``) in a set.
 
     The bias stays a float weight unless ``bias_values`` gives it a set of its own; it is then
-    trained by the same method. Options as ``SetLayer``.
+    trained by the same method, unscaled (``scale`` scales the kernel). Options as
+    ``SetLayer``.
 
     Examples:
         >>> import numpy as np, snapset, snapset.keras as sk
@@ -502,11 +694,11 @@ class Dense(_KernelBiasLayer):
         features = input_shape[-1]
         if features is None:
             raise ValueError("Dense needs a known size of the input's last axis")
+        self._build_input_quantizer(input_shape)
         self._build_kernel_bias((features, self.units), self.units)
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
-        inputs = ops.cast(inputs, self.compute_dtype)
-        outputs = ops.matmul(inputs, self.set_value("kernel", training))
+        outputs = ops.matmul(self._quantized(inputs), self.set_value("kernel", training))
         bias = self._bias(training)
         if bias is not None:
             outputs = ops.add(outputs, bias)
@@ -572,11 +764,12 @@ class _Conv(_KernelBiasLayer):
         channels = input_shape[self._channel_axis()]
         if channels is None:
             raise ValueError(f"{type(self).__name__} needs a known number of input channels")
+        self._build_input_quantizer(input_shape)
         self._build_kernel_bias((*self.kernel_size, channels, self.filters), self.filters)
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
         outputs = ops.conv(
-            ops.cast(inputs, self.compute_dtype),
+            self._quantized(inputs),
             self.set_value("kernel", training),
             strides=self.strides,
             padding=self.padding,

@@ -3,10 +3,16 @@
 A method object serves one weight. It owns the weight's value set and tables (in the
 variable's dtype), says what the variable stores and how it is named, maps wanted values to
 what is stored (``Method.right_inverse``), gives the forward value with its gradient
-(``Method.value``), the deterministic exact values (``Method.hard``) and their index
-codes (``Method.codes``). The variable carries a reference to its method object: that
-record is the one place that says a variable is constrained, for snapset's layers and for
-weights marked by [`snapset.keras.constrain`][] alike.
+(``Method.value``), the deterministic exact members (``Method.hard``), their index codes
+(``Method.codes``) and, for a scaled set ``w = alpha * v``, their scales (``Method.scales``)
+and the weight they make (``Method.exact``). The variable carries a reference to its method
+object: that record is the one place that says a variable is constrained, for snapset's
+layers and for weights marked by [`snapset.keras.constrain`][] alike.
+
+A method class implements the unscaled map from what it reads (the stored variable, or for a
+statistic scale the stored float kernel divided by its scale, on the latent's scale) to the
+set: ``_value``, ``_hard``, ``_codes`` and ``_right_inverse``; the base class adds the
+scale around them, once for all, as the PyTorch front's ``Constraint`` does.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from keras import ops
 
+from .._scales import STATISTIC_FLOOR, ScaleLayout, Scaling, bad_scale_message, scale_unit
 from .._sets import ValueSet
 from .._spec import METHODS as SPECS
 from .._spec import (
@@ -38,6 +45,115 @@ from ._estimators import SURROGATES
 from ._functional import Tensor
 
 _RECORD = "_snapset_method"
+
+
+class Scale:
+    r"""The scale of a scaled set: a weight computes with ``w = alpha * v``, ``v`` exact members.
+
+    ``alpha`` is one float per group of entries that ``scaling`` (a core
+    ``snapset._scales.Scaling``) chooses for a Keras kernel of ``shape``: the whole tensor,
+    each output channel (the last axis), or each run of ``g`` entries along the input axis
+    (the axis before the last; none for a vector). Where it comes from:
+
+    * ``learned``: ``alpha`` is the float variable ``<weight>_scale`` (shape
+      ``layout.scale_shape``), which starts at the ``absmean`` statistic of the drawn kernel
+      and is trained by a gradient optimizer (for ``flip`` too: [`snapset.keras.Router`][]
+      sends it to its default optimizer, Bop moves the codes). Its constraint ``ScaleFloor``
+      keeps it finite and > 0;
+    * ``absmean`` / ``absmax``: ``mean|W|`` or ``max|W|`` of the stored float kernel per
+      group, divided by the set's unit (``snapset._scales.scale_unit``) and floored at
+      ``STATISTIC_FLOOR``, recomputed at every call with ``ops.stop_gradient`` (BitNet
+      b1.58's ``absmean``). The method then reads ``W / alpha`` on its latent scale, so the
+      gradient reaches ``W`` straight through.
+
+    The product ``alpha * v`` is one multiplication an entry, in the variable's dtype.
+
+    Examples:
+        >>> import snapset
+        >>> scale = Scale(Scaling.of("channel", None, method="ste"), snapset.Ternary(), (4, 2))
+        >>> scale.layout.scale_shape
+        (1, 2)
+        >>> w = ops.convert_to_tensor([[1.0, 0.0], [-3.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+        >>> ops.convert_to_numpy(scale.statistic(w)).tolist()
+        [[1.0, 9.999999747378752e-06]]
+    """
+
+    def __init__(self, scaling: Scaling, values: ValueSet, shape: tuple[int, ...]) -> None:
+        self.scaling = scaling
+        self.layout: ScaleLayout = scaling.layout(shape, -1, -2 if len(shape) >= 2 else None)
+        self.unit = scale_unit(values)
+        #: The learned scales (a ``keras.Variable``; None for a statistic), set by the layer.
+        self.alpha: Any = None
+
+    def statistic(self, weight: Tensor, mode: str | None = None) -> Tensor:
+        """``mode`` (default: this scale's) of ``weight`` per group, without gradient."""
+        layout = self.layout
+        grouped = ops.reshape(ops.abs(ops.stop_gradient(weight)), layout.grouped)
+        reduce = ops.max if (mode or self.scaling.mode) == "absmax" else ops.mean
+        stat = reduce(grouped, axis=layout.reduce_axes, keepdims=True) / self.unit
+        return ops.reshape(ops.maximum(stat, STATISTIC_FLOOR), layout.scale_shape)
+
+    def scales(self, stored: Tensor) -> Tensor:
+        """The scales (shape ``layout.scale_shape``): ``alpha``, or the statistic of
+        ``stored``."""
+        return self.statistic(stored) if self.alpha is None else ops.convert_to_tensor(self.alpha)
+
+    def expand(self, members: Tensor, alpha: Tensor) -> Tensor:
+        """``alpha * members``, each scale times the entries of its group."""
+        layout = self.layout
+        grouped = ops.reshape(members, layout.grouped) * ops.reshape(alpha, layout.grouped_scale)
+        return ops.reshape(grouped, layout.shape)
+
+    def divide(self, weight: Tensor, alpha: Tensor) -> Tensor:
+        """``weight / alpha``, each entry by its group's scale."""
+        layout = self.layout
+        grouped = ops.reshape(weight, layout.grouped) / ops.reshape(alpha, layout.grouped_scale)
+        return ops.reshape(grouped, layout.shape)
+
+    def check(self, alpha: npt.NDArray[Any], where: str, fix: str) -> None:
+        """Raise ``ValueError`` if ``alpha`` holds an entry that is not finite and > 0."""
+        bad = ~(np.isfinite(alpha) & (alpha > 0))
+        if bad.any():
+            example = float(str(alpha[bad].reshape(-1)[0]))
+            raise ValueError(f"{bad_scale_message(where, int(bad.sum()), example)} {fix}")
+
+    def __repr__(self) -> str:
+        scaling = self.scaling
+        return f"Scale(granularity={scaling.granularity!r}, mode={scaling.mode!r})"
+
+
+class ScaleFloor(keras.constraints.Constraint):
+    """The constraint of a learned scale: entries that a step made zero, negative, NaN or inf
+    become ``STATISTIC_FLOOR`` (1e-5), and ``clamps`` counts them.
+
+    Keras applies a variable's constraint after each optimizer step, to the new values only:
+    the value before the step is gone by then, so the floor is what a bad entry gets (the
+    PyTorch front restores the value before the step). ``clamps`` is a non-trainable int32
+    variable of the layer (``<weight>_scale_clamps``, read as the layer's ``scale_clamps``);
+    [`snapset.keras.exact_weights`][] and ``harden`` warn when it grew. The count is kept on
+    the TensorFlow and torch backends; on JAX the floor holds but nothing is counted (its
+    train step applies constraints in a stateless scope that keeps only the trainable and
+    optimizer variables, and has released the layer's other variables meanwhile).
+
+    Examples:
+        >>> import keras
+        >>> clamps = keras.Variable(0, dtype="int32", trainable=False)
+        >>> floor = ScaleFloor(clamps)
+        >>> ops.convert_to_numpy(floor(ops.convert_to_tensor([0.5, -1.0, float("nan")]))).tolist()
+        [0.5, 9.999999747378752e-06, 9.999999747378752e-06]
+        >>> int(ops.convert_to_numpy(clamps)) == (0 if keras.backend.backend() == "jax" else 2)
+        True
+    """
+
+    def __init__(self, clamps: Any) -> None:
+        self.clamps = clamps
+
+    def __call__(self, w: Any) -> Any:
+        w = ops.convert_to_tensor(w)
+        good = ops.logical_and(ops.isfinite(w), ops.greater(w, 0))
+        if keras.backend.backend() != "jax":
+            self.clamps.assign_add(ops.sum(ops.cast(ops.logical_not(good), "int32")))
+        return ops.where(good, w, ops.cast(STATISTIC_FLOOR, w.dtype))
 
 
 class Method(NamedMethod):
@@ -61,6 +177,8 @@ class Method(NamedMethod):
         self.dtype = dtype
         self.weight = weight
         self.tables = values.tables(dtype, self.options.get("latent_range"))
+        #: The scale of a scaled set (``w = alpha * v``), or None for the exact set itself.
+        self.scale: Scale | None = None
 
     @property
     def stored_name(self) -> str:
@@ -77,26 +195,88 @@ class Method(NamedMethod):
         leaves."""
         return stored_shape
 
+    def scaled(self, scaling: Scaling | None, shape: tuple[int, ...]) -> Method:
+        """Scale this method's values as ``scaling`` says (None: leave them unscaled), for a
+        kernel of ``shape``; return it. A learned scale's variable is the layer's to make and
+        to set as ``scale.alpha``."""
+        self.scale = None if scaling is None else Scale(scaling, self.values, shape)
+        return self
+
     def start(self, drawn: Tensor, init: str) -> Tensor:
         """What to store for a freshly drawn tensor: ``init`` (``"spread"`` or ``"nearest"``,
-        see ``snapset._spec.INITS``), then ``right_inverse``."""
-        return self.right_inverse(F.spread(drawn, self.values) if init == "spread" else drawn)
+        see ``snapset._spec.INITS``) applied to it (divided by the ``absmean`` a learned scale
+        starts at), then the method's map; a statistic scale stores the float kernel itself."""
+        scale = self.scale
+        if scale is not None and not scale.scaling.learned:
+            return drawn
+        on_set = drawn if scale is None else scale.divide(drawn, scale.statistic(drawn, "absmean"))
+        return self._right_inverse(F.spread(on_set, self.values) if init == "spread" else on_set)
 
-    def right_inverse(self, values: Tensor) -> Tensor:
-        """What to store so that the weight shows ``values`` (their nearest members)."""
-        raise NotImplementedError
+    # ----- the protocol: the scale around each method's own map --------------------------
 
     def value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
-        """The exact values the forward pass uses, with the method's gradient to ``stored``."""
-        raise NotImplementedError
+        """The values the forward pass uses, ``alpha * v`` (``v`` when unscaled) with ``v``
+        exact members, with the method's gradient to ``stored`` (and to a learned ``alpha``)."""
+        if self.scale is None:
+            return self._value(stored, training, seed_generator)
+        alpha = self.scale.scales(stored)
+        members = self._value(self._reads(stored, alpha), training, seed_generator)
+        return self.scale.expand(members, alpha)
 
     def hard(self, stored: Tensor) -> Tensor:
-        """The deterministic exact values (inference,
-        [`snapset.keras.exact_weights`][])."""
-        raise NotImplementedError
+        """The deterministic exact members ``v`` of the set (unscaled; inference,
+        [`snapset.keras.scaled_parts`][])."""
+        return self._hard(self._reads(stored))
 
     def codes(self, stored: Tensor) -> Tensor:
-        """Index of each entry's deterministic value in the sorted set (int32)."""
+        """Index of each entry's deterministic member in the sorted set (int32)."""
+        return self._codes(self._reads(stored))
+
+    def scales(self, stored: Tensor) -> Tensor | None:
+        """The scales ``alpha`` of the deterministic members, without gradient (None when
+        unscaled)."""
+        return None if self.scale is None else ops.stop_gradient(self.scale.scales(stored))
+
+    def exact(self, stored: Tensor) -> Tensor:
+        """The deterministic weight ``alpha * hard`` (``hard`` when unscaled): what inference
+        computes with, [`snapset.keras.exact_weights`][] reads and ``harden`` stores, bit for
+        bit."""
+        members = self.hard(stored)
+        alpha = self.scales(stored)
+        return members if alpha is None or self.scale is None else self.scale.expand(members, alpha)
+
+    def right_inverse(self, values: Tensor) -> Tensor:
+        """What to store so that the weight shows ``values`` (their nearest members, divided
+        by a learned scale first); a statistic scale stores the float kernel itself."""
+        if self.scale is None:
+            return self._right_inverse(values)
+        if self.scale.alpha is None:
+            return values
+        alpha = ops.convert_to_tensor(self.scale.alpha)
+        return self._right_inverse(self.scale.divide(values, alpha))
+
+    def _reads(self, stored: Tensor, alpha: Tensor | None = None) -> Tensor:
+        """What the method's own map reads: the stored variable, or, for a statistic scale,
+        the float kernel divided by its scale on the method's latent scale."""
+        if self.scale is None or self.scale.alpha is not None:
+            return stored
+        alpha = self.scale.statistic(stored) if alpha is None else alpha
+        return self._right_inverse(self.scale.divide(ops.convert_to_tensor(stored), alpha))
+
+    # ----- what each method implements ---------------------------------------------------
+
+    def _right_inverse(self, values: Tensor) -> Tensor:
+        """What to store so that the unscaled weight shows ``values``."""
+        raise NotImplementedError
+
+    def _value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+        """The exact members the forward pass uses, with the method's gradient."""
+        raise NotImplementedError
+
+    def _hard(self, stored: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _codes(self, stored: Tensor) -> Tensor:
         raise NotImplementedError
 
     def decode(self, codes: Tensor) -> Tensor:
@@ -146,12 +326,12 @@ class _Latent(Method):
     """Stores a float latent ``u`` on the scale where the set's range is
     ``[-latent_range, latent_range]``: ``w = centre + half_range * u / latent_range``."""
 
-    def right_inverse(self, values: Tensor) -> Tensor:
+    def _right_inverse(self, values: Tensor) -> Tensor:
         """Latents of ``values``: ``(values - centre) * latent_range / half_range``."""
         vs = self.values
         return (values - vs.center) * (self.options["latent_range"] / vs.half_range)
 
-    def value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+    def _value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
         latent = ops.convert_to_tensor(stored)
         rounded = self._round(latent, training, seed_generator)
         surrogate = SURROGATES[self.options["estimator"]]
@@ -163,10 +343,10 @@ class _Latent(Method):
         """The exact values of the forward pass, without gradient."""
         raise NotImplementedError
 
-    def hard(self, stored: Tensor) -> Tensor:
-        return self.decode(self.codes(stored))
+    def _hard(self, stored: Tensor) -> Tensor:
+        return self.decode(self._codes(stored))
 
-    def codes(self, stored: Tensor) -> Tensor:
+    def _codes(self, stored: Tensor) -> Tensor:
         return F.codes(ops.convert_to_tensor(stored), self._tensor(self.tables.thresholds))
 
     def outside(self, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -201,7 +381,7 @@ class STE(_Latent):
     spec = SPECS["ste"]
 
     def _round(self, latent: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
-        return self.hard(latent)
+        return self._hard(latent)
 
 
 class StochasticRounding(_Latent):
@@ -226,7 +406,7 @@ class StochasticRounding(_Latent):
 
     def _round(self, latent: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
         if not training:
-            return self.hard(latent)
+            return self._hard(latent)
         levels, table = self._tensor(self.tables.levels), self._tensor(self.tables.values)
         return F.stochastic_round(latent, levels, table, seed_generator)
 
@@ -264,23 +444,23 @@ class GumbelSoftmax(Method):
     def value_shape(self, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(stored_shape[:-1])
 
-    def right_inverse(self, values: Tensor) -> Tensor:
+    def _right_inverse(self, values: Tensor) -> Tensor:
         """Stored logits peaked at each assigned value (see ``snapset._spec.GUMBEL_SHARPNESS``)."""
         table = self._tensor(self.tables.values)
         scale = gumbel_logit_scale(self.values.half_range, self.options["latent_range"])
         return ops.square(ops.expand_dims(values, -1) - table) * self._tensor(scale)
 
-    def value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+    def _value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
         if not training:
-            return self.hard(stored)
+            return self._hard(stored)
         logits = ops.convert_to_tensor(stored) / self.options["latent_range"]
         table = self._tensor(self.tables.values)
         return F.gumbel_sample(logits, table, self.options["temperature"], seed_generator)
 
-    def hard(self, stored: Tensor) -> Tensor:
-        return self.decode(self.codes(stored))
+    def _hard(self, stored: Tensor) -> Tensor:
+        return self.decode(self._codes(stored))
 
-    def codes(self, stored: Tensor) -> Tensor:
+    def _codes(self, stored: Tensor) -> Tensor:
         return F.argmax_ties_up(ops.convert_to_tensor(stored))
 
     def outside(self, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -308,14 +488,14 @@ class Flip(Method):
 
     spec = SPECS["flip"]
 
-    def right_inverse(self, values: Tensor) -> Tensor:
+    def _right_inverse(self, values: Tensor) -> Tensor:
         """The nearest member of the set for each entry (ties go up)."""
         return self.decode(F.codes(values, self._tensor(self.tables.midpoints)))
 
-    def value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
-        return self.hard(stored)
+    def _value(self, stored: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
+        return self._hard(stored)
 
-    def hard(self, stored: Tensor) -> Tensor:
+    def _hard(self, stored: Tensor) -> Tensor:
         """The stored values, members of the set; NaN in place of an entry that is not."""
         stored = ops.convert_to_tensor(stored)
         # One comparison per value of the set, no gather: the cheapest exact membership test.
@@ -326,7 +506,7 @@ class Flip(Method):
             member = ops.logical_or(member, ops.equal(stored, value))
         return ops.where(member, stored, self._tensor(float("nan")))
 
-    def codes(self, stored: Tensor) -> Tensor:
+    def _codes(self, stored: Tensor) -> Tensor:
         return F.codes(ops.convert_to_tensor(stored), self._tensor(self.tables.midpoints))
 
     def outside(self, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -367,13 +547,14 @@ def attach(variable: Any, method: Method) -> None:
 
 
 def harden_variable(variable: Any) -> None:
-    """Assign ``variable`` its exact values and remove its constraint: a plain weight remains.
+    """Assign ``variable`` its exact values (``alpha * v`` for a scaled set) and remove its
+    constraint: a plain weight remains.
 
     Only for a method whose values have the stored shape; a layer replaces a ``gumbel``
     variable (``SetLayer.harden``) and then ``release``s it."""
     method = method_of(variable)
     if method is not None:
-        variable.assign(method.hard(variable))
+        variable.assign(method.exact(variable))
         release(variable)
 
 
@@ -391,18 +572,31 @@ def variable_path(variable: Any) -> str:
 
 def checked_numpy(variable: Any) -> npt.NDArray[Any]:
     """The values of a constrained variable as numpy, after refusing values its method cannot
-    hold (``snapset.OutsideSetError``): what every eager consumer reads."""
+    hold (``snapset.OutsideSetError``) and learned scales that are not finite and > 0
+    (``ValueError``): what every eager consumer reads."""
     held = np.asarray(ops.convert_to_numpy(variable))
     method = method_of(variable)
     if method is not None:
         method.check(held, variable_path(variable), WRITTEN_BY_ANOTHER)
+        if method.scale is not None and method.scale.alpha is not None:
+            alpha = method.scale.alpha
+            where = f"the learned scales {variable_path(alpha)}"
+            method.scale.check(np.asarray(ops.convert_to_numpy(alpha)), where, SCALE_FIX)
     return held
 
 
 def exact_numpy(variable: Any, method: Method) -> npt.NDArray[Any]:
-    """The exact values of a constrained variable as numpy, after ``checked_numpy``."""
+    """The exact values of a constrained variable (``alpha * v`` for a scaled set) as numpy,
+    after ``checked_numpy``."""
     checked_numpy(variable)
-    return np.asarray(ops.convert_to_numpy(method.hard(variable)))
+    return np.asarray(ops.convert_to_numpy(method.exact(variable)))
+
+
+SCALE_FIX = (
+    "Assign or load positive scales (the scale constraint floors what an optimizer step "
+    "makes so); nothing was changed."
+)
+"""The Keras ``fix`` of a learned scale found not finite and > 0."""
 
 
 WRITTEN_BY_ANOTHER = (
