@@ -5,6 +5,7 @@ quantizers on a model's layers through harden_, state_dict, deepcopy and torch.c
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -211,7 +212,8 @@ def test_int8_per_token_absmax_matches_bitnets_reference():
 
 def started(q: st.Quantize, alpha: Tensor) -> st.Quantize:
     """``q`` with the learned scale ``alpha``, loaded as a trained one is."""
-    q.load_state_dict({"alpha": alpha, "initialized": torch.tensor(True)})
+    zeros = torch.zeros_like(alpha)
+    q.load_state_dict({"start": alpha, "log_gain": zeros, "initialized": torch.tensor(True)})
     return q
 
 
@@ -225,7 +227,8 @@ def test_a_learned_scale_gets_lsqs_gradient_by_hand():
     y = q(x)
     assert y.tolist() == [0.5, -0.5, 0.5]
     y.backward(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
-    assert q.alpha.grad.item() == pytest.approx(1 * 0.4 + 2 * -1 + 3 * 1, abs=1e-15)
+    # in the log domain: d/dlog_gain = alpha * dy/dalpha
+    assert q.log_gain.grad.item() == pytest.approx(0.5 * (1 * 0.4 + 2 * -1 + 3 * 1), abs=1e-15)
     assert x.grad.tolist() == [1.0, 0.0, 0.0]
 
 
@@ -253,7 +256,7 @@ def test_a_learned_channel_scale_gets_lsqs_gradient(values):
     expected = lsq(xs[1], alpha, low, high)
     expected.backward(g)
     assert torch.equal(y, expected)
-    torch.testing.assert_close(q.alpha.grad, alpha.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(q.log_gain.grad, alpha.grad * alpha, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-12, atol=0)
 
 
@@ -272,13 +275,13 @@ def test_a_learned_scale_starts_at_the_absmax_of_the_first_training_batch():
     assert q.alpha.tolist() == expected.tolist() and q.initialized
     q(second)  # only once
     assert q.alpha.tolist() == expected.tolist()
-    assert isinstance(q.alpha, nn.Parameter) and q.alpha.requires_grad
+    assert isinstance(q.log_gain, nn.Parameter) and q.log_gain.requires_grad
 
 
 def test_a_loaded_learned_scale_is_not_started_again():
     trained = st.Quantize(snapset.Sign(), scale="tensor", scale_mode="learned")
     trained(torch.randn(8))
-    assert set(trained.state_dict()) == {"alpha", "initialized"}
+    assert set(trained.state_dict()) == {"start", "log_gain", "initialized"}
     fresh = st.Quantize(snapset.Sign(), scale="tensor", scale_mode="learned")
     fresh.load_state_dict(trained.state_dict())
     fresh(torch.randn(8) * 100)
@@ -293,23 +296,32 @@ def test_a_learned_scale_that_is_not_positive_and_finite_is_refused(bad):
     q = st.Quantize(snapset.Sign(), scale="channel", scale_mode="learned", num_features=3)
     q(torch.randn(2, 3))  # a good scale, checked and trusted
     with torch.no_grad():
-        q.alpha[1] = bad
+        q.start[1] = bad
     message = bad_scale_message("the learned scales of Quantize", 1, bad)
     with pytest.raises(ValueError, match="Load or assign positive scales") as error:
         q(torch.randn(2, 3))
     assert str(error.value).startswith(message)
     with torch.no_grad():
-        q.alpha[1] = 0.5
+        q.start[1] = 0.5
     assert torch.isin(q(torch.randn(2, 3)), q.alpha.detach() * torch.tensor([[-1.0], [1.0]])).all()
 
 
-def test_an_optimizer_step_that_makes_a_learned_scale_negative_is_refused_at_the_next_forward():
+def test_a_step_moves_a_learned_scale_by_a_factor_and_never_past_zero():
     q = st.Quantize(snapset.Sign(), scale="tensor", scale_mode="learned")
     q(torch.full((4,), 0.5))  # starts alpha at 0.5
     optimizer = torch.optim.SGD(q.parameters(), lr=1.0)
     q(torch.full((4,), 3.0)).sum().backward()  # outside the range: dy/dalpha = 4 * v = 4
-    optimizer.step()
-    assert q.alpha.item() < 0
+    optimizer.step()  # trained directly, alpha would be 0.5 - 4 < 0
+    assert q.alpha.item() == pytest.approx(0.5 * math.exp(-0.5 * 4))
+
+
+def test_a_step_that_overflows_a_learned_scale_is_refused_at_the_next_forward():
+    q = st.Quantize(snapset.Sign(), scale="tensor", scale_mode="learned")
+    q(torch.full((4,), 0.5))
+    optimizer = torch.optim.SGD(q.parameters(), lr=1e3)
+    q(torch.full((4,), 3.0)).sum().backward()
+    optimizer.step()  # log_gain = -2000: exp underflows, alpha = 0
+    assert q.alpha.item() == 0
     with pytest.raises(ValueError, match=r"hold 1 entry that is not finite and > 0"):
         q(torch.ones(4))
 
@@ -382,9 +394,10 @@ def test_quantize_inputs_puts_a_copy_before_each_constrained_layer():
     assert st.quantize_inputs_(model, template) is model
     assert [name for name, _ in st.input_quantizers(model)] == ["2"]
     q = model[2].input_quantizer
-    assert q is not template and q.alpha is not template.alpha
+    assert q is not template and q.log_gain is not template.log_gain
     assert "(input_quantizer): Quantize(" in repr(model)
-    assert {"2.input_quantizer.alpha", "2.input_quantizer.initialized"} <= set(model.state_dict())
+    names = {f"2.input_quantizer.{part}" for part in ("start", "log_gain", "initialized")}
+    assert names <= set(model.state_dict())
     model.train()(torch.randn(16, 6))  # starts the learned scale
     model.eval()
     x = torch.randn(5, 6)
@@ -462,7 +475,7 @@ def test_a_model_with_input_quantizers_deepcopies_and_moves():
     x = torch.randn(4, 6)
     assert torch.equal(twin(x), model(x))
     with torch.no_grad():
-        twin[2].input_quantizer.alpha.mul_(2)
+        twin[2].input_quantizer.start.mul_(2)
     assert not torch.equal(twin(x), model(x))
     model.double()
     assert model[2].input_quantizer.alpha.dtype == torch.float64
@@ -495,7 +508,7 @@ def test_a_state_dict_round_trip_carries_the_learned_scales():
     other.load_state_dict(model.state_dict())
     other.train()(torch.randn(16, 6) * 50)  # loaded as started: not started again
     assert other[2].input_quantizer.alpha.item() == model[2].input_quantizer.alpha.item()
-    with pytest.raises(RuntimeError, match=r"input_quantizer\.alpha"):
+    with pytest.raises(RuntimeError, match=r"input_quantizer\.start"):
         binary_net().load_state_dict(model.state_dict())
 
 

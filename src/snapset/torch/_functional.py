@@ -63,7 +63,8 @@ def reached(x: Tensor, boundaries: Tensor) -> Tensor:
     ``floor((x - b_0) / step) + 1``, and each guess is corrected by one comparison on either
     side with the boundaries themselves, which settle the answer exactly wherever the guess was
     off by at most one; if any entry is still not between its two boundaries (uneven ones, NaN),
-    ``bucketize`` decides every entry instead. About ten passes instead of one per boundary.
+    ``bucketize`` decides every entry instead (and always under ``torch.compile``). About ten
+    passes instead of one per boundary.
 
     Examples:
         >>> b = torch.arange(-127.5, 127.0)  # the 255 midpoints of -128..127
@@ -71,7 +72,8 @@ def reached(x: Tensor, boundaries: Tensor) -> Tensor:
         [0, 1, 128, 129, 255]
     """
     n = boundaries.numel()
-    if n < 2:
+    # under torch.compile the check's branch on the data would break the graph
+    if n < 2 or torch.compiler.is_compiling():
         return torch.bucketize(x, boundaries, right=True)
     first, step = boundaries[0], (boundaries[-1] - boundaries[0]) / (n - 1)
     guess = x.sub(first).div_(step).nan_to_num_(nan=0.0).clamp_(-1, n).floor_()

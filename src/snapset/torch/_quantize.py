@@ -72,15 +72,17 @@ class Quantize(nn.Module):
       1e-5, recomputed from each input without a gradient; ``unit`` is 127 for the int8 set
       ``ValueSet(range(-128, 128))``, so ``scale="token"`` is BitNet b1.58's per-token 8-bit
       activation (Ma et al., 2024); it is 1 for signs and ternary;
-    * ``"learned"`` (``"tensor"`` or ``"channel"``; the latter needs ``num_features``): the
-      parameter ``alpha``, LSQ's learned step (Esser et al., 2020). It starts at the absmax
-      statistic of the first batch it sees in training (the persistent buffer ``initialized``
-      records that it did; before, it holds 1). Autograd gives it LSQ's gradient,
-      ``v - x / alpha`` inside the range and ``v`` outside (without LSQ's gradient scale
-      ``1 / sqrt(N * Q_P)``: scale the learning rate of ``alpha`` if you want it). A learned
-      ``alpha`` that holds an entry that is zero, negative, NaN or infinite is refused with a
-      ``ValueError`` before anything computes with it (in eager mode: a graph that
-      ``torch.compile`` made does not look).
+    * ``"learned"`` (``"tensor"`` or ``"channel"``; the latter needs ``num_features``): a
+      learned step, as LSQ's (Esser et al., 2020), held as weight scales are,
+      ``alpha = start * exp(log_gain)``: the buffer ``start`` is the absmax statistic of the
+      first batch the quantizer sees in training (the persistent buffer ``initialized``
+      records that it did; before, it holds 1), and the parameter ``log_gain`` (0 at first)
+      is trained, so that a step moves ``alpha`` by a factor and never past zero. Autograd
+      gives ``alpha`` LSQ's gradient, ``v - x / alpha`` inside the range and ``v`` outside,
+      and ``log_gain`` that times ``alpha``. A learned ``alpha`` that is nevertheless not
+      finite and > 0 (an exponential out of range) is refused with a ``ValueError`` before
+      anything computes with it (in eager mode: a graph that ``torch.compile`` made does not
+      look).
 
     It computes in its own dtype (``float32``, or where ``.to()`` / ``.double()`` moved it):
     an input of another float dtype is cast to it first, as autocast does for its float32
@@ -105,7 +107,8 @@ class Quantize(nn.Module):
         )
     """
 
-    alpha: Tensor | None
+    start: Tensor | None
+    log_gain: nn.Parameter | None
     initialized: Tensor
 
     def __init__(
@@ -140,16 +143,25 @@ class Quantize(nn.Module):
         self.rounding = ROUNDINGS[method](self.values, torch.empty(0), **options)
         if learned:
             shape = (num_features,) if num_features is not None else ()
-            self.alpha = nn.Parameter(torch.ones(shape))
+            self.register_buffer("start", torch.ones(shape))
+            self.log_gain = nn.Parameter(torch.zeros(shape))
             self.register_buffer("initialized", torch.tensor(False))
             # the flag as a Python bool too: torch.compile guards on it rather than breaking
             # the graph to read the buffer at every call
             self._started = False
             self.register_load_state_dict_post_hook(_note_loaded_start)
         else:
-            self.alpha = None
+            self.start = self.log_gain = None
         self.unit = scale_unit(self.values)
-        self._trusted: tuple[torch.dtype, int, int] | None = None
+        self._trusted: tuple[tuple[torch.dtype, int, int], ...] | None = None
+
+    @property
+    def alpha(self) -> Tensor | None:
+        """A learned scale, ``start * exp(log_gain)`` (with the gradient to ``log_gain``);
+        None for any other."""
+        if self.start is None or self.log_gain is None:
+            return None
+        return self.start * self.log_gain.exp()
 
     @property
     def method(self) -> str:
@@ -202,26 +214,28 @@ class Quantize(nn.Module):
         if scaling.value is not None:  # static
             return torch.full((), scaling.value, dtype=x.dtype, device=x.device)
         layout = scaling.layout(tuple(x.shape), self.feature_axis)
-        if self.alpha is None:
+        if self.start is None or self.log_gain is None:
             return self._statistic(x, layout)
         if self.training and not self._started:
             with torch.no_grad():
-                self.alpha.copy_(self._statistic(x, layout).reshape(self.alpha.shape))
+                self.start.copy_(self._statistic(x, layout).reshape(self.start.shape))
                 self.initialized.fill_(True)
             self._started = True
+        alpha = self.start * self.log_gain.exp()
         if not torch.compiler.is_compiling():
-            self._check_alpha(self.alpha)
-        return self.alpha.reshape(layout.grouped_scale)
+            self._check_alpha(alpha, (self.start, self.log_gain))
+        return alpha.reshape(layout.grouped_scale)
 
     def _statistic(self, x: Tensor, layout: ScaleLayout) -> Tensor:
         """``max|x| / unit`` per group, floored, without gradient (shape ``grouped_scale``)."""
         peak = x.detach().abs().amax(layout.reduce_axes, keepdim=True)
         return peak.div_(self.unit).clamp_min_(STATISTIC_FLOOR)
 
-    def _check_alpha(self, alpha: Tensor) -> None:
+    def _check_alpha(self, alpha: Tensor, parts: tuple[Tensor, Tensor]) -> None:
         """Refuse a learned scale with an entry that is not finite and > 0 (O(1) while nothing
-        wrote it since the last check)."""
-        if _key(alpha) == self._trusted:
+        wrote its ``parts``, ``start`` and ``log_gain``, since the last check)."""
+        key = tuple(_key(part) for part in parts)
+        if key == self._trusted:
             return
         with torch.no_grad():
             bad = ~(alpha.isfinite() & (alpha > 0))
@@ -229,9 +243,9 @@ class Quantize(nn.Module):
                 where = "the learned scales of Quantize"
                 raise ValueError(
                     f"{bad_scale_message(where, int(bad.sum()), float(alpha[bad][0]))} Load or "
-                    "assign positive scales, or lower the learning rate of alpha."
+                    "assign positive scales, or lower the learning rate of log_gain."
                 )
-        self._trusted = _key(alpha)
+        self._trusted = key
 
     def extra_repr(self) -> str:
         # the set and the estimator show in the line of the rounding, the child module

@@ -381,7 +381,7 @@ def test_quantizers_are_recorded_and_put_back_into_plain_models(tmp_path: Path) 
 
     exact = st.load(None, path)
     assert exact.keys() == st.harden_(model).state_dict().keys()
-    assert "0.input_quantizer.alpha" in exact
+    assert {"0.input_quantizer.start", "0.input_quantizer.log_gain"} <= set(exact)
 
 
 def test_quantizers_that_match_load_and_others_are_refused(tmp_path: Path) -> None:
@@ -422,9 +422,9 @@ def edit_quantizer(layer: str, **changes: object) -> Callable[[dict[str, Any], b
     return change
 
 
-def fill_alpha(value: float) -> Callable[[dict[str, Any], bytearray], None]:
+def fill_start(value: float) -> Callable[[dict[str, Any], bytearray], None]:
     def change(header: dict[str, Any], data: bytearray) -> None:
-        start, end = header["0.input_quantizer.alpha"]["data_offsets"]
+        start, end = header["0.input_quantizer.start"]["data_offsets"]
         data[start:end] = torch.full(((end - start) // 4,), value).numpy().tobytes()
 
     return change
@@ -442,11 +442,11 @@ QUANTIZER_DAMAGE: dict[str, tuple[Callable[[dict[str, Any], bytearray], None], s
     "a huge feature_axis": (edit_quantizer("2", feature_axis=10**30), "not an axis"),
     "an unknown dtype": (edit_quantizer("2", dtype="int8"), "unknown dtype"),
     "a set that merges": (edit_quantizer("2", values=[0, 1, 1.0001], dtype="float16"), "apart"),
-    "NaN learned scales": (fill_alpha(float("nan")), "learned scales of the input quantizer"),
-    "zero learned scales": (fill_alpha(0.0), r"not finite and > 0 \(for example 0.0\)"),
+    "NaN learned scales": (fill_start(float("nan")), "learned scales of the input quantizer"),
+    "zero learned scales": (fill_start(0.0), r"not finite and > 0 \(for example 0.0\)"),
     "learned scales missing": (
-        lambda header, data: header.pop("0.input_quantizer.alpha"),
-        r"learned scales '0\.input_quantizer\.alpha' \(missing\)",
+        lambda header, data: header.pop("0.input_quantizer.start"),
+        r"learned scales '0\.input_quantizer\.start' \(missing\)",
     ),
     "not an object": (
         lambda header, data: header["__metadata__"].__setitem__("snapset.quantizers", "[]"),
@@ -470,7 +470,7 @@ def test_malformed_quantizer_records_are_refused_and_nothing_changes(
 
 
 def test_a_quantizer_of_the_model_itself_round_trips(tmp_path: Path) -> None:
-    # its state is 'input_quantizer.alpha', with no layer name in front
+    # its state is 'input_quantizer.start' (and so on), with no layer name in front
     layer = st.constrain(nn.Linear(4, 2), "weight", snapset.Sign(), scale="channel")
     learned = st.Quantize(snapset.Ternary(), scale="tensor", scale_mode="learned")
     st.quantize_inputs_(layer, learned, modules=(nn.Linear,))
@@ -482,7 +482,8 @@ def test_a_quantizer_of_the_model_itself_round_trips(tmp_path: Path) -> None:
     assert torch.equal(plain(x), layer(x))
     assert sorted(st.load(None, path)) == [
         "bias",
-        "input_quantizer.alpha",
         "input_quantizer.initialized",
+        "input_quantizer.log_gain",
+        "input_quantizer.start",
         "weight",
     ]

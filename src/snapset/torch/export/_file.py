@@ -26,7 +26,8 @@ quantizers (``quantize_inputs_``) adds::
                                         "dtype": "float32"}}
 
 and a learned scale's ``alpha`` (and its ``initialized`` flag) are the plain tensors
-``layer + ".input_quantizer.alpha"`` (``.initialized``), as in the model's ``state_dict``.
+``layer + ".input_quantizer.start"`` (``.log_gain``, ``.initialized``), as in the model's
+``state_dict``.
 
 What a load promises:
 
@@ -846,12 +847,12 @@ def _quantizer_entry(
     if not isinstance(axis, int) or isinstance(axis, bool) or abs(axis) > MAX_DIMS:
         raise ValueError(f"feature_axis {_clip(axis)} is not an axis of a tensor")
     prefix = f"{layer}.{INPUT_QUANTIZER}." if layer else f"{INPUT_QUANTIZER}."  # "": the model
-    alpha = entries.get(prefix + "alpha")
+    start = entries.get(prefix + "start")
     # a learned per-channel scale holds num_features entries: the file's tensor bounds them
-    if count is not None and (not _is_count(count) or alpha is None or alpha.shape != (count,)):
+    if count is not None and (not _is_count(count) or start is None or start.shape != (count,)):
         raise ValueError(
             f"num_features {_clip(count)} does not match its learned scales "
-            f"'{prefix}alpha' ({'missing' if alpha is None else list(alpha.shape)})"
+            f"'{prefix}start' ({'missing' if start is None else list(start.shape)})"
         )
 
     def build() -> Quantize:
@@ -1093,10 +1094,10 @@ def _quantizers_to_install(file: _File, model: nn.Module) -> list[tuple[str, Qua
 
 def _check_quantizer_scales(file: _File, layer: str) -> None:
     """A recorded learned scale must be finite and > 0 (the quantizer would refuse it)."""
-    name = file.quantizers[layer].state.get("alpha")
-    if name is None:
+    state = file.quantizers[layer].state
+    if "start" not in state or "log_gain" not in state:
         return
-    alpha = file.read(name)
+    alpha = file.read(state["start"]) * file.read(state["log_gain"]).exp()
     bad = ~(alpha.isfinite() & (alpha > 0))
     if bool(bad.any()):
         where = f"the learned scales of the input quantizer of '{layer}'"
