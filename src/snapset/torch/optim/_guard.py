@@ -7,9 +7,10 @@ Before any optimizer but a flip optimizer steps, it
   to make one;
 * zeroes, counts and reports the non-finite gradient entries of the latents and logits of
   ``ste``, ``stochastic`` and ``gumbel``, which would otherwise stay NaN for good;
-* keeps a copy of the learned scales (``alpha`` of a [`Scale`][snapset.torch.Scale]) it is
-  about to step, and after the step restores, counts (``Scale.clamped``) and reports each
-  entry that the step made zero, negative, NaN or inf: ``w = alpha * v`` needs ``alpha > 0``.
+* keeps a copy of the learned scales (``log_gain`` of a [`Scale`][snapset.torch.Scale]) it
+  is about to step, and after the step restores, counts (``Scale.clamped``) and reports each
+  entry whose ``alpha = start * exp(log_gain)`` the step made zero, NaN or inf:
+  ``w = alpha * v`` needs ``alpha > 0``.
   Only an optimizer that holds learned scales pays for the copy (they are small: one float
   per tensor, channel or group).
 
@@ -106,7 +107,7 @@ def refuse_flip_parameters(optimizer: Optimizer, args: Any, kwargs: Any) -> None
 
 def restore_bad_scales(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
     """The guard's step post-hook on an optimizer that steps learned scales: restore each
-    entry that the step made zero, negative, NaN or inf to its value before the step, count it
+    entry whose scale the step made zero, NaN or inf to its value before the step, count it
     in ``Scale.clamped`` and warn (``RuntimeWarning``, once per step).
 
     Examples:
