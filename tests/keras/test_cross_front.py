@@ -211,3 +211,47 @@ def test_gumbel_straight_through_gradients_agree(values, temperature, fgrad):
     ).numpy()
     # The same formula; softmax may round differently per backend.
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+
+
+def same_bits(actual, expected, jax_ulps):
+    """Equal bit for bit; on JAX within ``jax_ulps`` (XLA sums in float32 there, and its
+    ``exp`` and divisions may round otherwise)."""
+    if keras.backend.backend() == "jax":
+        np.testing.assert_array_max_ulp(actual, expected, maxulp=jax_ulps)
+    else:
+        np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("values", [snapset.Sign(), snapset.ValueSet(range(-8, 8))], ids=repr)
+def test_a_learned_scale_starts_alike_and_the_same_log_gain_gives_the_same_weights(values):
+    rng = np.random.default_rng(7)
+    kernel = rng.normal(scale=0.05, size=(96, 4)).astype("float32")  # Keras's (in, out)
+    dense = sk.Dense(
+        4, values, scale="channel", use_bias=False, kernel_initializer=lambda shape, dtype: kernel
+    )
+    dense.build((None, 96))
+    linear = torch.nn.Linear(96, 4, bias=False)  # (out, in): the same entries, transposed
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(kernel.T))
+    st.constrain(linear, "weight", values, scale="channel")
+    scale = linear.parametrizations.weight[0].scale
+    variables = {v.name: v for v in dense.weights}
+    start = ops.convert_to_numpy(variables["kernel_scale_start"])
+    # the absmean summed in float64 and rounded once: the same whatever the order of the sum
+    layout = scale.scaling.layout(kernel.shape, -1, -2)
+    same_bits(start, layout.statistic(kernel, "absmean", values).astype("float32"), 2)
+    # the PyTorch front too
+    same_bits(scale.start.numpy().T, start, 2)
+    np.testing.assert_array_equal(ops.convert_to_numpy(variables["kernel_scale_log_gain"]), 0.0)
+    log_gain = rng.uniform(-1.0, 1.0, size=(1, 4)).astype("float32")
+    variables["kernel_scale_log_gain"].assign(log_gain)
+    with torch.no_grad():
+        scale.start.copy_(torch.from_numpy(start.T))
+        scale.log_gain.copy_(torch.from_numpy(log_gain.T))
+        latent = ops.convert_to_numpy(variables["kernel_latent"])
+        linear.parametrizations.weight.original.copy_(torch.from_numpy(latent.T))
+    _, alpha = dense.scaled_parts()["kernel"]
+    same_bits(alpha, scale.alpha.detach().numpy().T, 1)
+    weight = linear.weight.detach().numpy().T
+    same_bits(dense.exact_weights()["kernel"], weight, 1)
+    same_bits(ops.convert_to_numpy(dense.set_value("kernel", training=True)), weight, 1)

@@ -158,7 +158,7 @@ def test_a_learned_scale_holds_one_until_the_first_training_call_sets_its_statis
 
 def test_a_learned_scale_gets_lsqs_gradient(grads):
     # LSQ: d out / d alpha = v - x / alpha inside the range, v outside, summed over the group;
-    # the trained factor gets it times the start (alpha = start * factor).
+    # the trained log gain gets it times alpha (alpha = start * exp(log_gain)).
     layer = Quantize(snapset.Ternary(), scale="tensor", scale_mode="learned")
     x = np.array([[0.3, -1.4, 2.0, 5.0, -0.6]], "float32")
     layer(x / 2.5, training=True)  # starts at max|x / 2.5| = 2
@@ -181,23 +181,28 @@ def test_learned_channel_scales_start_and_train_in_compiled_fit():
     np.testing.assert_array_equal(
         ops.convert_to_numpy(quantizer.scale_start), np.abs(x[:32]).max(0)
     )
-    factor = ops.convert_to_numpy(quantizer.scale_factor)
-    assert np.all(factor != 1)  # trained from the first step on
+    log_gain = ops.convert_to_numpy(quantizer.scale_log_gain)
+    assert np.all(log_gain != 0)  # trained from the first step on
     model.fit(x[32:], y[32:], batch_size=32, epochs=1, verbose=0, shuffle=False)
     np.testing.assert_array_equal(
         ops.convert_to_numpy(quantizer.scale_start), np.abs(x[:32]).max(0)
     )
-    assert np.all(ops.convert_to_numpy(quantizer.scale_factor) != factor)
+    assert np.all(ops.convert_to_numpy(quantizer.scale_log_gain) != log_gain)
 
 
-def test_a_step_that_would_make_a_learned_scale_negative_puts_it_back_to_its_start():
+def test_a_step_moves_a_learned_scale_by_a_factor_and_a_bad_one_puts_it_back_to_its_start():
     layer = Quantize(snapset.Sign(), scale="channel", scale_mode="learned")
     layer(np.array([[1.0, -3.0]], "float32"), training=True)
     optimizer = keras.optimizers.SGD(1.0)
-    step = ops.convert_to_tensor([5.0, 0.5])  # factors 1 - 5 = -4 (refused) and 0.5
-    optimizer.apply([step], [layer.scale_factor])
-    np.testing.assert_array_equal(layer.alpha, [1.0, 1.5])
-    optimizer.apply([ops.convert_to_tensor([np.nan, np.inf])], [layer.scale_factor])
+    # a step of 5 on alpha itself would have made the first scale 1 - 5 = -4
+    optimizer.apply([ops.convert_to_tensor([5.0, -0.5])], [layer.scale_log_gain])
+    np.testing.assert_allclose(layer.alpha, [np.exp(-5.0), 3.0 * np.exp(0.5)], rtol=1e-6)
+    assert np.all(layer.alpha > 0)
+    # NaN, inf, and a log gain whose exp() overflows float32 go back to 0: alpha to its start
+    step = ops.convert_to_tensor([np.nan, -100.0])
+    optimizer.apply([step], [layer.scale_log_gain])
+    np.testing.assert_array_equal(layer.alpha, [1.0, 3.0])
+    optimizer.apply([ops.convert_to_tensor([np.inf, 0.0])], [layer.scale_log_gain])
     np.testing.assert_array_equal(layer.alpha, [1.0, 3.0])
 
 
@@ -212,7 +217,7 @@ def test_save_and_load_give_identical_outputs(tmp_path):
         ]
     )
     model(x, training=True)
-    model.get_layer("learned").scale_factor.assign([0.5, 1.25, 2.0, 1.0])
+    model.get_layer("learned").scale_log_gain.assign([-0.5, 0.25, 2.0, 0.0])
     model.save(tmp_path / "q.keras")
     loaded = keras.saving.load_model(tmp_path / "q.keras")
     np.testing.assert_array_equal(numpy_of(loaded(x)), numpy_of(model(x)))
@@ -223,8 +228,21 @@ def test_save_and_load_give_identical_outputs(tmp_path):
     assert (config["method"], config["seed"], config["values"]) == ("stochastic", 2, [-1.0, 1.0])
 
 
-@pytest.mark.parametrize("bad", [-1.0, 0.0, np.nan, np.inf])
-def test_a_file_with_a_bad_learned_scale_is_refused_and_the_layer_kept(bad, tmp_path, archive):
+@pytest.mark.parametrize(
+    ("part", "bad"),
+    [
+        ("start", -1.0),
+        ("start", 0.0),
+        ("start", np.nan),
+        ("start", np.inf),
+        ("log_gain", np.nan),
+        ("log_gain", 100.0),  # exp() overflows
+        ("log_gain", -120.0),  # exp() vanishes
+    ],
+)
+def test_a_file_with_a_bad_learned_scale_is_refused_and_the_layer_kept(
+    part, bad, tmp_path, archive
+):
     x = np.array([[0.5, -2.0]], "float32")
     model = keras.Sequential(
         [keras.Input((2,)), Quantize(snapset.Sign(), scale="channel", scale_mode="learned")]
@@ -232,8 +250,10 @@ def test_a_file_with_a_bad_learned_scale_is_refused_and_the_layer_kept(bad, tmp_
     model(x, training=True)
     model.save(tmp_path / "good.keras")
     edited = archive(tmp_path / "good.keras")
-    (factor,) = [name for name in edited.weights if name.endswith("vars/0")]
-    edited.weights[factor] = np.array([1.0, bad], "float32")
+    # the trainable log gain is saved first, then the start
+    index = {"log_gain": 0, "start": 1}[part]
+    (held,) = [name for name in edited.weights if name.endswith(f"vars/{index}")]
+    edited.weights[held] = np.array([1.0, bad], "float32")
     edited.write(tmp_path / "bad.keras")
     with pytest.raises(ValueError, match=r"hold 1 entry that (is|are) not finite and > 0"):
         model.load_weights(tmp_path / "bad.keras")

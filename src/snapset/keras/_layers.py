@@ -12,14 +12,14 @@ import numpy as np
 import numpy.typing as npt
 from keras import ops
 
-from .._scales import STATISTIC_FLOOR, Scaling
+from .._scales import Scaling
 from .._sets import ValueSet
 from .._spec import check_init
 from ._functional import Tensor
 from ._methods import (
     METHODS,
     SCALE_FIX,
-    ScaleFloor,
+    LogGainGuard,
     attach,
     check_options,
     checked_numpy,
@@ -53,11 +53,13 @@ class SetLayer(keras.Layer):
 
     ``scale`` makes a scaled set ``w = alpha * v`` (``v`` exact members): ``"tensor"``,
     ``"channel"`` (per output channel, the kernel's last axis) or an int group size along the
-    input axis (the axis before the last), with ``scale_mode`` ``"learned"`` (the default: a
-    float variable ``<name>_scale`` that starts at the kernel's ``absmean``, kept finite and
-    positive by its constraint ``ScaleFloor``, which counts its clamps in ``scale_clamps``),
+    input axis (the axis before the last), with ``scale_mode`` ``"learned"`` (the default:
+    ``alpha = start * exp(log_gain)``, the non-trainable ``<name>_scale_start`` at the drawn
+    kernel's ``absmean`` times the exponential of the trained ``<name>_scale_log_gain``, 0 at
+    first, whose constraint ``LogGainGuard`` counts its resets in ``scale_clamps``),
     ``"absmean"`` or ``"absmax"`` (statistics of the stored float kernel, recomputed at every
-    call; ``ste`` and ``stochastic`` only), as [`snapset.torch.constrain`][]'s ``scale=``.
+    call; ``ste`` and ``stochastic`` only, whose ``estimator`` then defaults to
+    ``"identity"``, BitNet's), as [`snapset.torch.constrain`][]'s ``scale=``.
     ``exact_weights`` gives ``alpha * v``, [`snapset.keras.scaled_parts`][] the two apart.
 
     ``input_quantizer`` is a Keras layer applied to the inputs (cast to the compute dtype)
@@ -106,11 +108,13 @@ class SetLayer(keras.Layer):
         }
         if method is None:
             _refuse_options({**given, "scale": scale, "scale_mode": scale_mode})
+        #: The scale of the layer's scaled weights (``w = alpha * v``), or None.
+        self.scaling = None if method is None else Scaling.of(scale, scale_mode, method=method)
+        if self.scaling is not None:  # a statistic scale has its own default estimator
+            given["estimator"] = self.scaling.estimator(estimator)
         #: The method's options, defaults filled in (what ``get_config`` saves).
         self.options: dict[str, Any] = {} if method is None else check_options(method, given)
         check_init(init)
-        #: The scale of the layer's scaled weights (``w = alpha * v``), or None.
-        self.scaling = None if method is None else Scaling.of(scale, scale_mode, method=method)
         if input_quantizer is not None and not isinstance(input_quantizer, keras.Layer):
             raise TypeError(
                 f"input_quantizer must be a keras.Layer (such as snapset.keras.Quantize), not "
@@ -130,8 +134,8 @@ class SetLayer(keras.Layer):
             keras.random.SeedGenerator(self.options["seed"]) if "seed" in self.options else None
         )
         self._set_weights: dict[str, Any] = {}
-        # weight name -> (learned scales, their clamp count), for learned scales
-        self._scale_variables: dict[str, tuple[Any, Any]] = {}
+        # weight name -> (start, log_gain, clamp count), for learned scales
+        self._scale_variables: dict[str, tuple[Any, Any, Any]] = {}
         self._clamps_reported: dict[str, int] = {}
         self.input_quantizer = input_quantizer
 
@@ -153,8 +157,9 @@ class SetLayer(keras.Layer):
         ``method=None``, a plain variable drawn by ``initializer``). With the layer's ``scale``
         and ``scaled=True`` the weight is a scaled set, laid out as a Keras kernel (inputs on
         the axis before the last, outputs on the last); a learned scale adds the variables
-        ``<name>_scale`` and ``<name>_scale_clamps``. A scale that does not fit ``shape`` is
-        refused (``ValueError``) before any variable is made.
+        ``<name>_scale_start``, ``<name>_scale_log_gain`` and ``<name>_scale_clamps``. A
+        scale that does not fit ``shape`` is refused (``ValueError``) before any variable is
+        made.
         """
         vs = values if values is not None else self.values
         vs.tables(self.compute_dtype)  # the values must survive the cast to the compute dtype
@@ -174,7 +179,7 @@ class SetLayer(keras.Layer):
             # weight's shape (its fans), not the stored one.
             if not drawn:
                 drawn.append(ops.cast(base(shape, dtype=dtype), dtype))
-            return drawn[0] if scale is not None and scale.scaling.learned else drawn.pop()
+            return drawn[0] if scale is not None and scale.learned else drawn.pop()
 
         def start(stored_shape: tuple[int, ...], dtype: Any = None) -> Tensor:
             return method.start(draw(dtype), self.init)
@@ -185,13 +190,20 @@ class SetLayer(keras.Layer):
             initializer=start,
             autocast=False,
         )
-        if scale is not None and scale.scaling.learned:
+        if scale is not None and scale.learned:
 
             def absmean(scale_shape: tuple[int, ...], dtype: Any = None) -> Tensor:
                 weight = draw(dtype)
                 drawn.clear()
-                return scale.statistic(weight, "absmean")
+                return scale.start_of(weight)
 
+            scale.start = self.add_weight(
+                name=f"{name}_scale_start",
+                shape=scale.layout.scale_shape,
+                initializer=absmean,
+                trainable=False,
+                autocast=False,
+            )
             clamps = self.add_weight(
                 name=f"{name}_scale_clamps",
                 shape=(),
@@ -199,14 +211,14 @@ class SetLayer(keras.Layer):
                 dtype="int32",
                 trainable=False,
             )
-            scale.alpha = self.add_weight(
-                name=f"{name}_scale",
+            scale.log_gain = self.add_weight(
+                name=f"{name}_scale_log_gain",
                 shape=scale.layout.scale_shape,
-                initializer=absmean,
-                constraint=ScaleFloor(clamps),
+                initializer="zeros",
+                constraint=LogGainGuard(clamps),
                 autocast=False,
             )
-            self._scale_variables[name] = (scale.alpha, clamps)
+            self._scale_variables[name] = (scale.start, scale.log_gain, clamps)
             self._clamps_reported[name] = 0
         attach(variable, method)
         self._set_weights[name] = variable
@@ -234,9 +246,9 @@ class SetLayer(keras.Layer):
 
     @property
     def scale_clamps(self) -> dict[str, int]:
-        """How many entries of each learned scale the scale constraint set to the floor
-        (1e-5) after an optimizer step made them zero, negative, NaN or inf, by weight name
-        (see ``ScaleFloor``).
+        """How many entries of each learned scale's ``log_gain`` its constraint reset to 0
+        after an optimizer step made them NaN, inf or too large for ``exp``, by weight name
+        (see ``LogGainGuard``).
 
         Examples:
             >>> import numpy as np, snapset, snapset.keras as sk
@@ -247,7 +259,7 @@ class SetLayer(keras.Layer):
         """
         return {
             name: int(ops.convert_to_numpy(clamps))
-            for name, (_, clamps) in self._scale_variables.items()
+            for name, (_, _, clamps) in self._scale_variables.items()
         }
 
     def warn_scale_clamps(self) -> None:
@@ -257,10 +269,11 @@ class SetLayer(keras.Layer):
             if new > 0:
                 self._clamps_reported[name] = count
                 warnings.warn(
-                    f"Layer '{self.name}': optimizer steps made {new} entries of the learned "
-                    f"scales of '{name}' zero, negative, NaN or inf; the scale constraint set "
-                    f"them to {STATISTIC_FLOOR} (w = alpha * v needs alpha > 0). Lower the "
-                    "learning rate of the scales if this repeats.",
+                    f"Layer '{self.name}': optimizer steps made {new} entries of the log gains "
+                    f"of the learned scales of '{name}' NaN, inf or too large for exp(); their "
+                    "constraint reset them to 0, each scale to its start (w = alpha * v needs "
+                    "a finite alpha > 0). Lower the learning rate of the scales if this "
+                    "repeats.",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -359,9 +372,9 @@ class SetLayer(keras.Layer):
             else:
                 harden_variable(variable)
         # the scales are in the weights now: a method=None layer has no such variables
-        for alpha, clamps in self._scale_variables.values():
-            self._untrack_variable(alpha)
-            self._untrack_variable(clamps)
+        for variables in self._scale_variables.values():
+            for variable in variables:
+                self._untrack_variable(variable)
         self._scale_variables, self._clamps_reported = {}, {}
         self.method = None
         self.options = {}
@@ -430,7 +443,8 @@ class SetLayer(keras.Layer):
         set, latent scale, dtype) differs from this layer's config, a variable of the wrong
         shape, a flip variable holding anything but members of its set (in the variable's
         dtype), a latent holding NaN or infinity (``snapset.OutsideSetError``), a learned
-        scale that is not finite and > 0 (``ValueError``). Files saved before snapset recorded
+        scale whose ``start`` or ``start * exp(log_gain)`` is not finite and > 0
+        (``ValueError``). Files saved before snapset recorded
         the meaning are checked without it.
         """
         variables = self._trainable_variables + self._non_trainable_variables
@@ -471,10 +485,7 @@ class SetLayer(keras.Layer):
 
     def _check_incoming(self, variables: Sequence[Any], arrays: list[npt.NDArray[Any]]) -> None:
         """Refuse arrays that do not fit the variables they are meant for."""
-        scales = {
-            id(alpha): method_of(self._set_weights[name])
-            for name, (alpha, _) in self._scale_variables.items()
-        }
+        incoming = {id(variable): array for variable, array in zip(variables, arrays, strict=True)}
         for variable, array in zip(variables, arrays, strict=True):
             where = f"'{self.name}/{variable.name}'"
             if tuple(array.shape) != tuple(variable.shape):
@@ -484,12 +495,17 @@ class SetLayer(keras.Layer):
                 )
             method = method_of(variable)
             if method is not None:
-                incoming = ops.convert_to_numpy(ops.convert_to_tensor(array, variable.dtype))
-                method.check(incoming, f"{where} as loaded", _LOADED_FIX)
-            scaled = scales.get(id(variable))
-            if scaled is not None and scaled.scale is not None:
-                incoming = ops.convert_to_numpy(ops.convert_to_tensor(array, variable.dtype))
-                scaled.scale.check(np.asarray(incoming), f"the scales {where} as loaded", SCALE_FIX)
+                held = ops.convert_to_numpy(ops.convert_to_tensor(array, variable.dtype))
+                method.check(held, f"{where} as loaded", _LOADED_FIX)
+        for name, (start, log_gain, _) in self._scale_variables.items():
+            scale = method_of(self._set_weights[name]).scale  # type: ignore[union-attr]
+            assert scale is not None  # only learned scales are listed
+            start_held = ops.convert_to_tensor(incoming[id(start)], start.dtype)
+            where = f"the scales '{self.name}/{start.name}'"
+            scale.check(ops.convert_to_numpy(start_held), f"{where} as loaded", SCALE_FIX)
+            gain = ops.exp(ops.convert_to_tensor(incoming[id(log_gain)], log_gain.dtype))
+            alpha = np.asarray(ops.convert_to_numpy(start_held * gain))
+            scale.check(alpha, f"{where} * exp(log_gain) as loaded", SCALE_FIX)
 
     # ----- config ---------------------------------------------------------------------------
 

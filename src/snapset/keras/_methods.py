@@ -55,11 +55,14 @@ class Scale:
     each output channel (the last axis), or each run of ``g`` entries along the input axis
     (the axis before the last; none for a vector). Where it comes from:
 
-    * ``learned``: ``alpha`` is the float variable ``<weight>_scale`` (shape
-      ``layout.scale_shape``), which starts at the ``absmean`` statistic of the drawn kernel
-      and is trained by a gradient optimizer (for ``flip`` too: [`snapset.keras.Router`][]
-      sends it to its default optimizer, Bop moves the codes). Its constraint ``ScaleFloor``
-      keeps it finite and > 0;
+    * ``learned``: ``alpha = start * exp(log_gain)``, a fixed ``start`` (the non-trainable
+      variable ``<weight>_scale_start``, shape ``layout.scale_shape``: the ``absmean``
+      statistic of the drawn kernel) times the exponential of a trained ``log_gain`` (the
+      variable ``<weight>_scale_log_gain``, 0 at first), trained by a gradient optimizer (for
+      ``flip`` too: [`snapset.keras.Router`][] sends it to its default optimizer, Bop moves
+      the codes). In the log domain a step moves ``alpha`` by a factor, whatever its size, and
+      never past zero (as [`snapset.torch.constrain`][]'s scales). Its constraint
+      ``LogGainGuard`` keeps ``exp(log_gain)`` finite and > 0;
     * ``absmean`` / ``absmax``: ``mean|W|`` or ``max|W|`` of the stored float kernel per
       group, divided by the set's unit (``snapset._scales.scale_unit``) and floored at
       ``STATISTIC_FLOOR``, recomputed at every call with ``ops.stop_gradient`` (BitNet
@@ -82,8 +85,19 @@ class Scale:
         self.scaling = scaling
         self.layout: ScaleLayout = scaling.layout(shape, -1, -2 if len(shape) >= 2 else None)
         self.unit = scale_unit(values)
-        #: The learned scales (a ``keras.Variable``; None for a statistic), set by the layer.
-        self.alpha: Any = None
+        #: A learned scale's variables (``keras.Variable``; None for a statistic), set by the
+        #: layer: ``alpha = start * exp(log_gain)``.
+        self.start: Any = None
+        self.log_gain: Any = None
+
+    @property
+    def learned(self) -> bool:
+        """Whether the scales are trained (else a statistic of the float kernel)."""
+        return self.scaling.learned
+
+    def alpha(self) -> Tensor:
+        """A learned scale's ``start * exp(log_gain)``, with the gradient to ``log_gain``."""
+        return learned_alpha(self.start, self.log_gain)
 
     def statistic(self, weight: Tensor, mode: str | None = None) -> Tensor:
         """``mode`` (default: this scale's) of ``weight`` per group, without gradient."""
@@ -93,10 +107,23 @@ class Scale:
         stat = reduce(grouped, axis=layout.reduce_axes, keepdims=True) / self.unit
         return ops.reshape(ops.maximum(stat, STATISTIC_FLOOR), layout.scale_shape)
 
+    def start_of(self, drawn: Tensor) -> Tensor:
+        """The ``start`` of a learned scale for a freshly drawn kernel: its ``absmean`` per
+        group, summed and divided in float64 and rounded once to the kernel's dtype, so that
+        the order of the sum does not matter and every backend and the PyTorch front give the
+        same bits (JAX, without float64 unless ``jax_enable_x64``, sums in float32)."""
+        layout = self.layout
+        wide = "float32" if keras.backend.backend() == "jax" else "float64"
+        grouped = ops.reshape(ops.cast(ops.abs(ops.stop_gradient(drawn)), wide), layout.grouped)
+        count = int(np.prod([layout.grouped[axis] for axis in layout.reduce_axes]))
+        stat = ops.sum(grouped, axis=layout.reduce_axes, keepdims=True) / count / self.unit
+        start = ops.cast(ops.maximum(stat, STATISTIC_FLOOR), drawn.dtype)
+        return ops.reshape(start, layout.scale_shape)
+
     def scales(self, stored: Tensor) -> Tensor:
         """The scales (shape ``layout.scale_shape``): ``alpha``, or the statistic of
         ``stored``."""
-        return self.statistic(stored) if self.alpha is None else ops.convert_to_tensor(self.alpha)
+        return self.alpha() if self.learned else self.statistic(stored)
 
     def expand(self, members: Tensor, alpha: Tensor) -> Tensor:
         """``alpha * members``, each scale times the entries of its group."""
@@ -122,38 +149,51 @@ class Scale:
         return f"Scale(granularity={scaling.granularity!r}, mode={scaling.mode!r})"
 
 
-class ScaleFloor(keras.constraints.Constraint):
-    """The constraint of a learned scale: entries that a step made zero, negative, NaN or inf
-    become ``STATISTIC_FLOOR`` (1e-5), and ``clamps`` counts them.
+def learned_alpha(start: Any, log_gain: Any) -> Tensor:
+    """A learned scale, ``start * exp(log_gain)``: weights' and activations' alike.
 
-    Keras applies a variable's constraint after each optimizer step, to the new values only:
-    the value before the step is gone by then, so the floor is what a bad entry gets (the
-    PyTorch front restores the value before the step). ``clamps`` is a non-trainable int32
-    variable of the layer (``<weight>_scale_clamps``, read as the layer's ``scale_clamps``);
+    Examples:
+        >>> ops.convert_to_numpy(learned_alpha(2.0, 0.0)).tolist()
+        2.0
+    """
+    return ops.convert_to_tensor(start) * ops.exp(ops.convert_to_tensor(log_gain))
+
+
+class LogGainGuard(keras.constraints.Constraint):
+    """The constraint of a learned scale's ``log_gain``: an entry that a step made NaN, infinite
+    or so large in magnitude that ``exp`` of it could overflow or vanish (beyond half the log of
+    the dtype's largest value: 44.4 for float32) goes back to 0, its scale back to its
+    ``start``; ``clamps`` (if given) counts them.
+
+    A backstop, so that no call ever computes with a scale that is not finite and > 0 (a
+    Keras step cannot be undone as PyTorch's guard undoes it: the constraint sees the new
+    values only). ``clamps`` is a non-trainable int32 variable of the layer
+    (``<weight>_scale_clamps``, read as the layer's ``scale_clamps``);
     [`snapset.keras.exact_weights`][] and ``harden`` warn when it grew. The count is kept on
-    the TensorFlow and torch backends; on JAX the floor holds but nothing is counted (its
+    the TensorFlow and torch backends; on JAX the guard holds but nothing is counted (its
     train step applies constraints in a stateless scope that keeps only the trainable and
     optimizer variables, and has released the layer's other variables meanwhile).
 
     Examples:
         >>> import keras
         >>> clamps = keras.Variable(0, dtype="int32", trainable=False)
-        >>> floor = ScaleFloor(clamps)
-        >>> ops.convert_to_numpy(floor(ops.convert_to_tensor([0.5, -1.0, float("nan")]))).tolist()
-        [0.5, 9.999999747378752e-06, 9.999999747378752e-06]
+        >>> guard = LogGainGuard(clamps)
+        >>> ops.convert_to_numpy(guard(ops.convert_to_tensor([0.5, 90.0, float("nan")]))).tolist()
+        [0.5, 0.0, 0.0]
         >>> int(ops.convert_to_numpy(clamps)) == (0 if keras.backend.backend() == "jax" else 2)
         True
     """
 
-    def __init__(self, clamps: Any) -> None:
+    def __init__(self, clamps: Any = None) -> None:
         self.clamps = clamps
 
     def __call__(self, w: Any) -> Any:
         w = ops.convert_to_tensor(w)
-        good = ops.logical_and(ops.isfinite(w), ops.greater(w, 0))
-        if keras.backend.backend() != "jax":
+        limit = float(np.log(np.finfo(keras.backend.standardize_dtype(w.dtype)).max)) / 2
+        good = ops.logical_and(ops.isfinite(w), ops.less_equal(ops.abs(w), limit))
+        if self.clamps is not None and keras.backend.backend() != "jax":
             self.clamps.assign_add(ops.sum(ops.cast(ops.logical_not(good), "int32")))
-        return ops.where(good, w, ops.cast(STATISTIC_FLOOR, w.dtype))
+        return ops.where(good, w, ops.zeros_like(w))
 
 
 class Method(NamedMethod):
@@ -197,8 +237,8 @@ class Method(NamedMethod):
 
     def scaled(self, scaling: Scaling | None, shape: tuple[int, ...]) -> Method:
         """Scale this method's values as ``scaling`` says (None: leave them unscaled), for a
-        kernel of ``shape``; return it. A learned scale's variable is the layer's to make and
-        to set as ``scale.alpha``."""
+        kernel of ``shape``; return it. A learned scale's variables are the layer's to make and
+        to set as ``scale.start`` and ``scale.log_gain``."""
         self.scale = None if scaling is None else Scale(scaling, self.values, shape)
         return self
 
@@ -207,9 +247,9 @@ class Method(NamedMethod):
         see ``snapset._spec.INITS``) applied to it (divided by the ``absmean`` a learned scale
         starts at), then the method's map; a statistic scale stores the float kernel itself."""
         scale = self.scale
-        if scale is not None and not scale.scaling.learned:
+        if scale is not None and not scale.learned:
             return drawn
-        on_set = drawn if scale is None else scale.divide(drawn, scale.statistic(drawn, "absmean"))
+        on_set = drawn if scale is None else scale.divide(drawn, scale.start_of(drawn))
         return self._right_inverse(F.spread(on_set, self.values) if init == "spread" else on_set)
 
     # ----- the protocol: the scale around each method's own map --------------------------
@@ -250,15 +290,14 @@ class Method(NamedMethod):
         by a learned scale first); a statistic scale stores the float kernel itself."""
         if self.scale is None:
             return self._right_inverse(values)
-        if self.scale.alpha is None:
+        if not self.scale.learned:
             return values
-        alpha = ops.convert_to_tensor(self.scale.alpha)
-        return self._right_inverse(self.scale.divide(values, alpha))
+        return self._right_inverse(self.scale.divide(values, self.scale.alpha()))
 
     def _reads(self, stored: Tensor, alpha: Tensor | None = None) -> Tensor:
         """What the method's own map reads: the stored variable, or, for a statistic scale,
         the float kernel divided by its scale on the method's latent scale."""
-        if self.scale is None or self.scale.alpha is not None:
+        if self.scale is None or self.scale.learned:
             return stored
         alpha = self.scale.statistic(stored) if alpha is None else alpha
         return self._right_inverse(self.scale.divide(ops.convert_to_tensor(stored), alpha))
@@ -578,10 +617,10 @@ def checked_numpy(variable: Any) -> npt.NDArray[Any]:
     method = method_of(variable)
     if method is not None:
         method.check(held, variable_path(variable), WRITTEN_BY_ANOTHER)
-        if method.scale is not None and method.scale.alpha is not None:
-            alpha = method.scale.alpha
-            where = f"the learned scales {variable_path(alpha)}"
-            method.scale.check(np.asarray(ops.convert_to_numpy(alpha)), where, SCALE_FIX)
+        scale = method.scale
+        if scale is not None and scale.learned:
+            where = f"the learned scales {variable_path(scale.start)} * exp(log_gain)"
+            scale.check(np.asarray(ops.convert_to_numpy(scale.alpha())), where, SCALE_FIX)
     return held
 
 
@@ -593,8 +632,8 @@ def exact_numpy(variable: Any, method: Method) -> npt.NDArray[Any]:
 
 
 SCALE_FIX = (
-    "Assign or load positive scales (the scale constraint floors what an optimizer step "
-    "makes so); nothing was changed."
+    "Assign or load a positive start and a log_gain whose exp() keeps the product finite (the "
+    "log_gain constraint resets what an optimizer step makes otherwise); nothing was changed."
 )
 """The Keras ``fix`` of a learned scale found not finite and > 0."""
 

@@ -45,7 +45,7 @@ from .._scales import (
 from .._sets import ValueSet
 from .._spec import LATENT_RANGE, method_options
 from ._functional import Tensor
-from ._methods import METHODS, Method
+from ._methods import METHODS, LogGainGuard, Method, learned_alpha
 
 QUANTIZE_METHODS = ("ste", "stochastic")
 """The methods of an activation quantizer: those whose input is a float latent."""
@@ -64,16 +64,17 @@ class Quantize(keras.Layer):
     positive number (static); ``scale_mode``: ``"absmax"`` (the default) or ``"learned"``
     (tensor or channel).
 
-    A learned scale is ``scale_start * scale_factor``. ``scale_start`` (not trainable, shape
-    ``()`` for a tensor, the feature axis' size for channels) holds 1 until the first training
-    call, which sets it to that batch's ``absmax`` statistic (LSQ's and brevitas'
-    data-dependent start); ``scale_factor`` (same shape, starts at 1) is what an optimizer
-    trains, with LSQ's gradient times the start (the gradient of ``alpha`` times
-    ``d alpha / d factor``). Two variables because a compiled JAX step keeps only the updates a
-    call makes to non-trainable variables, and a product because then the factor alone says
-    whether the scale is positive: a Keras constraint (which sees only the variable it guards)
-    puts every factor that a step made zero, negative or non-finite back to 1, the scale back
-    to its start, so that no such scale is ever used.
+    A learned scale is ``alpha = scale_start * exp(scale_log_gain)``, as weight scales are.
+    ``scale_start`` (not trainable, shape ``()`` for a tensor, the feature axis' size for
+    channels) holds 1 until the first training call, which sets it to that batch's ``absmax``
+    statistic (LSQ's and brevitas' data-dependent start; ``scale_ready`` records that it did);
+    ``scale_log_gain`` (same shape, starts at 0) is what an optimizer trains, with LSQ's
+    gradient times ``alpha``: in the log domain a step moves ``alpha`` by a factor and never
+    past zero. Separate variables because a compiled JAX step keeps only the updates a call
+    makes to non-trainable variables; the constraint ``LogGainGuard`` (which sees only the
+    variable it guards) puts every log gain that a step made NaN, inf or too large for ``exp``
+    back to 0, the scale back to its start, so that no scale that is not finite and > 0 is
+    ever used.
 
     Float inputs only (an integer tensor raises ``TypeError``); ``**kwargs`` go to
     ``keras.Layer``.
@@ -117,7 +118,7 @@ class Quantize(keras.Layer):
         # keras.random draws from a generator the layer tracks (JAX needs its state).
         self.seed_generator = keras.random.SeedGenerator(seed) if "seed" in options else None
         self.scale_start: Any = None
-        self.scale_factor: Any = None
+        self.scale_log_gain: Any = None
         self.scale_ready: Any = None
 
     @property
@@ -142,8 +143,8 @@ class Quantize(keras.Layer):
         self.scale_start = self.add_weight(
             name="scale_start", shape=shape, initializer="ones", trainable=False
         )
-        self.scale_factor = self.add_weight(
-            name="scale_factor", shape=shape, initializer="ones", constraint=PositiveFactor()
+        self.scale_log_gain = self.add_weight(
+            name="scale_log_gain", shape=shape, initializer="zeros", constraint=LogGainGuard()
         )
         self.scale_ready = self.add_weight(
             name="scale_ready", shape=(), initializer="zeros", dtype="bool", trainable=False
@@ -174,13 +175,13 @@ class Quantize(keras.Layer):
             start = ops.where(fresh, stat, start)
             self.scale_start.assign(start)
             self.scale_ready.assign(True)
-        alpha = ops.reshape(start * self.scale_factor, layout.grouped_scale)
-        return ops.cast(alpha, x.dtype)
+        alpha = learned_alpha(start, self.scale_log_gain)
+        return ops.cast(ops.reshape(alpha, layout.grouped_scale), x.dtype)
 
     @property
     def alpha(self) -> npt.NDArray[Any] | None:
-        """The learned scales (``scale_start * scale_factor``) as numpy, or ``None`` when not
-        learned.
+        """The learned scales (``scale_start * exp(scale_log_gain)``) as numpy, or ``None``
+        when not learned.
 
         Examples:
             >>> import numpy as np, snapset
@@ -189,23 +190,28 @@ class Quantize(keras.Layer):
             >>> float(layer.alpha)  # max|x| of the first training batch
             4.0
         """
-        if self.scale_factor is None:
+        if self.scale_log_gain is None:
             return None
-        start = ops.convert_to_numpy(self.scale_start)
-        return np.asarray(start * ops.convert_to_numpy(self.scale_factor))
+        return np.asarray(
+            ops.convert_to_numpy(learned_alpha(self.scale_start, self.scale_log_gain))
+        )
 
     def load_own_variables(self, store: Any) -> None:
-        """Load the variables (``load_model``, ``load_weights``) after refusing learned scales
-        that are zero, negative or non-finite (``ValueError``; the layer is unchanged)."""
-        if self.scale_factor is not None:
+        """Load the variables (``load_model``, ``load_weights``) after refusing a learned
+        scale whose start or ``start * exp(log_gain)`` is zero, negative or non-finite
+        (``ValueError``; the layer is unchanged)."""
+        if self.scale_log_gain is not None:
             order = self._trainable_variables + self._non_trainable_variables
             keys = set(store.keys())
             held = {id(v): str(i) for i, v in enumerate(order) if str(i) in keys}
-            parts = [self.scale_start, self.scale_factor]
+            parts = [self.scale_start, self.scale_log_gain]
             if all(id(v) in held for v in parts):
-                start, factor = (np.asarray(store[held[id(v)]], np.float32) for v in parts)
-                if start.shape == factor.shape:  # otherwise Keras says which shape is wrong
-                    check_scales(start * factor, f"the learned scales of layer '{self.name}'")
+                start, log_gain = (np.asarray(store[held[id(v)]], np.float32) for v in parts)
+                if start.shape == log_gain.shape:  # otherwise Keras says which shape is wrong
+                    where = f"the learned scales of layer '{self.name}'"
+                    check_scales(start, f"{where} (their start)")
+                    alpha = ops.convert_to_numpy(learned_alpha(start, log_gain))
+                    check_scales(np.asarray(alpha), where)
         super().load_own_variables(store)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
@@ -269,16 +275,6 @@ def quantize(
     layout = activation_layout(scaling, x.shape, feature_axis)
     alpha = None if scaling is None or layout is None else scales(x, scaling, layout, value_set)
     return project(x, rounding, alpha, training, seed)
-
-
-class PositiveFactor(keras.constraints.Constraint):
-    """The constraint of a learned scale's ``scale_factor``: an entry that a step made zero,
-    negative or non-finite goes back to 1 (its scale back to its start)."""
-
-    def __call__(self, factor: Tensor) -> Tensor:
-        factor = ops.convert_to_tensor(factor)  # the optimizer passes the variable itself
-        good = ops.logical_and(ops.isfinite(factor), ops.greater(factor, 0))
-        return ops.where(good, factor, ops.ones_like(factor))
 
 
 def check_scales(alpha: npt.NDArray[Any], where: str) -> None:

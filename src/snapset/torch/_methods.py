@@ -115,7 +115,9 @@ class Scale(nn.Module):
         )
         self.unit = scale_unit(values)
         if scaling.learned:
-            start = self.statistic(weight, "absmean")
+            # summed in float64 and rounded once: the same start whatever order a backend
+            # sums in (the Keras front computes it alike)
+            start = self.statistic(weight.double(), "absmean").to(weight.dtype)
             self.register_buffer("start", start)
             self.log_gain = nn.Parameter(torch.zeros_like(start))
         else:
