@@ -47,8 +47,11 @@ channel. A positive int ``g`` is the third kind: one scale per ``g`` consecutive
 the input axis (GGUF's TQ1_0 and TQ2_0 use 256)."""
 
 SCALE_MODES = ("learned", "absmean", "absmax")
-"""Where a weight's scale comes from; the first is the default. ``learned``: a float parameter
-trained by a gradient optimizer, starting at ``absmean`` of the weights it was made from.
+"""Where a weight's scale comes from; the first is the default. ``learned``: in both fronts
+``alpha = start * exp(log_gain)``, ``start`` the ``absmean`` of the weights it was made from
+(summed in float64 and rounded once, so that every backend starts alike) and ``log_gain`` a
+parameter, 0 at first, that a gradient optimizer trains: in the log domain a step moves the
+scale by a factor and never past zero (as TQT trains its thresholds, Jain et al., 2020).
 ``absmean`` and ``absmax``: a statistic of the float weight, recomputed at every forward (the
 method then stores the float weight itself as its latent: only ``ste`` and ``stochastic``
 have one)."""
