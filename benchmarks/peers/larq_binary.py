@@ -9,13 +9,12 @@ one-cycle schedule as snapset's. Prints one JSON row per data set (see ``_common
 """
 
 import os
-import time
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from _common import arguments, emit, splits, wanted
-from _larq import import_larq, one_cycle
+from _larq import fit_and_score, import_larq, one_cycle
 
 WEIGHTS = "Sign weights, sign inputs"
 """How the rows name the network (binary_net.py's label)."""
@@ -73,15 +72,9 @@ def main() -> None:
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"],
             )
-            times = []
-            for _ in range(recipe["epochs"]):
-                start = time.perf_counter()
-                model.fit(x_train, arrays["y_train"], batch_size=recipe["batch"], epochs=1,
-                          shuffle=True, verbose=0)  # fmt: skip
-                times.append(time.perf_counter() - start)
-            _, accuracy = model.evaluate(x_test, arrays["y_test"], verbose=0)
-            accuracies.append(float(accuracy))
-            seconds.append(sorted(times)[len(times) // 2])
+            accuracy, epoch = fit_and_score(model, arrays, x_train, x_test, recipe)
+            accuracies.append(accuracy)
+            seconds.append(epoch)
         emit(library, dataset, WEIGHTS, "ste", accuracies, seconds)
 
 
