@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import keras
-import numpy as np
 import numpy.typing as npt
 from keras import ops
 
@@ -26,6 +25,7 @@ from ._methods import (
     exact_numpy,
     harden_variable,
     method_of,
+    scaled_numpy,
 )
 
 LayerT = TypeVar("LayerT", bound=keras.Layer)
@@ -187,16 +187,11 @@ def scaled_parts(model: keras.Layer) -> dict[str, tuple[npt.NDArray[Any], npt.ND
         >>> np.array_equal(weight, members * np.repeat(scales, 2, axis=0))
         True
     """
-    parts = {}
-    for key, variable, method in constrained_variables(model):
-        if method.scale is not None:
-            checked_numpy(variable)
-            members, scales = method.hard(variable), method.scales(variable)
-            parts[key] = (
-                np.asarray(ops.convert_to_numpy(members)),
-                np.asarray(ops.convert_to_numpy(scales)),
-            )
-    return parts
+    return {
+        key: scaled_numpy(variable, method)
+        for key, variable, method in constrained_variables(model)
+        if method.scale is not None
+    }
 
 
 def harden_(model: LayerT) -> LayerT:

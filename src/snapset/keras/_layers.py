@@ -27,6 +27,7 @@ from ._methods import (
     harden_variable,
     method_of,
     release,
+    scaled_numpy,
 )
 
 ValuesLike = ValueSet | Sequence[float]
@@ -313,17 +314,11 @@ class SetLayer(keras.Layer):
             >>> set(np.unique(members)) <= {-1.0, 0.0, 1.0}, scales.shape
             (True, (1, 2))
         """
-        parts = {}
-        for name, variable in self._set_weights.items():
-            method = method_of(variable)
-            if method is not None and method.scale is not None:
-                checked_numpy(variable)
-                members, scales = method.hard(variable), method.scales(variable)
-                parts[name] = (
-                    np.asarray(ops.convert_to_numpy(members)),
-                    np.asarray(ops.convert_to_numpy(scales)),
-                )
-        return parts
+        return {
+            name: scaled_numpy(variable, method)
+            for name, variable in self._set_weights.items()
+            if (method := method_of(variable)) is not None and method.scale is not None
+        }
 
     def _hard(self, name: str) -> Tensor:
         variable = self._set_weights[name]

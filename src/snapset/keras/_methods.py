@@ -631,6 +631,14 @@ def exact_numpy(variable: Any, method: Method) -> npt.NDArray[Any]:
     return np.asarray(ops.convert_to_numpy(method.exact(variable)))
 
 
+def scaled_numpy(variable: Any, method: Method) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """The exact members ``v`` and the scales ``alpha`` of a variable of a scaled set, as
+    numpy, after ``checked_numpy``."""
+    checked_numpy(variable)
+    members, scales = method.hard(variable), method.scales(variable)
+    return np.asarray(ops.convert_to_numpy(members)), np.asarray(ops.convert_to_numpy(scales))
+
+
 SCALE_FIX = (
     "Assign or load a positive start and a log_gain whose exp() keeps the product finite (the "
     "log_gain constraint resets what an optimizer step makes otherwise); nothing was changed."
