@@ -68,6 +68,14 @@ def measure(rounds: int, compiled: bool, input_grad: bool) -> dict[tuple[str, in
         torch._dynamo.reset()
         torch._dynamo.config.recompile_limit = 64
         layers = {name: torch.compile(layer) for name, layer in layers.items()}
+    return interleaved(layers, rounds, input_grad)
+
+
+def interleaved(
+    layers: dict[str, nn.Module], rounds: int, input_grad: bool
+) -> dict[tuple[str, int], float]:
+    """Median seconds of forward + backward of each layer at each batch size, the layers
+    taking turns round by round so that the machine's noise hits all alike."""
     times: dict[tuple[str, int], list[float]] = {}
     for batch in BATCHES:
         x = torch.randn(batch, SIZE, requires_grad=input_grad)
@@ -150,17 +158,7 @@ def scale_cost(rounds: int, input_grad: bool) -> dict[tuple[str, int], float]:
         layers[name] = st.constrain(
             nn.Linear(SIZE, SIZE), "weight", snapset.Ternary(), scale=scale, scale_mode=mode
         )
-    times: dict[tuple[str, int], list[float]] = {}
-    for batch in BATCHES:
-        x = torch.randn(batch, SIZE, requires_grad=input_grad)
-        for layer in layers.values():
-            for _ in range(3):
-                step_time(layer, x)
-        for _ in range(rounds):
-            for name, layer in layers.items():
-                layer.zero_grad(set_to_none=True)
-                times.setdefault((name, batch), []).append(step_time(layer, x))
-    return {key: statistics.median(values) for key, values in times.items()}
+    return interleaved(layers, rounds, input_grad)
 
 
 def scales_report(rounds: int) -> str:
