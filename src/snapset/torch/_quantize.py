@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from .._files import INPUT_QUANTIZER
 from .._scales import STATISTIC_FLOOR, ActivationScaling, ScaleLayout, bad_scale_message, scale_unit
 from .._sets import ValueSet
 from .._spec import method_options
@@ -39,8 +40,6 @@ ROUNDINGS: dict[str, type[STE] | type[StochasticRounding]] = {
     cls.spec.name: cls for cls in (STE, StochasticRounding)
 }
 
-#: The name of the submodule that ``quantize_inputs_`` gives each layer it quantizes.
-INPUT_QUANTIZER = "input_quantizer"
 
 
 class Quantize(nn.Module):

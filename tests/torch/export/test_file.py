@@ -382,13 +382,13 @@ def test_header_claims_are_capped(
     break_file: Callable[[Path], None] | None,
     message: str,
 ) -> None:
-    from snapset.torch.export import _file
+    from snapset import _files
 
     path = st.save(constrained(snapset.Ternary(), "ste"), tmp_path / "m.safetensors")
     assert len(st.load(None, path)) == 11  # 3 ternary weights, 2 biases, 6 BatchNorm entries
     if break_file is not None:
         break_file(path)
-    monkeypatch.setattr(_file, cap, value)
+    monkeypatch.setattr(_files, cap, value)
     with pytest.raises(st.SnapsetFileError, match=message):
         st.load(None, path)
 
@@ -451,18 +451,37 @@ def test_save_gives_the_mode_a_new_file_gets(tmp_path: Path, umask: int) -> None
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left
 
 
-def test_save_without_safetensors_names_the_extra(
+def test_save_and_load_need_no_safetensors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = st.save(constrained(snapset.Sign(), "ste"), tmp_path / "m.safetensors")
     for name in list(sys.modules):
         if name == "safetensors" or name.startswith("safetensors."):
             monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "safetensors", None)
-    with pytest.raises(ImportError, match=r"pip install 'snapset\[save\]'"):
-        st.save(constrained(snapset.Sign(), "ste"), tmp_path / "other.safetensors")
-    assert not (tmp_path / "other.safetensors").exists()
-    assert torch.equal(st.load(None, path)["2.bias"], constrained(snapset.Sign(), "ste")[2].bias)
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # an import of it would fail
+    model = constrained(snapset.Sign(), "ste")
+    path = st.save(model, tmp_path / "m.safetensors")
+    assert torch.equal(st.load(None, path)["2.bias"], model[2].bias)
+
+
+def test_safetensors_reads_what_save_writes_in_every_dtype(tmp_path: Path) -> None:
+    """The file is a safetensors file: its own reader gives back every tensor as saved."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2).to(torch.bfloat16))
+    model[1].register_buffer("mask", torch.tensor([True, False, True, True]))
+    model[1].register_buffer("codes", torch.tensor([[1, -2], [3, 4]], dtype=torch.int8))
+    st.constrain(model[0], "weight", snapset.Ternary(), scale="channel")
+    path = st.save(model, tmp_path / "m.safetensors")
+    theirs = load_file(str(path))
+    ours = st.load(None, path)
+    assert set(theirs) == set(ours) | {"0.weight.scales"}
+    for name, tensor in ours.items():
+        if name != "0.weight":  # codes there, values here
+            assert theirs[name].dtype == tensor.dtype and torch.equal(theirs[name], tensor)
+    with safe_open(str(path), "pt") as handle:
+        assert json.loads(handle.metadata()["snapset.layers"]) == [
+            {"name": "0", "kind": "dense"},
+            {"name": "1", "kind": "batchnorm"},
+            {"name": "2", "kind": "dense"},
+        ]
 
 
 def test_save_refuses_a_flip_parameter_off_its_set_and_writes_nothing(tmp_path: Path) -> None:
@@ -489,9 +508,9 @@ def test_flip_values_are_saved_exact_after_a_dtype_move(tmp_path: Path) -> None:
 def test_save_refuses_what_load_would_refuse(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from snapset.torch.export import _file
+    from snapset import _files
 
-    monkeypatch.setattr(_file, "MAX_DIMS", 1)
+    monkeypatch.setattr(_files, "MAX_DIMS", 1)
     with pytest.raises(ValueError, match=r"cannot save this model: .* at most 1 non-negative"):
         st.save(constrained(snapset.Sign(), "ste"), tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
@@ -566,3 +585,21 @@ def test_declared_sets_pack_plain_tensors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'5\.wieght', which is not a plain tensor"):
         st.save(model, tmp_path / "n.safetensors", values={"5.wieght": [-1, 1]})
     assert not (tmp_path / "n.safetensors").exists()
+
+
+def test_layers_named_otherwise_pair_in_order_and_kinds_must_agree(tmp_path: Path) -> None:
+    model = constrained(snapset.Ternary(), "ste").eval()
+    path = st.save(model, tmp_path / "m.safetensors")
+    # the same layers under other names (as a Keras model names them): paired in order
+    renamed = nn.Sequential()
+    for index, module in enumerate(constrained(snapset.Ternary(), "ste", seed=3)):
+        renamed.add_module(f"layer_{index}", module)
+    assert torch.equal(st.load(renamed, path).eval()(X), model(X))
+    # a layer of another kind at the same place: refused, nothing changed
+    other = nn.Sequential()
+    for index, module in enumerate(constrained(snapset.Ternary(), "ste", seed=4)):
+        other.add_module(f"layer_{index}", nn.Conv1d(1, 1, 1) if index == 2 else module)
+    before = state(other)
+    with pytest.raises(st.SnapsetFileError, match=r"layer 2 is dense '2' in the file"):
+        st.load(other, path)
+    assert all(torch.equal(before[k], v) for k, v in state(other).items())

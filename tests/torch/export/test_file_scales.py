@@ -290,12 +290,12 @@ DAMAGE: dict[str, tuple[Callable[[dict[str, Any], bytearray], None], str]] = {
     "infinite scales": (fill_scales(float("inf")), r"not finite and > 0 \(for example inf\)"),
     "scales of another shape": (
         claim_scales(shape=[3, 3], data_offsets=[0, 36]),
-        r"needs scales '2\.weight\.scales' of torch.float32 and shape \[9, 1\], the file holds "
-        r"torch.float32 of shape \[3, 3\]",
+        r"needs scales '2\.weight\.scales' of float32 and shape \[9, 1\], the file holds "
+        r"float32 of shape \[3, 3\]",
     ),
     "scales of another dtype": (
         claim_scales(dtype="F64", shape=[9, 1], data_offsets=[0, 72]),
-        "the file holds torch.float64",
+        "the file holds float64",
     ),
     "a granularity that does not fit": (edit_scale(granularity=5), "does not divide"),
     "an unknown granularity": (edit_scale(granularity="row"), "Unknown scale 'row'"),

@@ -354,12 +354,32 @@ def edit_quantizers(rng: random.Random, text: str) -> Any:
     return json.dumps(recorded)
 
 
+def edit_layers(rng: random.Random, text: str) -> str:
+    """An edit of the layer list: its JSON, an entry's fields, or its order and names."""
+    layers = json.loads(text)
+    kind = rng.randrange(5)
+    if kind == 0 or not layers:
+        return rng.choice(("", "[", "{}", "[1]", '[{"name": 1, "kind": "dense"}]', "[" * 100_000))
+    layer = rng.choice(layers)
+    if kind == 1:
+        layer[rng.choice(("name", "kind", "extra"))] = odd_value(rng)
+    elif kind == 2:
+        layer["name"] = rng.choice(("renamed", "", "0.weight", layer["name"] + ".x"))
+    elif kind == 3:
+        layer["kind"] = rng.choice(("dense", "conv2d", "torch.Linear", ""))
+    else:
+        rng.shuffle(layers)
+    return json.dumps(layers)
+
+
 def edit_metadata(rng: random.Random, metadata: dict[str, Any]) -> Any:
-    kind = rng.randrange(10)
+    kind = rng.randrange(11)
     if kind == 0:
         return odd_value(rng)
     metadata = dict(metadata)
-    if "snapset.quantizers" in metadata and kind in (1, 2):
+    if kind == 10:
+        metadata["snapset.layers"] = edit_layers(rng, metadata["snapset.layers"])
+    elif "snapset.quantizers" in metadata and kind in (1, 2):
         metadata["snapset.quantizers"] = edit_quantizers(rng, metadata["snapset.quantizers"])
     elif kind == 1:
         metadata["format"] = rng.choice(("snapset2", "", odd_value(rng)))
@@ -486,6 +506,8 @@ REASONS = (
     ("cut short", "cut short"),
     ("tensors, more than", "tensor cap"),
     ("does not fit", "names vs model"),
+    ("its layers do not fit", "layers vs model"),
+    ("damaged 'snapset.layers'", "layers metadata JSON"),
     ("has shape", "shape vs model"),
     ("holds values of", "set vs model"),
     ("cannot load into the constrained model", "plain values vs set"),
