@@ -214,21 +214,29 @@ def _replace(target: Path, write: Callable[[Path], None]) -> None:
 
 
 def set_codes(
-    values: ValueSet, value: npt.NDArray[np.float64], dtype: str
+    values: ValueSet, value: npt.NDArray[np.floating[Any]], dtype: str
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Each entry's index in the set as ``dtype`` holds it, and where an entry (NaN included)
-    is no member; ``value`` holds the entries in float64 (exactly: every float dtype widens to
-    it). ``ValueError`` for a set that ``dtype`` cannot hold."""
-    table = values.tables(dtype).values
-    flat = np.asarray(value, dtype=np.float64).reshape(-1)
+    is no member; ``value`` holds the entries of a ``dtype`` tensor widened exactly to float32
+    or float64 (a front widens float16 and bfloat16 to float32, whose table then holds the
+    same numbers). ``ValueError`` for a set that ``dtype`` cannot hold."""
+    flat = np.asarray(value).reshape(-1)
+    if flat.dtype not in (np.float32, np.float64):
+        flat = flat.astype(np.float64)
+    table = values.tables(dtype).values.astype(flat.dtype)
     codes = np.minimum(np.searchsorted(table, flat), len(values) - 1)
     return codes, table[codes] != flat
 
 
 def encode(
-    name: str, values: ValueSet, value: npt.NDArray[np.float64], dtype: str, method: str, fix: str
+    name: str,
+    values: ValueSet,
+    value: npt.NDArray[np.floating[Any]],
+    dtype: str,
+    method: str,
+    fix: str,
 ) -> tuple[Raw, dict[str, Any]]:
-    """The packed codes of ``value`` (a ``dtype`` tensor widened to float64) and their
+    """The packed codes of ``value`` (a ``dtype`` tensor, widened as ``set_codes`` says) and their
     description; ``OutsideSetError`` (with ``fix``) if an entry is not a member of ``values``
     as ``dtype`` holds it."""
     if dtype not in FLOATS:

@@ -64,9 +64,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _float64(tensor: Tensor) -> npt.NDArray[np.float64]:
-    """A float tensor's entries in float64 (exact: every float dtype widens to it)."""
-    return tensor.detach().cpu().to(torch.float64).numpy()
+def _widened(tensor: Tensor) -> npt.NDArray[np.floating[Any]]:
+    """A float tensor's entries as numpy holds them exactly: float64 as it is, the others in
+    float32 (numpy has no bfloat16)."""
+    wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    return tensor.detach().cpu().to(wide).numpy()
 
 
 def _raw(tensor: Tensor) -> Raw:
@@ -81,7 +83,7 @@ def _raw(tensor: Tensor) -> Raw:
 def _set_codes(values: ValueSet, tensor: Tensor) -> tuple[Tensor, Tensor]:
     """Each entry's index in the set as ``tensor``'s dtype holds it, and where an entry (NaN
     included) is no member."""
-    codes, outside = set_codes(values, _float64(tensor), _dtype_name(tensor.dtype))
+    codes, outside = set_codes(values, _widened(tensor), _dtype_name(tensor.dtype))
     return torch.from_numpy(codes), torch.from_numpy(outside)
 
 
@@ -323,7 +325,7 @@ def _packed(
     if an entry is not a member of ``values`` as the tensor's dtype holds it."""
     if not value.is_floating_point():
         raise TypeError(f"'{name}' is {value.dtype}; a set's values live in float tensors")
-    return encode(name, values, _float64(value), _dtype_name(value.dtype), method, fix)
+    return encode(name, values, _widened(value), _dtype_name(value.dtype), method, fix)
 
 
 def _add_scales(
