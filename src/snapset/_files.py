@@ -148,8 +148,8 @@ class Raw:
         name = dtype or array.dtype.name
         if name not in CODES:
             raise TypeError(f"a snapset file holds {', '.join(CODES)}, not {name}")
-        array = np.ascontiguousarray(array)
-        return cls(name, tuple(array.shape), array.reshape(-1).view(np.uint8))
+        shape = tuple(array.shape)  # before ascontiguousarray, which makes a 0-d array 1-d
+        return cls(name, shape, np.ascontiguousarray(array).reshape(-1).view(np.uint8))
 
 
 def write_file(
@@ -421,7 +421,8 @@ class Reader:
         packed = self.packed[name]
         if packed.scaling is None:
             return None
-        alpha = round_to_dtype(self.read(name + SCALES), dtype or packed.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, not warned about
+            alpha = round_to_dtype(self.read(name + SCALES), dtype or packed.dtype)
         bad = ~(np.isfinite(alpha) & (alpha > 0))
         if bool(bad.any()):
             where = f"the scales of '{name}'"
@@ -436,7 +437,8 @@ class Reader:
         start, log_gain = record.prefix + "start", record.prefix + "log_gain"
         if start not in self.entries or log_gain not in self.entries:
             return
-        alpha = self.read(start).astype(np.float64) * np.exp(self.read(log_gain))
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, not warned about
+            alpha = self.read(start).astype(np.float64) * np.exp(self.read(log_gain))
         bad = ~(np.isfinite(alpha) & (alpha > 0))
         if bool(bad.any()):
             where = f"the learned scales of the input quantizer of '{record.layer}'"

@@ -370,8 +370,9 @@ def round_to_dtype(x: npt.ArrayLike, dtype: str) -> Float64Array:
     _, exponent = np.frexp(array)  # array = m * 2**exponent with 1/2 <= |m| < 1
     ulp = np.ldexp(1.0, np.maximum(exponent - 1, spec.min_exponent) - spec.mantissa_bits)
     rounded = np.rint(array / ulp) * ulp  # exact: ulp is a power of two
+    # beyond the largest finite number: infinity; NaN stays NaN
     held: Float64Array = np.where(
-        np.abs(rounded) <= spec.largest, rounded, np.copysign(np.inf, array)
+        np.abs(rounded) > spec.largest, np.copysign(np.inf, array), rounded
     )
     return held
 
