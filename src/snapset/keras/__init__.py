@@ -27,6 +27,9 @@ if not _keras.__version__.startswith("3."):  # pragma: no cover - Keras 2 is not
 from .._sets import ValueSet as _ValueSet
 from .._spec import ESTIMATORS as ESTIMATORS
 from .._spec import INITS as INITS
+from .._summary import Summary as Summary
+from .._summary import SummaryRow as SummaryRow
+from . import export as export
 from . import optim as optim
 from ._callbacks import FlipRatio as FlipRatio
 from ._constrain import constrain as constrain
@@ -34,6 +37,7 @@ from ._constrain import exact_weights as exact_weights
 from ._constrain import harden_ as harden_
 from ._constrain import scaled_parts as scaled_parts
 from ._constrain import set_temperature as set_temperature
+from ._diagnostics import summary as summary
 from ._layers import Conv1D as Conv1D
 from ._layers import Conv2D as Conv2D
 from ._layers import Dense as Dense
@@ -49,6 +53,8 @@ from ._methods import StochasticRounding as StochasticRounding
 from ._methods import flip_values as flip_values
 from ._quantize import Quantize as Quantize
 from ._quantize import quantize as quantize
+from .export import load as load
+from .export import save as save
 from .optim import Bop as Bop
 from .optim import Router as Router
 
@@ -71,14 +77,20 @@ __all__ = [
     "Scale",
     "SetLayer",
     "StochasticRounding",
+    "Summary",
+    "SummaryRow",
     "constrain",
     "exact_weights",
+    "export",
     "flip_values",
     "harden_",
+    "load",
     "optim",
     "quantize",
+    "save",
     "scaled_parts",
     "set_temperature",
+    "summary",
 ]
 
 # keras.saving.serialize_keras_object / deserialize_keras_object round-trip value sets.

@@ -25,6 +25,7 @@ from ._methods import (
     checked_numpy,
     exact_numpy,
     harden_variable,
+    mark_hardened,
     method_of,
     release,
     scaled_numpy,
@@ -364,6 +365,8 @@ class SetLayer(keras.Layer):
             if method is not None and method.value_shape(variable.shape) != variable.shape:
                 self._set_weights[name] = self._replace(variable, method.exact(variable))
                 release(variable)
+                unscaled = method.values if method.scale is None else None
+                mark_hardened(self._set_weights[name], unscaled)
             else:
                 harden_variable(variable)
         # the scales are in the weights now: a method=None layer has no such variables

@@ -45,6 +45,9 @@ from ._estimators import SURROGATES
 from ._functional import Tensor
 
 _RECORD = "_snapset_method"
+# The attribute of a plain variable that holds members of a set (what harden leaves, or a
+# snapset file loads), as PyTorch's harden_ marks a tensor.
+_HARDENED = "_snapset_hardened"
 
 
 class Scale:
@@ -581,13 +584,15 @@ def attach(variable: Any, method: Method) -> None:
     """Record that ``method`` constrains ``variable``; a flip variable also gets a ``FlipGuard``,
     which refuses every optimizer but a flip optimizer."""
     setattr(variable, _RECORD, method)
+    mark_hardened(variable, None)  # constrained again: the method says what it holds
     if method.stores == "values":
         variable.constraint = FlipGuard()
 
 
 def harden_variable(variable: Any) -> None:
     """Assign ``variable`` its exact values (``alpha * v`` for a scaled set) and remove its
-    constraint: a plain weight remains.
+    constraint: a plain weight remains, marked with its set when unscaled
+    (``hardened_values``).
 
     Only for a method whose values have the stored shape; a layer replaces a ``gumbel``
     variable (``SetLayer.harden``) and then ``release``s it."""
@@ -595,6 +600,29 @@ def harden_variable(variable: Any) -> None:
     if method is not None:
         variable.assign(method.exact(variable))
         release(variable)
+        mark_hardened(variable, method.values if method.scale is None else None)
+
+
+def mark_hardened(variable: Any, values: ValueSet | None) -> None:
+    """Mark a plain variable as holding members of ``values`` (``None`` removes the mark), as
+    ``harden_`` and a loaded snapset file leave it: ``summary`` shows the set and ``save``
+    packs the variable while it holds members."""
+    setattr(variable, _HARDENED, values)
+
+
+def hardened_values(variable: Any) -> ValueSet | None:
+    """The set a plain variable was marked with (``mark_hardened``), or None.
+
+    Examples:
+        >>> import numpy as np, snapset, snapset.keras as sk
+        >>> layer = sk.Dense(2, snapset.Sign())
+        >>> _ = layer(np.ones((1, 3), "float32"))
+        >>> layer.harden()
+        >>> hardened_values(layer._set_weights["kernel"]), hardened_values(layer.bias)
+        (ValueSet([-1, 1]), None)
+    """
+    values = getattr(variable, _HARDENED, None)
+    return values if isinstance(values, ValueSet) else None
 
 
 def release(variable: Any) -> None:

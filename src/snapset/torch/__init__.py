@@ -9,6 +9,8 @@ Examples:
 
 from .._spec import ESTIMATORS as ESTIMATORS
 from .._spec import INITS as INITS
+from .._summary import Summary as Summary
+from .._summary import SummaryRow as SummaryRow
 from . import export as export
 from . import optim as optim
 from ._constrain import LINEAR_AND_CONV as LINEAR_AND_CONV
@@ -19,8 +21,6 @@ from ._constrain import harden_ as harden_
 from ._constrain import named_constraints as named_constraints
 from ._constrain import set_temperature as set_temperature
 from ._diagnostics import FlipTracker as FlipTracker
-from ._diagnostics import Summary as Summary
-from ._diagnostics import SummaryRow as SummaryRow
 from ._diagnostics import summary as summary
 from ._estimators import estimator_grad as estimator_grad
 from ._layers import GF2Linear as GF2Linear
