@@ -83,6 +83,9 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bop_momentum.py
 	$(BIN)/python benchmarks/compile_step.py
 	$(BIN)/python benchmarks/inference.py
+	for backend in torch tensorflow jax; do \
+		KERAS_BACKEND=$$backend $(BIN)/python benchmarks/keras_packed.py || exit 1; \
+	done
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/scales.py
 	$(BIN)/python benchmarks/binary_net.py

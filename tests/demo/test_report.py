@@ -37,6 +37,7 @@ def test_demo_quick_recovers_every_planted_value_and_writes_its_plots(tmp_path, 
     assert accuracies["float32"] > 0.8  # three epochs only
     assert min(accuracies.values()) > 0.5  # five times chance, after three epochs
     assert any("smaller than float32" in line for line in lines)  # the summary table
+    assert any(line.strip().startswith("Sign MLP 784-256-256-10") for line in lines)  # sizes
 
     for name in ("loss.png", "flips.png", "values.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

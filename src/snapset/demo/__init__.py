@@ -56,6 +56,7 @@ from ._report import mnist1d_report as mnist1d_report
 from ._report import multiplier_report as multiplier_report
 from ._report import multiplier_trainer as multiplier_trainer
 from ._report import run_demo as run_demo
+from ._report import sizes_report as sizes_report
 from ._train import Recipe as Recipe
 from ._train import Run as Run
 from ._train import accuracy as accuracy
@@ -104,6 +105,7 @@ __all__ = [
     "run_accuracy",
     "run_demo",
     "size_text",
+    "sizes_report",
     "snapset_rows",
     "train",
 ]

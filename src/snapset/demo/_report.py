@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,9 +43,11 @@ def run_demo(
     2. A learnable multiplier with entries in ``[1, -1, 0.5, -0.5]`` (Keras when
        ``snapset.keras`` imports, else PyTorch) against the forum's ``x * sign(w)``
        (``multiplier_report``).
-    3. The MNIST-1D CNN in float, made binary (Sign) and ternary with one ``constrain_`` call
+    3. The size on disk of a multiplier and of a small model, float against packed
+       (``sizes_report``).
+    4. The MNIST-1D CNN in float, made binary (Sign) and ternary with one ``constrain_`` call
        (``mnist1d_report``).
-    4. PNG plots in ``out`` and the Sign model's ``summary`` table.
+    5. PNG plots in ``out`` and the Sign model's ``summary`` table.
 
     ``quick`` shortens the CNN runs for a smoke test. Returns 0 when every snapset method
     recovered its planted values exactly, else 1; before any work, 1 when a package it needs
@@ -69,6 +72,8 @@ def run_demo(
         all_recovered = matrix_report(seed, echo)
         echo("")
         all_recovered &= multiplier_report(seed, echo)
+        echo("")
+        sizes_report(echo)
         echo("")
         plots = mnist1d_report(seed, echo, folder, quick=quick, progress=progress)
         echo("")
@@ -214,6 +219,89 @@ def _torch_multiplier(values: snapset.ValueSet, x: Any, y: Any, seed: int) -> np
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
     forum.fit_adam(layer, inputs, targets, epochs=12, lr=3e-3, seed=seed, anneal=True)
     return layer.eval().weight.detach().numpy()
+
+
+def sizes_report(echo: Echo = print) -> list[tuple[str, int, int]]:
+    """The size on disk of a 4096-entry multiplier with entries in ``[1, -1, 0.5, -0.5]`` and
+    of a Sign MLP (784-256-256-10, float biases), each saved in the framework's own float32
+    format and as a snapset file (packed codes), as the keras-io quantization guides show
+    sizes before and after; ``(model, float bytes, snapset bytes)`` for each. Keras
+    (``.keras`` files, ``sk.save``) when ``snapset.keras`` imports, else PyTorch
+    (``torch.save`` of the ``state_dict``, ``st.save``). The files are written to a temporary
+    folder and removed.
+
+    Examples:
+        >>> lines = []
+        >>> [(name, float_bytes > 12 * packed) for name, float_bytes, packed in
+        ...  sizes_report(echo=lines.append)]
+        [('Multiplier, 4096 entries', True), ('Sign MLP 784-256-256-10', True)]
+    """
+    saved, framework = _sized_models()
+    echo(f"   Saved sizes ({framework}):")
+    echo(f"   {'model':<28}{'float32 file':>14}{'snapset file':>14}{'smaller':>10}")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (float_bytes, packed_bytes) in saved(Path(folder)).items():
+            ratio = float_bytes / packed_bytes
+            echo(
+                f"   {name:<28}{size_text(float_bytes):>14}{size_text(packed_bytes):>14}"
+                f"{ratio:>9.1f}x"
+            )
+            rows.append((name, float_bytes, packed_bytes))
+    return rows
+
+
+SizedModels = Callable[[Path], dict[str, tuple[int, int]]]
+
+
+def _sized_models() -> tuple[SizedModels, str]:
+    """``(save, framework)``: ``save(folder)`` writes the two models both ways and returns
+    their sizes by name."""
+    try:
+        import keras
+
+        import snapset.keras as sk
+    except ImportError:
+        return _torch_sizes, "PyTorch: torch.save of the state_dict against st.save"
+
+    def save(folder: Path) -> dict[str, tuple[int, int]]:
+        models = {
+            "Multiplier, 4096 entries": keras.Sequential(
+                [keras.Input((4096,)), sk.Multiplier(FOUR_VALUES)]
+            ),
+            "Sign MLP 784-256-256-10": keras.Sequential(
+                [
+                    keras.Input((784,)),
+                    sk.Dense(256, snapset.Sign(), activation="relu"),
+                    sk.Dense(256, snapset.Sign(), activation="relu"),
+                    sk.Dense(10, snapset.Sign()),
+                ]
+            ),
+        }
+        sizes = {}
+        for index, (name, model) in enumerate(models.items()):
+            model.save(folder / f"{index}.keras")
+            packed = sk.save(model, folder / f"{index}.safetensors")
+            sizes[name] = ((folder / f"{index}.keras").stat().st_size, packed.stat().st_size)
+        return sizes
+
+    return save, "Keras: model.save (.keras, float32) against sk.save"
+
+
+def _torch_sizes(folder: Path) -> dict[str, tuple[int, int]]:
+    mlp = nn.Sequential(
+        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
+    models = {
+        "Multiplier, 4096 entries": st.Multiplier(4096, FOUR_VALUES),
+        "Sign MLP 784-256-256-10": st.constrain_(mlp, snapset.Sign()),
+    }
+    sizes = {}
+    for index, (name, model) in enumerate(models.items()):
+        torch.save(model.state_dict(), folder / f"{index}.pt")
+        packed = st.save(model, folder / f"{index}.safetensors")
+        sizes[name] = ((folder / f"{index}.pt").stat().st_size, packed.stat().st_size)
+    return sizes
 
 
 def mnist1d_report(
