@@ -41,7 +41,6 @@ ROUNDINGS: dict[str, type[STE] | type[StochasticRounding]] = {
 }
 
 
-
 class Quantize(nn.Module):
     r"""A discrete activation: ``y = alpha * v`` with ``v`` exact members of ``values``.
 

@@ -451,9 +451,7 @@ def test_save_gives_the_mode_a_new_file_gets(tmp_path: Path, umask: int) -> None
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left
 
 
-def test_save_and_load_need_no_safetensors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_save_and_load_need_no_safetensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(sys.modules):
         if name == "safetensors" or name.startswith("safetensors."):
             monkeypatch.delitem(sys.modules, name)
