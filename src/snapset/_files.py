@@ -66,7 +66,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from io import BufferedReader
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -119,6 +119,7 @@ CODES = {name: code for code, name in DTYPES.items()}
 FLOATS = ("float64", "float32", "float16", "bfloat16")
 _ITEMSIZE = {"bfloat16": 2, "bool": 1}
 _LARGEST = 2**63 - 1
+_Record = TypeVar("_Record")
 
 
 def itemsize(dtype: str) -> int:
@@ -577,18 +578,34 @@ def _packed_entries(
             f"{path}: snapset file format version {clip(version)}; this snapset reads versions "
             f"{' and '.join(READ_VERSIONS)} (upgrade snapset to read newer files)"
         )
-    described = _parse_json(
-        path, metadata.get("snapset.constrained", "{}"), "'snapset.constrained' metadata"
+    return _records(
+        path,
+        metadata,
+        "snapset.constrained",
+        "constrained tensor",
+        lambda name, spec: _packed_entry(name, spec, entries, sets),
     )
-    if not isinstance(described, dict):
-        raise SnapsetFileError(f"{path}: damaged 'snapset.constrained' metadata (not an object)")
-    packed = {}
-    for name, spec in described.items():
+
+
+def _records(
+    path: Path,
+    metadata: dict[str, Any],
+    key: str,
+    what: str,
+    read: Callable[[str, object], _Record],
+) -> dict[str, _Record]:
+    """The JSON object of records that the metadata ``key`` holds, each read by ``read``;
+    a record that ``read`` refuses names the file, ``what`` it describes and why."""
+    raw = _parse_json(path, metadata.get(key, "{}"), f"'{key}' metadata")
+    if not isinstance(raw, dict):
+        raise SnapsetFileError(f"{path}: damaged '{key}' metadata (not an object)")
+    records = {}
+    for name, record in raw.items():
         try:
-            packed[name] = _packed_entry(name, spec, entries, sets)
+            records[name] = read(name, record)
         except (ValueError, TypeError) as error:
-            raise SnapsetFileError(f"{path}: constrained tensor '{name}': {error}") from None
-    return packed
+            raise SnapsetFileError(f"{path}: {what} '{name}': {error}") from None
+    return records
 
 
 def _packed_entry(name: str, spec: object, entries: dict[str, Entry], sets: _Sets) -> Packed:
@@ -640,18 +657,13 @@ def _scaling(raw: object) -> Scaling:
 def _quantizer_records(
     path: Path, metadata: dict[str, Any], entries: dict[str, Entry], sets: _Sets
 ) -> dict[str, QuantizerRecord]:
-    records = _parse_json(
-        path, metadata.get("snapset.quantizers", "{}"), "'snapset.quantizers' metadata"
+    return _records(
+        path,
+        metadata,
+        "snapset.quantizers",
+        "input quantizer of",
+        lambda layer, record: _quantizer_record(layer, record, entries, sets),
     )
-    if not isinstance(records, dict):
-        raise SnapsetFileError(f"{path}: damaged 'snapset.quantizers' metadata (not an object)")
-    quantizers = {}
-    for layer, record in records.items():
-        try:
-            quantizers[layer] = _quantizer_record(layer, record, entries, sets)
-        except (ValueError, TypeError) as error:
-            raise SnapsetFileError(f"{path}: input quantizer of '{layer}': {error}") from None
-    return quantizers
 
 
 def _quantizer_record(
