@@ -2,8 +2,9 @@
 
 The same definitions as the PyTorch front: the tables come from
 [`snapset.ValueSet.tables`][] in float64, rounded once to the weight's dtype,
-so both fronts choose the same value for the same latent, ties included. Forward values are looked
-up in a table (``ops.take``), never computed as ``w + stop_gradient(q - w)``, which rounds.
+so both fronts choose the same value for the same latent, ties included. Forward values are taken
+from a table (by selects, or ``ops.take`` for large sets), never computed as
+``w + stop_gradient(q - w)``, which rounds.
 """
 
 from __future__ import annotations
@@ -52,7 +53,34 @@ def nearest(latent: Tensor, thresholds: Tensor, table: Tensor) -> Tensor:
         >>> ops.convert_to_numpy(nearest(u, thresholds, table)).tolist()
         [-1.0, 0.5, 0.5]
     """
-    return ops.take(table, codes(latent, thresholds))
+    if int(table.shape[0]) > _SELECTS:
+        return ops.take(table, codes(latent, thresholds))
+    # One select per boundary, no gather: several times faster than ops.take on every backend
+    # for the small sets of weights (a gather builds int64 indices the size of the weight).
+    value = ops.where(ops.greater_equal(latent, thresholds[0]), table[1], table[0])
+    for j in range(1, int(thresholds.shape[0])):
+        value = ops.where(ops.greater_equal(latent, thresholds[j]), table[j + 1], value)
+    return value
+
+
+def lookup(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index]``: the values of index codes.
+
+    Examples:
+        >>> table = ops.convert_to_tensor([-1.0, 0.0, 1.0])
+        >>> ops.convert_to_numpy(lookup(table, ops.convert_to_tensor([2, 0, 1]))).tolist()
+        [1.0, -1.0, 0.0]
+    """
+    if int(table.shape[0]) > _SELECTS:
+        return ops.take(table, index)
+    value = ops.where(ops.greater_equal(index, 1), table[1], table[0])
+    for j in range(2, int(table.shape[0])):
+        value = ops.where(ops.greater_equal(index, j), table[j], value)
+    return value
+
+
+#: Sets up to this size are read by selects (one per value), larger ones by a gather.
+_SELECTS = 16
 
 
 def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor, seed: Any) -> Tensor:

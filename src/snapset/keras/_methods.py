@@ -323,7 +323,7 @@ class Method(NamedMethod):
 
     def decode(self, codes: Tensor) -> Tensor:
         """The values of index codes, in the variable's dtype."""
-        return ops.take(self._tensor(self.tables.values), codes)
+        return F.lookup(self._tensor(self.tables.values), codes)
 
     def outside(self, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
         """Which entries of a stored array (already in the variable's dtype) the method cannot
@@ -386,7 +386,8 @@ class _Latent(Method):
         raise NotImplementedError
 
     def _hard(self, stored: Tensor) -> Tensor:
-        return self.decode(self._codes(stored))
+        thresholds, table = self._tensor(self.tables.thresholds), self._tensor(self.tables.values)
+        return F.nearest(ops.convert_to_tensor(stored), thresholds, table)
 
     def _codes(self, stored: Tensor) -> Tensor:
         return F.codes(ops.convert_to_tensor(stored), self._tensor(self.tables.thresholds))
