@@ -229,6 +229,36 @@ def set_codes(
     return codes, table[codes] != flat
 
 
+def holds_members(values: ValueSet, value: npt.NDArray[Any], dtype: str) -> bool:
+    """Whether every entry of ``value`` (a ``dtype`` tensor, widened as ``set_codes`` says) is
+    a member of ``values`` as ``dtype`` holds them: what a tensor marked as hardened must
+    hold to be packed. False for a dtype that cannot hold the set, or is no float.
+
+    Examples:
+        >>> import numpy as np, snapset
+        >>> holds_members(snapset.Sign(), np.array([1.0, -1.0]), "float32")
+        True
+        >>> holds_members(snapset.Sign(), np.array([1.0, 0.5]), "float32")
+        False
+    """
+    try:
+        return not bool(set_codes(values, value, dtype)[1].any())
+    except (ValueError, TypeError):  # a dtype that merges the set's values, or no float
+        return False
+
+
+def describe_scaling(scaling: Scaling | None) -> str:
+    """How messages name a tensor's scaling.
+
+    Examples:
+        >>> describe_scaling(Scaling("channel")), describe_scaling(None)
+        ("scaled (scale='channel', scale_mode='learned')", 'unscaled')
+    """
+    if scaling is None:
+        return "unscaled"
+    return f"scaled (scale={scaling.granularity!r}, scale_mode={scaling.mode!r})"
+
+
 def encode(
     name: str,
     values: ValueSet,

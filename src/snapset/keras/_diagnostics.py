@@ -14,8 +14,7 @@ import ml_dtypes
 import numpy as np
 from keras import ops
 
-from .._files import HARDENED
-from .._sets import ValueSet
+from .._files import HARDENED, holds_members
 from .._summary import PLAIN, Summary, SummaryRow, with_scale
 from ._constrain import _layers, constrained_variables
 from ._layers import SetLayer
@@ -130,19 +129,11 @@ def _plain_row(name: str, variable: Any) -> SummaryRow:
     marked with (``harden_``, a loaded snapset file), else its actual size."""
     count = math.prod(variable.shape)
     values = hardened_values(variable)
-    if values is not None and _holds_members(variable, values):
+    held = np.asarray(ops.convert_to_numpy(variable))
+    dtype = keras.backend.standardize_dtype(variable.dtype)
+    if values is not None and holds_members(values, held, dtype):
         return SummaryRow(name, values, HARDENED, count, values.bits)
     return SummaryRow(name, None, PLAIN, count, _bits(variable.dtype))
-
-
-def _holds_members(variable: Any, values: ValueSet) -> bool:
-    """Whether every entry of ``variable`` is a member of ``values`` as its dtype holds them."""
-    try:
-        table = values.tables(keras.backend.standardize_dtype(variable.dtype)).values
-    except (TypeError, ValueError):  # not a float dtype, or one that merges the set's values
-        return False
-    held = np.asarray(ops.convert_to_numpy(variable), np.float64)
-    return bool(np.isin(held, table).all())
 
 
 def _bits(dtype: Any) -> int:

@@ -59,8 +59,10 @@ from ..._files import (
     SnapsetFileError,
     clip,
     describe_scales,
+    describe_scaling,
     encode,
     file_metadata,
+    holds_members,
     layer_renaming,
     write_file,
 )
@@ -307,10 +309,9 @@ def _write_slot(slot: _Slot, tensors: dict[str, Raw], described: dict[str, dict[
     method, dtype = slot.method, slot.dtype
     if method is None:
         value = np.asarray(ops.convert_to_numpy(slot.variable))
-        if slot.hardened is not None and _members(slot.hardened, value, dtype):
-            wide = slot.to_file(value).astype(np.float64)
+        if slot.hardened is not None and holds_members(slot.hardened, value, dtype):
             tensors[slot.name], described[slot.name] = encode(
-                slot.name, slot.hardened, wide, dtype, HARDENED, ""
+                slot.name, slot.hardened, slot.to_file(value), dtype, HARDENED, ""
             )
             return
         tensors[slot.name] = Raw.of(slot.to_file(value))
@@ -324,7 +325,7 @@ def _write_slot(slot: _Slot, tensors: dict[str, Raw], described: dict[str, dict[
     tensors[slot.name], described[slot.name] = encode(
         slot.name,
         method.values,
-        slot.to_file(members).astype(np.float64),
+        slot.to_file(members),
         dtype,
         method.method,
         f"{NOT_BY_FLIP_OPTIMIZER}. Nothing was written.",
@@ -332,14 +333,6 @@ def _write_slot(slot: _Slot, tensors: dict[str, Raw], described: dict[str, dict[
     if alpha is not None and method.scale is not None:
         describe_scales(described[slot.name], method.scale.scaling)
         tensors[slot.name + SCALES] = Raw.of(slot.to_file(alpha.astype(_numpy_dtype(dtype))))
-
-
-def _members(values: ValueSet, value: npt.NDArray[Any], dtype: str) -> bool:
-    try:
-        table = values.tables(dtype).values
-    except (ValueError, TypeError):
-        return False
-    return bool(np.isin(value.astype(np.float64), table).all())
 
 
 def _feature_axis(layer: _Layer, axis: int, to_file: bool) -> int:
@@ -597,8 +590,8 @@ def _slot_writes(file: Reader, slot: _Slot, name: str, packed: Any) -> list[tupl
     wanted = None if scale is None else scale.scaling
     if packed.scaling != wanted:
         raise SnapsetFileError(
-            f"{file.path}: '{slot.name}' is {_scaled(packed.scaling)} in the file but "
-            f"{_scaled(wanted)} in the model; build the layer with the saved scale and "
+            f"{file.path}: '{slot.name}' is {describe_scaling(packed.scaling)} in the file but "
+            f"{describe_scaling(wanted)} in the model; build the layer with the saved scale and "
             "scale_mode, or load the file into a plain twin"
         )
     members = ops.convert_to_tensor(slot.from_file(file.members(name, dtype)), dtype)
@@ -627,9 +620,3 @@ def _slot_writes(file: Reader, slot: _Slot, name: str, packed: Any) -> list[tupl
             "saved ones; load the file into a plain twin (exact)"
         )
     return [(slot.variable, stored)]
-
-
-def _scaled(scaling: Any) -> str:
-    if scaling is None:
-        return "unscaled"
-    return f"scaled (scale={scaling.granularity!r}, scale_mode={scaling.mode!r})"

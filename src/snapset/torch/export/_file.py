@@ -33,8 +33,10 @@ from ..._files import (
     SnapsetFileError,
     clip,
     describe_scales,
+    describe_scaling,
     encode,
     file_metadata,
+    holds_members,
     layer_renaming,
     set_codes,
     write_file,
@@ -103,11 +105,8 @@ def hardened_set(tensor: Tensor) -> ValueSet | None:
     values = hardened_values(tensor)
     if values is None or not tensor.is_floating_point():
         return None
-    try:
-        outside = _set_codes(values, tensor)[1]
-    except ValueError:  # cast since to a dtype that merges the set's values
-        return None
-    return None if bool(outside.any()) else values
+    # cast since to a dtype that merges the set's values, or changed since: None
+    return values if holds_members(values, _widened(tensor), _dtype_name(tensor.dtype)) else None
 
 
 # ----- what a model holds ---------------------------------------------------------------------
@@ -595,16 +594,10 @@ def _check_scaling(source: _Source, name: str, scale: Scale | None) -> None:
     wanted = None if scale is None else scale.scaling
     if saved != wanted:
         raise SnapsetFileError(
-            f"{source.path}: '{name}' is {_scaled(saved)} in the file but {_scaled(wanted)} in "
-            "the model; constrain it as the saved model was (scale=..., scale_mode=...), or load "
-            "the file into a plain model"
+            f"{source.path}: '{name}' is {describe_scaling(saved)} in the file but "
+            f"{describe_scaling(wanted)} in the model; constrain it as the saved model was "
+            "(scale=..., scale_mode=...), or load the file into a plain model"
         )
-
-
-def _scaled(scaling: Scaling | None) -> str:
-    if scaling is None:
-        return "unscaled"
-    return f"scaled (scale={scaling.granularity!r}, scale_mode={scaling.mode!r})"
 
 
 def _plain_members(source: _Source, name: str, dtype: torch.dtype, values: ValueSet) -> Tensor:
