@@ -585,13 +585,20 @@ def test_scales_and_quantizers_must_match_the_file(tmp_path):
     )
 
 
-def test_plain_values_do_not_load_into_a_constrained_model(tmp_path):
+def test_plain_values_load_into_a_constrained_model_only_if_members(tmp_path):
     keras.utils.set_random_seed(0)
     float_net = keras.Sequential(
         [keras.Input((6,)), keras.layers.Dense(4, name="dense"), keras.layers.Dense(2)]
     )
     path = save(float_net, tmp_path / "m.safetensors")
-    refused(dense_net(), path, "'dense.weight' holds plain values but the model constrains it")
+    refused(dense_net(), path, "'dense.weight' is a plain tensor in the file with entries outside")
+    # the same plain layers holding signs (as PyTorch accepts them): they load, exactly
+    kernel = np.sign(float_net.layers[0].kernel.numpy() + 0.5).astype("float32")
+    kernel[kernel == 0] = 1.0
+    float_net.layers[0].kernel.assign(kernel)
+    path = save(float_net, tmp_path / "signs.safetensors")
+    model = load(dense_net(values=snapset.Sign()), path)
+    np.testing.assert_array_equal(sk.exact_weights(model)["dense/kernel"], kernel)
 
 
 def test_a_set_the_model_dtype_cannot_hold_is_refused(tmp_path):

@@ -580,20 +580,30 @@ def _slot_writes(file: Reader, slot: _Slot, name: str, packed: Any) -> list[tupl
     if method is None:  # a plain variable takes the exact values
         value = _decoded(file, name, dtype if packed is not None else None)
         return [(slot.variable, slot.from_file(value))]
-    if packed is None or packed.values != method.values:
-        held_values = "plain values" if packed is None else f"values of {packed.values!r}"
+    if packed is not None and packed.values != method.values:
         raise SnapsetFileError(
-            f"{file.path}: '{slot.name}' holds {held_values} but the model constrains it to "
-            f"{method.values!r}"
+            f"{file.path}: '{slot.name}' holds values of {packed.values!r} but the model "
+            f"constrains it to {method.values!r}"
         )
     scale = method.scale
-    wanted = None if scale is None else scale.scaling
-    if packed.scaling != wanted:
+    saved, wanted = (
+        None if packed is None else packed.scaling,
+        None if scale is None else scale.scaling,
+    )
+    if saved != wanted:
         raise SnapsetFileError(
-            f"{file.path}: '{slot.name}' is {describe_scaling(packed.scaling)} in the file but "
+            f"{file.path}: '{slot.name}' is {describe_scaling(saved)} in the file but "
             f"{describe_scaling(wanted)} in the model; build the layer with the saved scale and "
             "scale_mode, or load the file into a plain twin"
         )
+    if packed is None:  # a plain tensor of the file: it loads if it holds members of the set
+        held = file.read(name).astype(_numpy_dtype(dtype))
+        if not holds_members(method.values, held, dtype):
+            raise SnapsetFileError(
+                f"{file.path}: '{slot.name}' is a plain tensor in the file with entries outside "
+                f"{method.values!r}, so it cannot load into the constrained model"
+            )
+        return [(slot.variable, method.right_inverse(ops.convert_to_tensor(slot.from_file(held))))]
     members = ops.convert_to_tensor(slot.from_file(file.members(name, dtype)), dtype)
     if scale is None:
         return [(slot.variable, method.right_inverse(members))]
