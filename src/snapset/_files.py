@@ -118,6 +118,22 @@ DTYPES = {
 CODES = {name: code for code, name in DTYPES.items()}
 FLOATS = ("float64", "float32", "float16", "bfloat16")
 _ITEMSIZE = {"bfloat16": 2, "bool": 1}
+
+
+class Kind:
+    """The kinds of layer that both fronts name alike in a file's layer list (``snapset.layers``),
+    so that a layer of one front pairs with its twin of the other; any other layer's kind is
+    ``torch.<class>`` or ``keras.<class>``, which pairs only within its front."""
+
+    DENSE = "dense"
+    CONV1D = "conv1d"
+    CONV2D = "conv2d"
+    MULTIPLIER = "multiplier"
+    EMBEDDING = "embedding"
+    BATCHNORM = "batchnorm"
+    LAYERNORM = "layernorm"
+
+
 _LARGEST = 2**63 - 1
 _Record = TypeVar("_Record")
 
@@ -735,6 +751,13 @@ def _layers(path: Path, metadata: dict[str, Any]) -> list[tuple[str, str]]:
             f"{path}: damaged 'snapset.layers' metadata (not a list of {{name, kind}} objects)"
         )
     return [(layer["name"], layer["kind"]) for layer in raw]
+
+
+def misfit(path: Path, model: str, missing: list[str], unexpected: list[str]) -> SnapsetFileError:
+    """The error of a file whose tensors are not those of ``model`` (how a front names it)."""
+    found = (("missing", missing), ("unexpected", unexpected))
+    listed = "; ".join(f"{what}: {', '.join(names)}" for what, names in found if names)
+    return SnapsetFileError(f"{path} does not fit {model}: {listed}")
 
 
 def layer_renaming(

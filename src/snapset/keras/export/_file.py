@@ -54,6 +54,7 @@ from ..._files import (
     INPUT_QUANTIZER,
     QUANTIZER_FIELDS,
     SCALES,
+    Kind,
     Raw,
     Reader,
     SnapsetFileError,
@@ -64,6 +65,7 @@ from ..._files import (
     file_metadata,
     holds_members,
     layer_renaming,
+    misfit,
     write_file,
 )
 from ..._scales import bad_scale_message
@@ -110,19 +112,19 @@ class _Kind:
     extra: tuple[str, ...] = ()
 
 
-_DENSE = _Kind("dense", {"kernel": "weight", "bias": "bias"}, ("kernel",))
+_DENSE = _Kind(Kind.DENSE, {"kernel": "weight", "bias": "bias"}, ("kernel",))
 _NORM = {"gamma": "weight", "beta": "bias"}
 _KINDS: tuple[tuple[tuple[type, ...], _Kind], ...] = (
     ((Dense, keras.layers.Dense), _DENSE),
-    ((Conv1D, keras.layers.Conv1D), _Kind("conv1d", _DENSE.names, ("kernel",))),
-    ((Conv2D, keras.layers.Conv2D), _Kind("conv2d", _DENSE.names, ("kernel",))),
-    ((Multiplier,), _Kind("multiplier", {"kernel": "weight"})),
-    ((keras.layers.Embedding,), _Kind("embedding", {"embeddings": "weight"})),
-    ((keras.layers.LayerNormalization,), _Kind("layernorm", _NORM)),
+    ((Conv1D, keras.layers.Conv1D), _Kind(Kind.CONV1D, _DENSE.names, ("kernel",))),
+    ((Conv2D, keras.layers.Conv2D), _Kind(Kind.CONV2D, _DENSE.names, ("kernel",))),
+    ((Multiplier,), _Kind(Kind.MULTIPLIER, {"kernel": "weight"})),
+    ((keras.layers.Embedding,), _Kind(Kind.EMBEDDING, {"embeddings": "weight"})),
+    ((keras.layers.LayerNormalization,), _Kind(Kind.LAYERNORM, _NORM)),
     (
         (keras.layers.BatchNormalization,),
         _Kind(
-            "batchnorm",
+            Kind.BATCHNORM,
             {**_NORM, "moving_mean": "running_mean", "moving_variance": "running_var"},
             extra=("num_batches_tracked",),
         ),
@@ -338,7 +340,7 @@ def _write_slot(slot: _Slot, tensors: dict[str, Raw], described: dict[str, dict[
 def _feature_axis(layer: _Layer, axis: int, to_file: bool) -> int:
     """A quantizer's feature axis as PyTorch's input has it (``to_file``), or back: a
     convolution's channels are last in Keras and at 1 in PyTorch."""
-    if not layer.kind.name.startswith("conv"):
+    if layer.kind.name not in (Kind.CONV1D, Kind.CONV2D):
         return axis
     keras_axis, torch_axis = -1, 1
     if getattr(layer.layer, "data_format", "channels_last") == "channels_first":
@@ -481,14 +483,7 @@ def _plan(
     missing = sorted(wanted - set(names))
     unexpected = sorted(set(names) - wanted - optional)
     if missing or unexpected:
-        raise SnapsetFileError(
-            f"{file.path} does not fit {type(model).__name__} '{model.name}': "
-            + "; ".join(
-                f"{what}: {', '.join(found)}"
-                for what, found in (("missing", missing), ("unexpected", unexpected))
-                if found
-            )
-        )
+        raise misfit(file.path, f"{type(model).__name__} '{model.name}'", missing, unexpected)
     _check_quantizers(file.path, layers, quantizers)
     writes: list[tuple[Any, Any]] = []
     marks: list[tuple[Any, ValueSet | None]] = []

@@ -28,6 +28,7 @@ from ..._files import (
     INPUT_QUANTIZER,
     QUANTIZER_FIELDS,
     SCALES,
+    Kind,
     Raw,
     Reader,
     SnapsetFileError,
@@ -38,6 +39,7 @@ from ..._files import (
     file_metadata,
     holds_members,
     layer_renaming,
+    misfit,
     set_codes,
     write_file,
 )
@@ -341,14 +343,14 @@ def _add_scales(
 
 #: The kinds of layer that both fronts name alike in a file's layer list.
 _KINDS: tuple[tuple[type[nn.Module], str], ...] = (
-    (nn.Linear, "dense"),
-    (nn.Conv1d, "conv1d"),
-    (nn.Conv2d, "conv2d"),
-    (Multiplier, "multiplier"),
-    (nn.Embedding, "embedding"),
-    (nn.BatchNorm1d, "batchnorm"),
-    (nn.BatchNorm2d, "batchnorm"),
-    (nn.LayerNorm, "layernorm"),
+    (nn.Linear, Kind.DENSE),
+    (nn.Conv1d, Kind.CONV1D),
+    (nn.Conv2d, Kind.CONV2D),
+    (Multiplier, Kind.MULTIPLIER),
+    (nn.Embedding, Kind.EMBEDDING),
+    (nn.BatchNorm1d, Kind.BATCHNORM),
+    (nn.BatchNorm2d, Kind.BATCHNORM),
+    (nn.LayerNorm, Kind.LAYERNORM),
 )
 
 
@@ -537,14 +539,7 @@ def _plan(
     wanted |= {name for layer, _ in installs for name in built[layer][1].values()}
     missing, unexpected = sorted(wanted - set(source.names)), sorted(set(source.names) - wanted)
     if missing or unexpected:
-        raise SnapsetFileError(
-            f"{file.path} does not fit {type(model).__name__}: "
-            + "; ".join(
-                f"{what}: {', '.join(names)}"
-                for what, names in (("missing", missing), ("unexpected", unexpected))
-                if names
-            )
-        )
+        raise misfit(file.path, type(model).__name__, missing, unexpected)
     writes: list[tuple[Tensor, Tensor]] = []
     for name, slot in slots.items():
         _check_fits(source, name, slot.shape, slot.values)
