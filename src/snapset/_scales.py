@@ -130,6 +130,20 @@ class ScaleLayout:
         """How many scales the tensor has."""
         return math.prod(self.scale_shape)
 
+    def expand(self, members: npt.NDArray[Any], alpha: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """``alpha * members`` in numpy, each scale times the entries of its group, in the
+        members' dtype: one product an entry, as the fronts compute it.
+
+        Examples:
+            >>> layout = Scaling("channel").layout((2, 2), out_axis=0, in_axis=1)
+            >>> layout.expand(np.array([[1.0, -1.0], [0.0, 1.0]]), np.array([[2.0], [0.5]]))
+            array([[ 2. , -2. ],
+                   [ 0. ,  0.5]])
+        """
+        scales = np.asarray(alpha).astype(members.dtype).reshape(self.grouped_scale)
+        product: npt.NDArray[Any] = (members.reshape(self.grouped) * scales).reshape(self.shape)
+        return product
+
     def statistic(self, magnitudes: npt.ArrayLike, mode: str, values: ValueSet) -> Any:
         """The reference statistic in numpy, for tests: ``reduce(|w|) / scale_unit``, floored.
 

@@ -310,6 +310,33 @@ def test_input_quantizers_round_trip(tmp_path):
 # ----- hardened models ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "options", [{"scale": "channel"}, {"scale": 2, "scale_mode": "absmean"}], ids=str
+)
+def test_a_hardened_scaled_model_saves_packed_with_its_scales(options, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((6,)), sk.Dense(4, snapset.Ternary(), name="d", **options)]
+    )
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    before = model.predict(x, verbose=0)
+    constrained_file = save(model, tmp_path / "c.safetensors")
+    hardened_file = save(sk.harden_(model), tmp_path / "h.safetensors")
+    described = json.loads(metadata(hardened_file)["snapset.constrained"])["d.weight"]
+    assert described["method"] == "hardened" and "scale" in described
+    # the same codes and scales as the model saved before hardening
+    for name, value in load(None, constrained_file).items():
+        np.testing.assert_array_equal(load(None, hardened_file)[name], value)
+    # a plain twin takes them, is marked with them, and saves them packed again
+    twin = load(
+        keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="d")]), hardened_file
+    )
+    assert np.array_equal(twin.predict(x, verbose=0), before)
+    assert sk.summary(twin).rows[0].method == "hardened"
+    again = json.loads(metadata(save(twin, tmp_path / "a.safetensors"))["snapset.constrained"])
+    assert again["d.weight"]["scale"] == described["scale"]
+
+
 @pytest.mark.parametrize("method", ["ste", "gumbel"])
 def test_a_hardened_model_saves_packed(method, tmp_path):
     model = constrained(FOUR, method)

@@ -119,11 +119,22 @@ def test_hardened_weights_keep_their_sets():
     assert {row.name: row.method for row in sk.summary(model).rows}["conv/kernel"] == "-"
 
 
-def test_a_hardened_scaled_weight_is_plain():
+def test_a_hardened_scaled_weight_keeps_its_set_and_scales():
     model = keras.Sequential([keras.Input((8,)), sk.Dense(4, snapset.Sign(), scale=4, name="d")])
-    assert sk.summary(model).rows[0].scale == "4"
-    row = sk.summary(sk.harden_(model)).rows[0]  # alpha * v: in no set
-    assert (row.name, row.values, row.method, row.scale) == ("d/kernel", None, "-", None)
+    before = sk.summary(model).rows[0]
+    assert before.scale == "4"
+    row = sk.summary(sk.harden_(model)).rows[0]  # alpha * v, marked with its set and scales
+    assert (row.name, row.values, row.method, row.scale) == (
+        "d/kernel",
+        snapset.Sign(),
+        "hardened",
+        "4",
+    )
+    assert row.packed_bytes == before.packed_bytes
+    kernel = model.layers[0]._set_weights["kernel"]
+    kernel.assign(kernel.numpy() * 1.5 + 0.25)  # no longer alpha * v: a plain row
+    row = sk.summary(model).rows[0]
+    assert (row.values, row.method, row.scale) == (None, "-", None)
 
 
 def test_parameters_are_listed_and_state_is_not():

@@ -12,13 +12,12 @@ from typing import Any
 import keras
 import ml_dtypes
 import numpy as np
-from keras import ops
 
-from .._files import HARDENED, holds_members
+from .._files import HARDENED
 from .._summary import PLAIN, Summary, SummaryRow, with_scale
 from ._constrain import _layers, constrained_variables
 from ._layers import SetLayer
-from ._methods import Method, checked_numpy, hardened_values
+from ._methods import Method, checked_numpy, hardened_parts
 
 
 def summary(model: keras.Layer) -> Summary:
@@ -33,8 +32,8 @@ def summary(model: keras.Layer) -> Summary:
     (``{-1, 0, 1} x channel``) and counts the scales in its bits a weight and its packed
     size, each the width of the dtype it is held in (a learned scale's variables have no row
     of their own). A weight that ``harden_`` made plain (or a snapset file loaded into a
-    plain layer) shows the method ``"hardened"`` while it holds members of its set; a
-    hardened scaled weight holds ``alpha * v`` and is a plain row. Every other weight the
+    plain layer) shows the method ``"hardened"`` while it holds members of its set (times
+    its scales, for a scaled one, which its row counts). Every other weight the
     model trains (or would train, were its layer not frozen: ``layer.trainable = False``) is
     a plain row, named
     ``"<layer>/<variable>"``, with its actual size; variables Keras creates as not trainable
@@ -125,15 +124,17 @@ def _constrained_row(key: str, variable: Any, method: Method) -> SummaryRow:
 
 
 def _plain_row(name: str, variable: Any) -> SummaryRow:
-    """The row of a plain variable: ``"hardened"`` while it holds members of the set it was
-    marked with (``harden_``, a loaded snapset file), else its actual size."""
+    """The row of a plain variable: ``"hardened"`` (with its scales) while it holds what
+    ``harden_`` or a loaded file marked it with, else its actual size."""
     count = math.prod(variable.shape)
-    values = hardened_values(variable)
-    held = np.asarray(ops.convert_to_numpy(variable))
-    dtype = keras.backend.standardize_dtype(variable.dtype)
-    if values is not None and holds_members(values, held, dtype):
-        return SummaryRow(name, values, HARDENED, count, values.bits)
-    return SummaryRow(name, None, PLAIN, count, _bits(variable.dtype))
+    parts = hardened_parts(variable)
+    if parts is None:
+        return SummaryRow(name, None, PLAIN, count, _bits(variable.dtype))
+    row = SummaryRow(name, parts.values, HARDENED, count, parts.values.bits)
+    if parts.scale is None or parts.alpha is None:
+        return row
+    scale = parts.scale
+    return with_scale(row, scale.scaling, scale.layout.count, 8 * parts.alpha.dtype.itemsize)
 
 
 def _bits(dtype: Any) -> int:

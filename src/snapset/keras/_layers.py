@@ -29,6 +29,7 @@ from ._methods import (
     method_of,
     release,
     scaled_numpy,
+    scales_numpy,
 )
 
 ValuesLike = ValueSet | Sequence[float]
@@ -363,10 +364,10 @@ class SetLayer(keras.Layer):
         for name, variable in self._set_weights.items():
             method = method_of(variable)
             if method is not None and method.value_shape(variable.shape) != variable.shape:
+                alpha = scales_numpy(variable, method)
                 self._set_weights[name] = self._replace(variable, method.exact(variable))
                 release(variable)
-                unscaled = method.values if method.scale is None else None
-                mark_hardened(self._set_weights[name], unscaled)
+                mark_hardened(self._set_weights[name], method.values, method.scale, alpha)
             else:
                 harden_variable(variable)
         # the scales are in the weights now: a method=None layer has no such variables

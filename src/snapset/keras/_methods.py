@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -27,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from keras import ops
 
+from .._files import holds_members
 from .._scales import STATISTIC_FLOOR, ScaleLayout, Scaling, bad_scale_message, scale_unit
 from .._sets import ValueSet
 from .._spec import METHODS as SPECS
@@ -592,38 +594,81 @@ def attach(variable: Any, method: Method) -> None:
 
 def harden_variable(variable: Any) -> None:
     """Assign ``variable`` its exact values (``alpha * v`` for a scaled set) and remove its
-    constraint: a plain weight remains, marked with its set when unscaled
-    (``hardened_values``).
+    constraint: a plain weight remains, marked with its set and scales (``hardened_parts``).
 
     Only for a method whose values have the stored shape; a layer replaces a ``gumbel``
     variable (``SetLayer.harden``) and then ``release``s it."""
     method = method_of(variable)
     if method is not None:
+        alpha = scales_numpy(variable, method)
         variable.assign(method.exact(variable))
         release(variable)
-        mark_hardened(variable, method.values if method.scale is None else None)
+        mark_hardened(variable, method.values, method.scale, alpha)
 
 
-def mark_hardened(variable: Any, values: ValueSet | None) -> None:
-    """Mark a plain variable as holding members of ``values`` (``None`` removes the mark), as
-    ``harden_`` and a loaded snapset file leave it: ``summary`` shows the set and ``save``
-    packs the variable while it holds members."""
-    setattr(variable, _HARDENED, values)
+def scales_numpy(variable: Any, method: Method) -> npt.NDArray[Any] | None:
+    """A constrained variable's scales ``alpha`` as numpy (None when unscaled)."""
+    alpha = method.scales(variable)
+    return None if alpha is None else np.asarray(ops.convert_to_numpy(alpha))
 
 
-def hardened_values(variable: Any) -> ValueSet | None:
-    """The set a plain variable was marked with (``mark_hardened``), or None.
+def mark_hardened(
+    variable: Any,
+    values: ValueSet | None,
+    scale: Scale | None = None,
+    alpha: npt.NDArray[Any] | None = None,
+) -> None:
+    """Mark a plain variable as holding members of ``values`` (times ``alpha``, the scales of
+    ``scale``, for a scaled set; ``values=None`` removes the mark), as ``harden_`` and a loaded
+    snapset file leave it: ``summary`` shows the set and ``save`` packs the variable while it
+    holds them (``hardened_parts``)."""
+    setattr(variable, _HARDENED, None if values is None else (values, scale, alpha))
+
+
+@dataclass(frozen=True)
+class Hardened:
+    """What a marked plain variable holds: members of ``values`` (in its dtype), times
+    ``alpha`` (the scales of ``scale``) for a scaled set."""
+
+    values: ValueSet
+    members: npt.NDArray[Any]
+    scale: Scale | None = None
+    alpha: npt.NDArray[Any] | None = None
+
+
+def hardened_parts(variable: Any) -> Hardened | None:
+    """The set, members and scales of a plain variable that ``harden_`` (or a loaded file)
+    marked, if it still holds exactly what the mark says; else None.
 
     Examples:
         >>> import numpy as np, snapset, snapset.keras as sk
-        >>> layer = sk.Dense(2, snapset.Sign())
+        >>> layer = sk.Dense(2, snapset.Sign(), scale="channel")
         >>> _ = layer(np.ones((1, 3), "float32"))
         >>> layer.harden()
-        >>> hardened_values(layer._set_weights["kernel"]), hardened_values(layer.bias)
-        (ValueSet([-1, 1]), None)
+        >>> parts = hardened_parts(layer._set_weights["kernel"])
+        >>> parts.values, sorted(np.unique(parts.members).tolist()), parts.alpha.shape
+        (ValueSet([-1, 1]), [-1.0, 1.0], (1, 2))
+        >>> hardened_parts(layer.bias) is None
+        True
     """
-    values = getattr(variable, _HARDENED, None)
-    return values if isinstance(values, ValueSet) else None
+    mark = getattr(variable, _HARDENED, None)
+    if mark is None:
+        return None
+    values, scale, alpha = mark
+    held = np.asarray(ops.convert_to_numpy(variable))
+    dtype = keras.backend.standardize_dtype(variable.dtype)
+    if scale is None or alpha is None:
+        return Hardened(values, held) if holds_members(values, held, dtype) else None
+    layout = scale.layout
+    if tuple(held.shape) != layout.shape or tuple(alpha.shape) != layout.scale_shape:
+        return None
+    # the nearest members of w / alpha, kept if alpha times them gives w back bit for bit
+    wide = layout.expand(np.ones(layout.shape), alpha.astype(np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        members = values.project(held.astype(np.float64) / wide).astype(held.dtype)
+    if not np.array_equal(layout.expand(members, alpha), held):
+        return None
+    return Hardened(values, members, scale, alpha)
 
 
 def release(variable: Any) -> None:

@@ -55,6 +55,7 @@ from ..._files import (
     QUANTIZER_FIELDS,
     SCALES,
     Kind,
+    Packed,
     Raw,
     Reader,
     SnapsetFileError,
@@ -74,12 +75,13 @@ from ..._spec import NOT_BY_FLIP_OPTIMIZER
 from .._layers import Conv1D, Conv2D, Dense, Multiplier, SetLayer
 from .._methods import (
     Method,
+    Scale,
     checked_numpy,
-    hardened_values,
+    hardened_parts,
     learned_alpha,
     mark_hardened,
     method_of,
-    scaled_numpy,
+    scales_numpy,
 )
 from .._quantize import Quantize
 
@@ -149,9 +151,6 @@ class _Slot:
     layer: keras.Layer
     axes: tuple[int, ...] | None  # Keras layout -> file layout, or None: the same
     method: Method | None
-    #: The set a plain variable was marked with (``harden_``, a loaded file): packed while it
-    #: holds members of it.
-    hardened: ValueSet | None = None
 
     def to_file(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
         return array if self.axes is None else np.transpose(array, self.axes)
@@ -237,13 +236,12 @@ def _slot(layer: _Layer, variable: Any) -> _Slot | None:
     method = method_of(variable)
     if weight is None:
         weight = method.weight if method is not None else _short_name(owner, variable)
-    hardened = hardened_values(variable) if method is None else None
     name = layer.kind.names.get(weight, weight)
     # the values' rank: a gumbel variable holds one more axis, over the set
     ndim = len(variable.shape) if method is None else len(method.value_shape(variable.shape))
     axes = _kernel_axes(ndim) if weight in layer.kind.moved and ndim >= 2 else None
     full = f"{layer.name}.{name}" if layer.name else name
-    return _Slot(full, variable, weight, owner, axes, method, hardened)
+    return _Slot(full, variable, weight, owner, axes, method)
 
 
 def _short_name(layer: keras.Layer, variable: Any) -> str:
@@ -268,8 +266,9 @@ def save(model: keras.Layer, path: str | os.PathLike[str]) -> Path:
     name, or in order), and [`snapset.keras.load`][] into this one or a plain twin. What is
     saved is what the model computes with in inference: exact values, never latents, logits,
     seeds or optimizer state (save a ``.keras`` file to resume training). A weight that
-    ``harden_`` made plain is packed (method ``"hardened"``) while it holds members of its
-    set; a scaled one holds ``alpha * v`` and is saved as it is.
+    ``harden_`` made plain (or a file loaded into a plain layer) is packed, method
+    ``"hardened"``, while it holds members of its set (times its scales, for a scaled one);
+    one changed since is saved as it is.
 
     Nothing is rounded on the way: a flip variable off its set (stepped by another
     optimizer) raises ``snapset.OutsideSetError`` and nothing is written. An unbuilt model
@@ -309,31 +308,35 @@ def save(model: keras.Layer, path: str | os.PathLike[str]) -> Path:
 
 def _write_slot(slot: _Slot, tensors: dict[str, Raw], described: dict[str, dict[str, Any]]) -> None:
     method, dtype = slot.method, slot.dtype
-    if method is None:
-        value = np.asarray(ops.convert_to_numpy(slot.variable))
-        if slot.hardened is not None and holds_members(slot.hardened, value, dtype):
-            tensors[slot.name], described[slot.name] = encode(
-                slot.name, slot.hardened, slot.to_file(value), dtype, HARDENED, ""
+    if method is not None:
+        checked_numpy(slot.variable)  # a flip variable off its set is refused here
+        alpha = scales_numpy(slot.variable, method)
+        members = np.asarray(ops.convert_to_numpy(method.hard(slot.variable)))
+        values, scale, name = method.values, method.scale, method.method
+    else:
+        parts = hardened_parts(slot.variable)  # what harden_ or a loaded file left, if still so
+        if parts is None:
+            tensors[slot.name] = Raw.of(
+                slot.to_file(np.asarray(ops.convert_to_numpy(slot.variable)))
             )
             return
-        tensors[slot.name] = Raw.of(slot.to_file(value))
-        return
-    checked_numpy(slot.variable)  # a flip variable off its set is refused here
-    if method.scale is None:
-        members = np.asarray(ops.convert_to_numpy(method.hard(slot.variable)))
-        alpha = None
-    else:
-        members, alpha = scaled_numpy(slot.variable, method)
+        members, alpha, values, scale, name = (
+            parts.members,
+            parts.alpha,
+            parts.values,
+            parts.scale,
+            HARDENED,
+        )
     tensors[slot.name], described[slot.name] = encode(
         slot.name,
-        method.values,
+        values,
         slot.to_file(members),
         dtype,
-        method.method,
+        name,
         f"{NOT_BY_FLIP_OPTIMIZER}. Nothing was written.",
     )
-    if alpha is not None and method.scale is not None:
-        describe_scales(described[slot.name], method.scale.scaling)
+    if alpha is not None and scale is not None:
+        describe_scales(described[slot.name], scale.scaling)
         tensors[slot.name + SCALES] = Raw.of(slot.to_file(alpha.astype(_numpy_dtype(dtype))))
 
 
@@ -434,8 +437,8 @@ def load(model: keras.Layer | None, path: str | os.PathLike[str]) -> Any:
         writes, marks = _plan(file, model)
     for variable, value in writes:
         variable.assign(value)
-    for variable, values in marks:
-        mark_hardened(variable, values)
+    for variable, mark in marks:
+        mark_hardened(variable, *mark)
     return model
 
 
@@ -461,9 +464,24 @@ def _decoded(file: Reader, name: str, dtype: str | None = None) -> npt.NDArray[A
     return result
 
 
+_Mark = tuple[ValueSet | None, Scale | None, npt.NDArray[Any] | None]
+
+
+def _mark(file: Reader, slot: _Slot, name: str, packed: Packed | None) -> _Mark:
+    """What a plain variable holds once it takes the file's tensor ``name``: the set, and a
+    scaled set's scale and scales in the variable's layout."""
+    if packed is None:
+        return None, None, None
+    alpha = file.scales(name, slot.dtype)
+    if alpha is None or packed.scaling is None:
+        return packed.values, None, None
+    scale = Scale(packed.scaling, packed.values, tuple(slot.variable.shape))
+    return packed.values, scale, slot.from_file(alpha).astype(_numpy_dtype(slot.dtype))
+
+
 def _plan(
     file: Reader, model: keras.Layer
-) -> tuple[list[tuple[Any, Any]], list[tuple[Any, ValueSet | None]]]:
+) -> tuple[list[tuple[Any, Any]], list[tuple[Any, _Mark]]]:
     """Every (variable, new value) pair, and the set each plain variable then holds, all
     decoded and checked before anything is written."""
     layers = _layers(model)
@@ -486,16 +504,15 @@ def _plan(
         raise misfit(file.path, f"{type(model).__name__} '{model.name}'", missing, unexpected)
     _check_quantizers(file.path, layers, quantizers)
     writes: list[tuple[Any, Any]] = []
-    marks: list[tuple[Any, ValueSet | None]] = []
+    marks: list[tuple[Any, _Mark]] = []
     for layer in layers:
         for slot in layer.slots:
             saved = packed.get(slot.name)
             writes += _slot_writes(file, slot, names[slot.name], saved)
             if slot.method is None:
-                # a plain variable given a packed set's members is marked as harden_ marks it;
-                # one given plain values (or alpha * v) loses an older mark
-                unscaled = saved is not None and saved.scaling is None
-                marks.append((slot.variable, saved.values if saved and unscaled else None))
+                # a plain variable given a packed set's values is marked as harden_ marks it
+                # (with the scales); one given plain values loses an older mark
+                marks.append((slot.variable, _mark(file, slot, names[slot.name], saved)))
         if layer.quantizer is not None:
             writes += _quantizer_writes(file, layer, layer.quantizer, names)
     for record in file.quantizers.values():
