@@ -457,11 +457,7 @@ def _decoded(file: Reader, name: str, dtype: str | None = None) -> npt.NDArray[A
     if alpha is None or packed.scaling is None:
         return members
     layout = packed.scaling.layout(packed.shape, 0, 1 if len(packed.shape) >= 2 else None)
-    scaled = members.reshape(layout.grouped) * alpha.astype(numpy_dtype).reshape(
-        layout.grouped_scale
-    )
-    result: npt.NDArray[Any] = scaled.reshape(layout.shape)
-    return result
+    return layout.expand(members, alpha)
 
 
 _Mark = tuple[ValueSet | None, Scale | None, npt.NDArray[Any] | None]
