@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 __all__ = [
+    "BOP2_DEFAULTS",
     "BOP_DEFAULTS",
     "ESTIMATORS",
     "GUMBEL_SHARPNESS",
@@ -225,19 +226,40 @@ _OPTION_CHECKS: Mapping[str, Callable[[Any], None]] = {
 
 # ----- Bop ------------------------------------------------------------------------------------
 
-THRESHOLD_MODES = ("abs", "rel")
-"""``"abs"``: move when ``|m| > threshold``. ``"rel"``: when ``|m| > threshold * rms(g)``."""
+THRESHOLD_MODES = ("abs", "rel", "second_moment")
+"""``"abs"``: move when ``|m| > threshold``. ``"rel"``: when ``|m| > threshold * rms(g)``, the
+tensor's running RMS. ``"second_moment"``: when ``|m| > threshold * sqrt(v)``, each entry's own
+running mean square ``v`` of its gradient (rate ``sigma``), the second-moment Bop."""
 
 MOMENTUM_RESETS = ("interior", "always", "never")
 """Which moved entries restart their momentum from 0 (see ``snapset.torch.Bop``)."""
 
 BOP_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {"threshold": 1e-8, "gamma": 1e-4, "threshold_mode": "abs", "momentum_reset": "interior"}
+    {
+        "threshold": 1e-8,
+        "gamma": 1e-4,
+        "threshold_mode": "abs",
+        "momentum_reset": "interior",
+        "sigma": 1e-2,
+    }
 )
-"""Bop's defaults in both fronts: larq's threshold and gamma after tuning (Helwegen et al.)."""
+"""Bop's defaults in both fronts: larq's threshold and gamma after tuning (Helwegen et al.);
+``sigma``, the rate of the second moment, is only read by ``threshold_mode="second_moment"``."""
+
+BOP2_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {**BOP_DEFAULTS, "threshold_mode": "second_moment", "threshold": 0.1, "gamma": 1e-2}
+)
+"""The second-moment Bop's defaults in both fronts, chosen from the runs in
+``benchmarks/bop_defaults.py`` (one setting for every problem there)."""
 
 
-def check_bop_options(threshold: Any, gamma: Any, threshold_mode: Any, momentum_reset: Any) -> None:
+def check_bop_options(
+    threshold: Any,
+    gamma: Any,
+    threshold_mode: Any,
+    momentum_reset: Any,
+    sigma: Any = BOP_DEFAULTS["sigma"],
+) -> None:
     """Refuse a hyperparameter of Bop that is out of range or of the wrong kind.
 
     Examples:
@@ -246,14 +268,14 @@ def check_bop_options(threshold: Any, gamma: Any, threshold_mode: Any, momentum_
         Traceback (most recent call last):
         ValueError: Invalid gamma: 0.0 (must be in (0, 1])
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"Invalid threshold: {threshold!r} (must be a float)")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise TypeError(f"Invalid gamma: {gamma!r} (must be a float)")
+    for name, value in (("threshold", threshold), ("gamma", gamma), ("sigma", sigma)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"Invalid {name}: {value!r} (must be a float)")
     if not (math.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"Invalid threshold: {threshold} (must be finite and >= 0)")
-    if not 0 < gamma <= 1:
-        raise ValueError(f"Invalid gamma: {gamma} (must be in (0, 1])")
+    for name, value in (("gamma", gamma), ("sigma", sigma)):
+        if not 0 < value <= 1:
+            raise ValueError(f"Invalid {name}: {value} (must be in (0, 1])")
     for name, value, valid in (
         ("threshold_mode", threshold_mode, THRESHOLD_MODES),
         ("momentum_reset", momentum_reset, MOMENTUM_RESETS),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -117,7 +118,42 @@ def test_tracker_keeps_one_byte_codes_not_float_copies() -> None:
     previous = tracker._tracked[0].previous
     assert previous.element_size() == 1 and previous.numel() == 64 * 64
     binary = st.FlipTracker(st.constrain(nn.Linear(8, 8), "weight", snapset.Sign(), "flip"))
-    assert binary._tracked[0].previous.dtype == torch.bool
+    assert binary._tracked[0].previous.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("method", ["flip", "ste", "stochastic", "gumbel"])
+@pytest.mark.parametrize(
+    "values", [snapset.Sign(), snapset.Ternary(), snapset.ValueSet([1, -1, 0.5, -0.5])], ids=repr
+)
+def test_the_compiled_tracker_and_torch_operations_record_the_same(
+    values: snapset.ValueSet, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One compiled sweep (CPU, numba) or torch's comparisons: the same flips and histograms."""
+
+    def run() -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+        torch.manual_seed(0)
+        layer = st.constrain(nn.Linear(32, 16), "weight", values, method=method, scale=None)
+        tracker = st.FlipTracker(layer)
+        groups = st.param_groups(layer)
+        optimizers: list[torch.optim.Optimizer] = [
+            torch.optim.Adam(groups.latent + groups.other, lr=0.05)
+        ]
+        if groups.flip:
+            optimizers.append(st.Bop(groups.flip, threshold=1e-3, gamma=0.3))
+        for _ in range(8):
+            layer.zero_grad()
+            layer(torch.randn(4, 32)).square().mean().backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            tracker.update()
+        return tracker.flip_ratios(), tracker.histograms()
+
+    ratios, histograms = run()
+    assert sum(ratios["weight"]) > 0  # entries did change
+    monkeypatch.setenv("SNAPSET_KERNELS", "numpy")
+    torch_ratios, torch_histograms = run()
+    assert ratios == torch_ratios
+    assert np.array_equal(histograms["weight"], torch_histograms["weight"])
 
 
 def test_tracker_follows_bop_training() -> None:

@@ -1,13 +1,18 @@
-"""Packed kernels, framework-free: matrix products on weights stored as codes of a value set.
+"""Kernels, framework-free: matrix products on weights stored as codes of a value set, and
+the flip optimizer's step.
 
-Both fronts reach them through their packed layers; nothing here imports torch or keras. The
-maths of each kernel is written once, in numba (``_numba``), with a vectorised numpy fallback
-that computes the same thing where numba is missing or ``SNAPSET_KERNELS=numpy`` is set.
+Both fronts reach the matrix products through their packed layers; nothing here imports torch
+or keras. The maths of each is written once, in numba (``_numba``), with a vectorised numpy
+fallback that computes the same thing where numba is missing or ``SNAPSET_KERNELS=numpy`` is
+set. The flip step (``_flip``) is one compiled pass; where it cannot run, ``snapset.torch.Bop``
+computes the same with torch's operations.
 """
 
+from ._flip import flip_move as flip_move
+from ._flip import recode as recode
 from ._matrix import PackedMatrix as PackedMatrix
 from ._matrix import backend as backend
 from ._matrix import decode_rows as decode_rows
 from ._matrix import small_matmul as small_matmul
 
-__all__ = ["PackedMatrix", "backend", "decode_rows", "small_matmul"]
+__all__ = ["PackedMatrix", "backend", "decode_rows", "flip_move", "recode", "small_matmul"]

@@ -49,6 +49,7 @@ from .export import load as load
 from .export import pack as pack
 from .export import save as save
 from .optim import Bop as Bop
+from .optim import Bop2ndOrder as Bop2ndOrder
 from .optim import ParamGroups as ParamGroups
 from .optim import param_groups as param_groups
 
@@ -59,6 +60,7 @@ __all__ = [
     "METHODS",
     "STE",
     "Bop",
+    "Bop2ndOrder",
     "Constraint",
     "Flip",
     "FlipTracker",

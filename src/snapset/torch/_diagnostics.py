@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .._files import HARDENED
+from .._kernels import recode
 from .._sets import ValueSet
 from .._summary import PLAIN, Summary, SummaryRow, with_scale
 from ._constrain import (
@@ -48,6 +49,32 @@ class _Tracked:
     def codes(self, out: Tensor | None = None) -> Tensor:
         return self.tensor.constraint.codes(self.tensor.stored, out)
 
+    def recoded(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """New codes, how many differ from ``previous`` and the histogram, in one compiled
+        sweep (``snapset._kernels.recode``); None where it does not apply (another device or
+        dtype, sharded tensors, ``gumbel``, no numba), and then nothing is changed."""
+        coded = self.tensor.constraint.coded(self.tensor.stored)
+        if coded is None or self.previous.dtype != torch.uint8:
+            return None
+        read, boundaries = coded
+        if (
+            type(read) not in (Tensor, nn.Parameter)
+            or read.device.type != "cpu"
+            or read.dtype not in (torch.float32, torch.float64)
+            or not read.is_contiguous()
+        ):
+            return None
+        codes = self.spare if self.spare is not None else torch.empty_like(self.previous)
+        histogram = torch.empty(boundaries.numel() + 1, dtype=torch.int64)
+        changed = recode(
+            read.detach().view(-1).numpy(),
+            boundaries.cpu().numpy(),
+            self.previous.view(-1).numpy(),
+            codes.view(-1).numpy(),
+            histogram.numpy(),
+        )
+        return None if changed is None else (codes, torch.tensor(changed), histogram)
+
 
 class FlipTracker:
     """Flip ratio and value histogram of every constrained tensor of a model, over training.
@@ -77,6 +104,8 @@ class FlipTracker:
         for tensor in constrained_tensors(model):
             codes = tensor.constraint.codes(tensor.stored)
             histogram = _histogram(codes, len(tensor.constraint.values))
+            if len(tensor.constraint.values) <= 256:  # one byte a code, as the kernel keeps them
+                codes = codes.to(torch.uint8)
             self._tracked.append(_Tracked(tensor, codes, None, [], [histogram]))
         if not self._tracked:
             raise ValueError(
@@ -97,15 +126,18 @@ class FlipTracker:
     def update(self) -> None:
         """Record the flips since the last update and the current histograms."""
         for entry in self._tracked:
-            # Two code buffers take turns, so an update allocates nothing of the tensor's size:
-            # the previous codes, once compared, are overwritten by the comparison.
-            codes = entry.codes(entry.spare)
-            if codes.dtype == torch.bool:
-                changed = entry.previous.logical_xor_(codes)
+            # Two code buffers take turns, so an update allocates nothing of the tensor's size.
+            recoded = entry.recoded()
+            if recoded is not None:
+                codes, flips, histogram = recoded
             else:
-                changed = entry.previous.sub_(codes)  # nonzero exactly where the codes differ
-            entry.flips.append(torch.count_nonzero(changed))
-            entry.histograms.append(_histogram(codes, len(entry.tensor.constraint.values)))
+                codes = entry.codes(entry.spare).to(entry.previous.dtype)
+                # The previous codes, once compared, are overwritten by the comparison:
+                # nonzero exactly where the codes differ.
+                flips = torch.count_nonzero(entry.previous.sub_(codes))
+                histogram = _histogram(codes, len(entry.tensor.constraint.values))
+            entry.flips.append(flips)
+            entry.histograms.append(histogram)
             entry.previous, entry.spare = codes, entry.previous
 
     def flip_ratios(self) -> dict[str, list[float]]:

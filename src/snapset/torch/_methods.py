@@ -279,6 +279,16 @@ class Constraint(NamedMethod, nn.Module):
         shape and dtype from an earlier call, is reused when given."""
         return self._codes(self._reads(stored), out)
 
+    def coded(self, stored: Tensor) -> tuple[Tensor, Tensor] | None:
+        """What ``codes`` compares and the sorted boundaries it compares against: each code is
+        how many boundaries its entry reaches (``>=``). None where codes are found otherwise
+        (``gumbel``'s largest logit)."""
+        boundaries = self._boundaries()
+        return None if boundaries is None else (self._reads(stored), boundaries)
+
+    def _boundaries(self) -> Tensor | None:
+        return None
+
     def scales(self, stored: Tensor) -> Tensor | None:
         """The scales ``alpha`` of the deterministic values, detached (None when unscaled)."""
         return None if self.scale is None else self.scale.scales(stored).detach()
@@ -476,6 +486,9 @@ class _LatentConstraint(_NonfiniteGradients, Constraint):
         # value j where thresholds[j-1] <= u: the comparisons of hard(), counted
         return F.count_at_least(stored, self.thresholds, out)
 
+    def _boundaries(self) -> Tensor:
+        return self.thresholds
+
     def _right_inverse(self, value: Tensor) -> Tensor:
         """Latent of an assigned value: ``(value - centre) / half_range * latent_range``."""
         return (value - self.values.center) * (self.latent_range / self.values.half_range)
@@ -649,6 +662,9 @@ class Flip(Constraint):
     @torch.no_grad()
     def _codes(self, stored: Tensor, out: Tensor | None = None) -> Tensor:
         return F.count_at_least(stored, self.midpoints, out)
+
+    def _boundaries(self) -> Tensor:
+        return self.midpoints
 
     def show(self, stored: Tensor) -> Tensor:
         # Under torch.compile the check would make dynamo guard on the tensor's version and

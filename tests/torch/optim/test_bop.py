@@ -110,16 +110,20 @@ def _reference(
     threshold: float,
     mode: str,
     reset: str,
+    sigma: float = 0.01,
 ) -> np.ndarray:
-    """The maths box of Bop's docstring, one entry at a time, in float64."""
+    """The maths boxes of Bop's and Bop2ndOrder's docstrings, one entry at a time, in float64."""
     table, k = list(values.values), len(values)
     index = [table.index(float(x)) for x in w]
-    m, s = [0.0] * len(w), 0.0
+    m, v, s = [0.0] * len(w), [0.0] * len(w), 0.0
     for t, g in enumerate(grads, start=1):
         s = (1 - gamma) * s + gamma * float(np.mean(g.astype(np.float64) ** 2))
         theta = threshold if mode == "abs" else threshold * math.sqrt(s / (1 - (1 - gamma) ** t))
         for i in range(len(w)):
             m[i] = (1 - gamma) * m[i] + gamma * float(g[i])
+            if mode == "second_moment":
+                v[i] = (1 - sigma) * v[i] + sigma * float(g[i]) ** 2
+                theta = threshold * math.sqrt(v[i] / (1 - (1 - sigma) ** t))
             new = index[i] - 1 if m[i] > theta else index[i] + 1 if m[i] < -theta else index[i]
             new = min(max(new, 0), k - 1)
             if new != index[i] and (reset == "always" or (reset == "interior" and 0 < new < k - 1)):
@@ -129,7 +133,7 @@ def _reference(
 
 
 @pytest.mark.parametrize("reset", ["interior", "never", "always"])
-@pytest.mark.parametrize("mode", ["abs", "rel"])
+@pytest.mark.parametrize("mode", ["abs", "rel", "second_moment"])
 @pytest.mark.parametrize(
     "values",
     [
@@ -156,12 +160,13 @@ def test_matches_a_slow_reference(values: snapset.ValueSet, mode: str, reset: st
         gamma=0.3,
         threshold_mode=mode,
         momentum_reset=reset,
+        sigma=0.2,
     )
     for g in grads:
         layer.parametrizations.weight.original.grad = torch.tensor(g, dtype=torch.float64)
         opt.step()
     expected = _reference(
-        values, start, grads, gamma=0.3, threshold=threshold, mode=mode, reset=reset
+        values, start, grads, gamma=0.3, threshold=threshold, mode=mode, reset=reset, sigma=0.2
     )
     assert layer.weight.tolist() == expected.tolist()
     assert len(set(expected.tolist())) > 1  # the case is not trivial
@@ -190,6 +195,69 @@ def test_foreach_and_single_tensor_paths_agree_bit_for_bit() -> None:
 
     for a, b in zip(run(False), run(True), strict=True):
         assert torch.equal(a, b)
+
+
+def _noisy_run(
+    values: snapset.ValueSet, mode: str, reset: str, dtype: torch.dtype, foreach: bool
+) -> list[torch.Tensor]:
+    """Weights, how many changed, and the state after 40 steps of drifting, noisy gradients."""
+    data = torch.Generator().manual_seed(0)
+    n = 1000
+    layer = st.Multiplier(n, values, method="flip").to(dtype)
+    table = torch.tensor(values.values, dtype=dtype)
+    layer.weight = start = table[torch.randint(0, len(values), (n,), generator=data)]
+    threshold = 0.2 if mode != "abs" else 5e-4
+    opt = st.Bop(layer.parameters(), threshold, 0.1, sigma=0.05, threshold_mode=mode,
+                 momentum_reset=reset, foreach=foreach)  # fmt: skip
+    drift = torch.randn(n, generator=data, dtype=dtype)
+    for _ in range(40):
+        noise = torch.randn(n, generator=data, dtype=dtype)
+        layer.parametrizations.weight.original.grad = 1e-3 * (drift + 2 * noise)
+        opt.step()
+    (state,) = opt.state.values()
+    weight = layer.weight.detach().clone()
+    return [weight, weight.ne(start).sum()] + [state[key] for key in sorted(state)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reset", ["interior", "always", "never"])
+@pytest.mark.parametrize("mode", ["abs", "rel", "second_moment"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        snapset.Sign(),
+        snapset.Ternary(),
+        snapset.ValueSet([1, -1, 0.5, -0.5]),
+        snapset.ValueSet(range(20)),
+    ],
+    ids=repr,
+)
+def test_the_fused_kernel_and_torch_operations_agree_bit_for_bit(
+    values: snapset.ValueSet,
+    mode: str,
+    reset: str,
+    dtype: torch.dtype,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the CPU one compiled pass moves the entries; elsewhere torch's operations do."""
+    fused = _noisy_run(values, mode, reset, dtype, foreach=False)
+    monkeypatch.setenv("SNAPSET_KERNELS", "numpy")  # no compiled kernels: torch's operations
+    for foreach in (False, True):
+        for a, b in zip(fused, _noisy_run(values, mode, reset, dtype, foreach), strict=True):
+            assert torch.equal(a, b)
+    assert fused[1] > 50  # the case is not trivial
+
+
+def test_the_fused_kernel_runs_on_the_cpu_and_bumps_the_version() -> None:
+    from snapset._kernels._flip import _KERNELS
+
+    assert _KERNELS.module() is not None  # the dev install has numba: the fast path is tested
+    layer = _vector(snapset.Ternary(), [0.0, 1.0, -1.0])
+    opt = st.Bop(layer.parameters(), threshold=0.1, gamma=1.0)
+    stored = layer.parametrizations.weight.original
+    version = stored._version
+    assert _step(layer, opt, [1.0, -1.0, -1.0]) == [-1.0, 1.0, 0.0]
+    assert stored._version > version  # autograd and the constraint's trust see the write
 
 
 # ----- safety nets --------------------------------------------------------------------------

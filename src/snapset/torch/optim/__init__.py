@@ -16,6 +16,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ._bop import MOMENTUM_RESETS as MOMENTUM_RESETS
 from ._bop import THRESHOLD_MODES as THRESHOLD_MODES
 from ._bop import Bop as Bop
+from ._bop import Bop2ndOrder as Bop2ndOrder
 from ._bop import bop as bop
 from ._bop import grad_norms as grad_norms
 from ._groups import ParamGroups as ParamGroups
@@ -30,6 +31,7 @@ __all__ = [
     "MOMENTUM_RESETS",
     "THRESHOLD_MODES",
     "Bop",
+    "Bop2ndOrder",
     "HyperparameterSchedule",
     "ParamGroups",
     "bop",

@@ -7,16 +7,24 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeGuard, cast
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT, _default_to_fused_or_foreach
 
+from ..._kernels import flip_move
 from ..._sets import ValueSet
-from ..._spec import BOP_DEFAULTS, MOMENTUM_RESETS, THRESHOLD_MODES, check_bop_options
+from ..._spec import (
+    BOP2_DEFAULTS,
+    BOP_DEFAULTS,
+    MOMENTUM_RESETS,
+    THRESHOLD_MODES,
+    check_bop_options,
+)
 from .._constrain import constraint_of
 from .._methods import Constraint
 
-__all__ = ["MOMENTUM_RESETS", "THRESHOLD_MODES", "Bop", "bop"]
+__all__ = ["MOMENTUM_RESETS", "THRESHOLD_MODES", "Bop", "Bop2ndOrder", "bop"]
 
 # Sharded tensors (FSDP2's parameters and gradients): Bop steps their local shards.
 _SHARDED: tuple[type[Tensor], ...] = ()
@@ -35,6 +43,7 @@ class Bop(Optimizer):
         *,
         threshold_mode: str = BOP_DEFAULTS["threshold_mode"],
         momentum_reset: str = BOP_DEFAULTS["momentum_reset"],
+        sigma: float = BOP_DEFAULTS["sigma"],
         foreach: bool | None = None,
     ) -> None:
         defaults = {
@@ -42,13 +51,14 @@ class Bop(Optimizer):
             "gamma": gamma,
             "threshold_mode": threshold_mode,
             "momentum_reset": momentum_reset,
+            "sigma": sigma,
             "foreach": foreach,
         }
         _check_hyperparameters(defaults)
         super().__init__(params, defaults)
         # Reused room for each step's directions: a fresh tensor of a large parameter's size
         # would cost page faults on every step (on the CPU, several times the arithmetic).
-        self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._scratch: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group of flip parameters; refuse anything Bop cannot move through a set."""
@@ -70,11 +80,12 @@ class Bop(Optimizer):
         for group in self.param_groups:
             group.setdefault("threshold_mode", BOP_DEFAULTS["threshold_mode"])
             group.setdefault("momentum_reset", BOP_DEFAULTS["momentum_reset"])
+            group.setdefault("sigma", BOP_DEFAULTS["sigma"])
             group.setdefault("foreach", None)
             group.setdefault("nonfinite_steps", 0)
 
-    def _scratch_like(self, param: Tensor) -> Tensor:
-        key = (param.device, param.dtype)
+    def _scratch_like(self, param: Tensor, slot: int = 0) -> Tensor:
+        key = (param.device, param.dtype, slot)
         buffer = self._scratch.get(key)
         if buffer is None or buffer.numel() < param.numel():
             buffer = self._scratch[key] = torch.empty(
@@ -93,6 +104,7 @@ class Bop(Optimizer):
         params: list[Tensor],
         grads: list[Tensor],
         momentums: list[Tensor],
+        second_moments: list[Tensor],
         grad_sqs: list[Tensor],
         steps: list[Tensor],
         values: list[ValueSet],
@@ -111,6 +123,12 @@ class Bop(Optimizer):
                 state["step"] = torch.tensor(0.0)
                 state["momentum"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["grad_sq"] = torch.zeros((), dtype=_stat_dtype(param), device=param.device)
+            if group["threshold_mode"] == "second_moment":
+                if "second_moment" not in state:  # also when a schedule switched the mode
+                    state["second_moment"] = torch.zeros_like(
+                        param, memory_format=torch.preserve_format
+                    )
+                second_moments.append(state["second_moment"])
             params.append(param)
             grads.append(param.grad)
             momentums.append(state["momentum"])
@@ -133,7 +151,7 @@ class Bop(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             _check_hyperparameters(group)  # a schedule may have set them
-        works = [_Work([], [], [], [], [], [], []) for _ in self.param_groups]
+        works = [_Work([], [], [], [], [], [], [], []) for _ in self.param_groups]
         for group, work in zip(self.param_groups, works, strict=True):
             self._init_group(group, *work)
         eager = not torch.compiler.is_compiling()
@@ -179,6 +197,11 @@ class Bop(Optimizer):
                 threshold=group["threshold"],
                 threshold_mode=group["threshold_mode"],
                 momentum_reset=group["momentum_reset"],
+                second_moments=work.second_moments or None,
+                sigma=group["sigma"],
+                thresholds=[self._scratch_like(_local(p), 1) for p in work.params]
+                if work.second_moments
+                else None,
             )
             if eager:  # Bop's own writes are members: record them, so the next check is O(1)
                 for param, constraint in zip(work.params, work.constraints, strict=True):
@@ -278,6 +301,82 @@ Binarized Neural Network Optimization".
 """
 
 
+class Bop2ndOrder(Bop):
+    r"""The second-moment Bop: an entry moves when its average gradient is a large enough
+    fraction of its own gradient's RMS; one setting suits any loss scale and any problem.
+
+    Bop's move rule over any ordered set (see [`snapset.torch.Bop`][]), with each entry's
+    threshold measured in its own gradient's units, as Adam divides by its second moment:
+
+    ```text
+    m_t <- (1 - gamma) m_{t-1} + gamma g_t
+    v_t <- (1 - sigma) v_{t-1} + sigma g_t^2
+    move one level against sign(m_t) where |m_t| > threshold sqrt(v_t / (1 - (1 - sigma)^t))
+    ```
+
+    ``|m| / sqrt(v)`` lies in ``[0, 1]`` when ``sigma = gamma`` (an average's magnitude never
+    exceeds its RMS); it is near 1 for an entry whose gradient keeps its sign and near 0 for one
+    whose gradient is noise. So ``threshold`` is a fraction, the same for every layer, loss
+    and batch size: multiplying the loss by a power of two leaves a run unchanged, bit for bit.
+    ``m`` is not bias-corrected, so it builds up over about ``1 / gamma`` steps before anything
+    moves; ``v`` is, so the threshold is right from the first step.
+
+    This is ``Bop(..., threshold_mode="second_moment")`` with defaults measured to work across
+    problems (``snapset._spec.BOP2_DEFAULTS``; see the docs' Bop page); everything else
+    (momentum resets, skipped non-finite steps, sharded parameters, ``state_dict``) is Bop's.
+    Its state holds ``second_moment`` (one number an entry) beside Bop's.
+
+    Args:
+        params (iterable): flip parameters or dicts defining param groups.
+        threshold (float, optional): the fraction of its gradient's RMS that an entry's
+            average gradient must exceed to move (default: 0.1).
+        gamma (float, optional): rate of the gradient's average (default: 1e-2).
+        sigma (float, optional): rate of the second moment (default: 1e-2).
+        momentum_reset (str, optional): as in ``Bop`` (default: ``"interior"``).
+        foreach (bool, optional): as in ``Bop``.
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> _ = torch.manual_seed(0)
+        >>> layer = st.constrain(torch.nn.Linear(4, 3), "weight", snapset.Ternary(), "flip")
+        >>> opt = st.Bop2ndOrder([layer.weight])  # threshold 0.1, gamma = sigma = 1e-2
+        >>> moves = []
+        >>> for t in range(1, 31):  # a steady gradient, of any size: "make every entry smaller"
+        ...     layer.weight.grad = torch.full((3, 4), 1e-6)
+        ...     before = layer.weight.clone()
+        ...     opt.step()
+        ...     if not torch.equal(before, layer.weight):
+        ...         moves.append(t)
+        >>> moves  # |m| / sqrt(v) = 1 - 0.99^t passes 0.1 at t = 11; a move to 0 resets m
+        [11, 22]
+        >>> layer.weight.unique().tolist()
+        [-1.0]
+
+    Reference: Suarez-Ramirez, Gonzalez-Mendoza, Chang, Marin-Hernandez, CVPR Workshops 2021,
+    "A Bop and Beyond: A Second Order Optimizer for Binarized Neural Networks".
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        threshold: float = BOP2_DEFAULTS["threshold"],
+        gamma: float = BOP2_DEFAULTS["gamma"],
+        sigma: float = BOP2_DEFAULTS["sigma"],
+        *,
+        momentum_reset: str = BOP2_DEFAULTS["momentum_reset"],
+        foreach: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            threshold,
+            gamma,
+            threshold_mode="second_moment",
+            momentum_reset=momentum_reset,
+            sigma=sigma,
+            foreach=foreach,
+        )
+
+
 def bop(
     params: list[Tensor],
     grads: list[Tensor],
@@ -293,6 +392,9 @@ def bop(
     threshold: float,
     threshold_mode: str = BOP_DEFAULTS["threshold_mode"],
     momentum_reset: str = BOP_DEFAULTS["momentum_reset"],
+    second_moments: list[Tensor] | None = None,
+    sigma: float = BOP_DEFAULTS["sigma"],
+    thresholds: list[Tensor] | None = None,
 ) -> None:
     r"""Functional form of ``Bop``: one step, in place, on finite gradients.
 
@@ -304,6 +406,8 @@ def bop(
     when not given). Checking that the gradients are
     finite is the caller's job (``Bop`` skips the whole step when one is not). Sharded
     tensors (``DTensor``s) move shard by shard, by the norms of the whole gradients.
+    ``threshold_mode="second_moment"`` needs ``second_moments`` (zeros at the start, updated
+    here at rate ``sigma``); ``thresholds[i]``, like ``scratch[i]``, is room for its test.
 
     Examples:
         >>> import torch, snapset
@@ -314,9 +418,14 @@ def bop(
         >>> w.tolist(), m.tolist()
         ([1.0, 1.0, -1.0, -1.0], [-0.25, -0.25, 0.25, 0.25])
     """
-    check_bop_options(threshold, gamma, threshold_mode, momentum_reset)
+    check_bop_options(threshold, gamma, threshold_mode, momentum_reset, sigma)
     if not params:
         return
+    if threshold_mode == "second_moment" and second_moments is None:
+        raise ValueError(
+            "threshold_mode='second_moment' needs second_moments: one tensor shaped like each "
+            "parameter (zeros at the start), which this call updates"
+        )
     if norms is None:
         norms = grad_norms(grads)
     # The mean square of each gradient over the whole tensor (a DTensor's numel is the whole
@@ -324,32 +433,49 @@ def bop(
     squares = [n.square().div_(g.numel()) for n, g in zip(norms, grads, strict=True)]
     # Every other operation is elementwise: each rank moves the entries it holds.
     params, grads, momentums = ([_local(t) for t in ts] for ts in (params, grads, momentums))
+    second_moments = [_local(t) for t in second_moments or ()]
     if foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
     torch._foreach_add_(steps, 1.0)
     torch._foreach_lerp_(grad_sqs, squares, gamma)
-    thetas: list[float | Tensor]
+    if foreach:
+        torch._foreach_lerp_(momentums, grads, gamma)
+        if second_moments:  # Adam's form: v <- (1 - sigma) v + sigma g^2
+            torch._foreach_mul_(second_moments, 1.0 - sigma)
+            torch._foreach_addcmul_(second_moments, grads, grads, value=sigma)
+    else:
+        for momentum, grad in zip(momentums, grads, strict=True):
+            momentum.lerp_(grad, gamma)
+        for moment, grad in zip(second_moments, grads if second_moments else (), strict=True):
+            moment.mul_(1.0 - sigma).addcmul_(grad, grad, value=sigma)
+    thetas: list[float | Tensor] | None = None
     if threshold_mode == "abs":
         thetas = [threshold] * len(params)
-    else:
+    elif threshold_mode == "rel":
         corrections = [1.0 - (1.0 - gamma) ** float(step) for step in steps]
         thetas = [
             s.div(c).sqrt_().mul_(threshold) for s, c in zip(grad_sqs, corrections, strict=True)
         ]
-    if foreach:
-        torch._foreach_lerp_(momentums, grads, gamma)
-    else:
-        for momentum, grad in zip(momentums, grads, strict=True):
-            momentum.lerp_(grad, gamma)
     outs: list[Tensor | None] = [None] * len(params)
+    rooms: list[Tensor | None] = [None] * len(params)
     # Compiled code plans its own memory (and AOT autograd refuses the shared scratch's
     # aliased views as inputs that are written to).
-    if scratch is not None and not torch.compiler.is_compiling():
-        outs = list(scratch)
-    for param, momentum, value_set, theta, out in zip(
-        params, momentums, values, thetas, outs, strict=True
+    if not torch.compiler.is_compiling():
+        outs = list(scratch or outs)
+        rooms = list(thresholds or rooms)
+    for i, (param, momentum, value_set, out) in enumerate(
+        zip(params, momentums, values, outs, strict=True)
     ):
-        _move(param, momentum, _direction(momentum, theta, out), value_set, momentum_reset)
+        second = second_moments[i] if second_moments else None
+        correction = 1.0 - (1.0 - sigma) ** float(steps[i]) if second is not None else 1.0
+        theta = thetas[i] if thetas is not None else threshold
+        if _fused_move(param, momentum, second, correction, theta, value_set, momentum_reset):
+            continue
+        if second is None:
+            direction = _direction(momentum, theta, out)
+        else:  # the scratch is shared between parameters: each one's is made when used
+            direction = _entry_direction(momentum, second, correction, threshold, out, rooms[i])
+        _move(param, momentum, direction, value_set, momentum_reset)
 
 
 def grad_norms(grads: list[Tensor]) -> list[Tensor]:
@@ -398,12 +524,86 @@ def _whole(norms: list[Tensor]) -> list[Tensor]:
 
 def _direction(momentum: Tensor, theta: float | Tensor, out: Tensor | None) -> Tensor:
     """``sign(clamp(m, -theta, theta) - m)``: +1 (a level up) where ``m < -theta``, -1 (a
-    level down) where ``m > theta``, 0 elsewhere."""
-    if isinstance(theta, Tensor):  # two calls only because torch's stubs type them apart
+    level down) where ``m > theta``, 0 elsewhere. A ``theta`` of the parameter's shape (one
+    threshold an entry) is used up."""
+    if isinstance(theta, Tensor) and theta.dim() > 0:
+        bounded = (
+            torch.minimum(momentum, theta, out=out) if out is not None else momentum.minimum(theta)
+        )
+        bounded = torch.maximum(bounded, theta.neg_(), out=bounded)
+    elif isinstance(theta, Tensor):  # two calls only because torch's stubs type them apart
         bounded = torch.clamp(momentum, -theta, theta, out=out)
     else:
         bounded = torch.clamp(momentum, -theta, theta, out=out)
     return bounded.sub_(momentum).sign_()
+
+
+def _entry_direction(
+    momentum: Tensor,
+    second_moment: Tensor,
+    correction: float,
+    threshold: float,
+    out: Tensor | None,
+    room: Tensor | None,
+) -> Tensor:
+    """``-sign(m)`` where ``m * m > (v / correction) * threshold**2``, else 0: the second-moment
+    test ``|m| > threshold * sqrt(v / correction)`` in squares (exactly rounded ops, so the fused
+    CPU kernel decides alike), in float32 or wider."""
+    stat = _stat_dtype(momentum)
+    m = momentum.to(stat)
+    if m is not momentum:  # a half-precision parameter: computed in float32, then cast
+        out = room = None
+    bar = torch.div(second_moment.to(stat), correction, out=room).mul_(threshold * threshold)
+    passed = torch.mul(m, m, out=out).gt_(bar)
+    return torch.copysign(passed, m, out=passed).neg_().to(momentum.dtype)
+
+
+def _fused_move(
+    param: Tensor,
+    momentum: Tensor,
+    second: Tensor | None,
+    correction: float,
+    theta: float | Tensor,
+    values: ValueSet,
+    momentum_reset: str,
+) -> bool:
+    """The whole move of one CPU parameter in one compiled pass (``snapset._kernels``): what
+    ``_direction`` or ``_entry_direction`` and then ``_move`` do, bit for bit. False, having
+    done nothing, where it does not apply (another device or dtype, a compiled step, no numba)."""
+    tensors = [param, momentum] + ([second] if second is not None else [])
+    if (
+        torch.compiler.is_compiling()
+        or param.device.type != "cpu"
+        or param.dtype not in (torch.float32, torch.float64)
+        or any(t.dtype != param.dtype or not t.is_contiguous() for t in tensors)
+    ):
+        return False
+    table, midpoints = _numpy_tables(values, param.dtype)
+    flat = [t.detach().view(-1).numpy() for t in tensors]
+    moved = flip_move(
+        flat[0],
+        flat[1],
+        flat[2] if second is not None else None,
+        correction,
+        float(theta),
+        table,
+        midpoints,
+        momentum_reset,
+    )
+    if moved is None:
+        return False
+    if moved:
+        # numpy's writes pass torch's version counter by, which autograd and the constraint's
+        # trusted key read: an in-place op on one entry (a view shares the counter) bumps it.
+        param.detach().view(-1)[:1].mul_(1)
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _numpy_tables(values: ValueSet, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    plan = _plan(values, dtype)
+    numpy_dtype = np.float32 if dtype == torch.float32 else np.float64
+    return np.array(plan.table, numpy_dtype), np.array(plan.midpoints, numpy_dtype)
 
 
 class _Plan(NamedTuple):
@@ -506,6 +706,7 @@ class _Work(NamedTuple):
     params: list[Tensor]
     grads: list[Tensor]
     momentums: list[Tensor]
+    second_moments: list[Tensor]
     grad_sqs: list[Tensor]
     steps: list[Tensor]
     values: list[ValueSet]
@@ -518,7 +719,11 @@ def _stat_dtype(tensor: Tensor) -> torch.dtype:
 
 def _check_hyperparameters(group: dict[str, Any]) -> None:
     check_bop_options(
-        group["threshold"], group["gamma"], group["threshold_mode"], group["momentum_reset"]
+        group["threshold"],
+        group["gamma"],
+        group["threshold_mode"],
+        group["momentum_reset"],
+        group["sigma"],
     )
 
 
