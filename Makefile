@@ -81,6 +81,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/gf2_recovery.py
 	$(BIN)/python benchmarks/bop.py
 	$(BIN)/python benchmarks/bop_momentum.py
+	$(BIN)/python benchmarks/bop_defaults.py
 	$(BIN)/python benchmarks/compile_step.py
 	$(BIN)/python benchmarks/inference.py
 	for backend in torch tensorflow jax; do \

@@ -43,7 +43,7 @@ def main() -> None:
     st.constrain(model[0], "weight", snapset.Ternary(), method="ste")
     ddp = nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's values
     groups = st.param_groups(model)
-    bop = st.Bop(groups.flip, threshold=1e-4, gamma=0.05)
+    bop = st.Bop2ndOrder(groups.flip)  # its defaults suit any loss scale
     adam = torch.optim.Adam(groups.latent + groups.other, lr=3e-3)
 
     for epoch in range(8):

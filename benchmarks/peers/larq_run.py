@@ -6,8 +6,8 @@ ReLU, centring over channels), written in Keras 2 with larq's ``QuantConv1D``/``
 - ``ste``: ``kernel_quantizer="ste_sign"`` with ``kernel_constraint="weight_clip"`` (larq's
   standard binary-weight recipe), Adam with the same one-cycle schedule as snapset's;
 - ``flip``: ``kernel_quantizer="ste_sign"``, weights trained by ``larq.optimizers.Bop`` inside a
-  ``CaseOptimizer`` with the same threshold and the same linearly decaying gamma, Adam (one
-  cycle) for BatchNorm.
+  ``CaseOptimizer`` with the recipe's first-moment Bop settings (``bop_threshold``,
+  ``bop_gamma`` decaying linearly), Adam (one cycle) for BatchNorm.
 
 Only the weights are binary, as in snapset's rows (no input quantizer).
 """
@@ -90,10 +90,10 @@ def main() -> None:
                 # larq 0.13's CaseOptimizer and Bop are built on the legacy optimizer API.
                 adam = keras.optimizers.legacy.Adam(OneCycle(recipe["lr"], steps))
                 if method == "flip":
-                    gamma = LinearDecay(recipe["gamma"], steps, recipe["gamma_floor"])
+                    gamma = LinearDecay(recipe["bop_gamma"], steps, recipe["gamma_floor"])
                     optimizer = lq.optimizers.CaseOptimizer(
                         (lq.optimizers.Bop.is_binary_variable,
-                         lq.optimizers.Bop(threshold=recipe["threshold"], gamma=gamma)),
+                         lq.optimizers.Bop(threshold=recipe["bop_threshold"], gamma=gamma)),
                         default_optimizer=adam,
                     )  # fmt: skip
                 else:

@@ -247,7 +247,13 @@ BOP_DEFAULTS: Mapping[str, Any] = MappingProxyType(
 ``sigma``, the rate of the second moment, is only read by ``threshold_mode="second_moment"``."""
 
 BOP2_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {**BOP_DEFAULTS, "threshold_mode": "second_moment", "threshold": 0.1, "gamma": 1e-2}
+    {
+        **BOP_DEFAULTS,
+        "threshold_mode": "second_moment",
+        "threshold": 0.04,
+        "gamma": 1e-2,
+        "momentum_reset": "always",
+    }
 )
 """The second-moment Bop's defaults in both fronts, chosen from the runs in
 ``benchmarks/bop_defaults.py`` (one setting for every problem there)."""

@@ -175,9 +175,10 @@ def markdown(
         "## Recipe (the same for every library)",
         "",
         f"- {recipe.epochs} epochs, batch {recipe.batch}, cross-entropy; Adam with a one-cycle"
-        f" learning rate peaking at {recipe.lr} for float and latent weights; Bop (threshold"
-        f" {recipe.threshold}, gamma {recipe.gamma} decaying linearly to"
-        f" {recipe.gamma_floor:g} of it) for flip weights.",
+        f" learning rate peaking at {recipe.lr} for float and latent weights. Flip weights:"
+        f" snapset's Bop2ndOrder (threshold {recipe.threshold}, gamma {recipe.gamma}, sigma"
+        f" {recipe.sigma}), larq's Bop (threshold {recipe.bop_threshold}, gamma"
+        f" {recipe.bop_gamma}), each rate decaying linearly to {recipe.gamma_floor:g} of it.",
         "- MNIST-1D CNN: input [x, -x], three Conv1d (64 channels, kernel 5, stride 1/2/2, no"
         " bias), each followed by BatchNorm, ReLU and a parameter-free centring over channels,"
         " then a linear layer to 10 classes and BatchNorm. digits MLP: input [x, -x], two"

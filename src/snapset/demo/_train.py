@@ -12,15 +12,20 @@ import torch
 from torch import Tensor, nn
 
 import snapset.torch as st
+from snapset._spec import BOP2_DEFAULTS
 
 from ._data import Split
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a model trains: Adam with a one-cycle schedule for float and latent tensors, and Bop
-    for flip tensors, whose ``gamma`` decays linearly to ``gamma_floor * gamma`` over the run so
+    """How a model trains: Adam with a one-cycle schedule for float and latent tensors, and
+    [`Bop2ndOrder`][snapset.torch.Bop2ndOrder] with its defaults for flip tensors, whose rates
+    ``gamma`` and ``sigma`` decay linearly to ``gamma_floor`` times their start over the run so
     that flips settle at the end (as the learning rate's decay does for the others).
+    With ``flip_optimizer="Bop"`` the first-moment [`Bop`][snapset.torch.Bop] trains them
+    instead, with ``bop_threshold`` and ``bop_gamma`` (also larq's Bop's in
+    ``benchmarks/accuracy.py``), its ``gamma`` decaying alike.
 
     Examples:
         >>> Recipe(epochs=3).batch
@@ -33,9 +38,13 @@ class Recipe:
     epochs: int = 20
     lr: float = 1e-2
     batch: int = 64
-    threshold: float = 1e-6
-    gamma: float = 1e-3
+    threshold: float = BOP2_DEFAULTS["threshold"]
+    gamma: float = BOP2_DEFAULTS["gamma"]
+    sigma: float = BOP2_DEFAULTS["sigma"]
     gamma_floor: float = 0.01
+    flip_optimizer: str = "Bop2ndOrder"
+    bop_threshold: float = 1e-6
+    bop_gamma: float = 1e-3
 
     def __post_init__(self) -> None:
         checks = {
@@ -44,6 +53,10 @@ class Recipe:
             "batch": self.batch >= 1,
             "threshold": self.threshold >= 0,
             "gamma": 0 < self.gamma <= 1,
+            "sigma": 0 < self.sigma <= 1,
+            "bop_threshold": self.bop_threshold >= 0,
+            "bop_gamma": 0 < self.bop_gamma <= 1,
+            "flip_optimizer": self.flip_optimizer in ("Bop2ndOrder", "Bop"),
             "gamma_floor": 0 <= self.gamma_floor <= 1,
         }
         for name, valid in checks.items():
@@ -153,10 +166,13 @@ def train(
         optimizers.append(adam)
         schedules.append(torch.optim.lr_scheduler.OneCycleLR(adam, recipe.lr, total_steps=total))
     if groups.flip:
-        bop = st.Bop(groups.flip, threshold=recipe.threshold, gamma=recipe.gamma)
+        bop: st.Bop = st.Bop2ndOrder(groups.flip, recipe.threshold, recipe.gamma, recipe.sigma)
+        rates = ["gamma", "sigma"]
+        if recipe.flip_optimizer == "Bop":
+            bop, rates = st.Bop(groups.flip, recipe.bop_threshold, recipe.bop_gamma), ["gamma"]
         optimizers.append(bop)
         floor = recipe.gamma_floor
-        decay = st.optim.HyperparameterSchedule(bop, "gamma", lambda t: max(1 - t / total, floor))
+        decay = st.optim.HyperparameterSchedule(bop, rates, lambda t: max(1 - t / total, floor))
         schedules.append(decay)
     shuffle = torch.Generator().manual_seed(seed)
     run = Run(accuracy=0.0)
@@ -195,12 +211,12 @@ def fit_bop(
     x: Tensor,
     y: Tensor,
     steps: int = 150,
-    threshold: float = 3e-3,
-    gamma: float = 0.1,
     batch: int = 128,
     seed: int = 0,
 ) -> nn.Module:
-    """Mean-squared-error regression of a flip-constrained ``layer`` with Bop alone.
+    """Mean-squared-error regression of a flip-constrained ``layer`` by flips alone:
+    [`Bop2ndOrder`][snapset.torch.Bop2ndOrder] with its defaults, both rates decaying linearly
+    to 1% over the run.
 
     Examples:
         >>> import snapset
@@ -211,10 +227,14 @@ def fit_bop(
         True
     """
     draws = torch.Generator().manual_seed(seed)
-    optimizer = st.Bop(st.param_groups(layer).flip, threshold=threshold, gamma=gamma)
+    optimizer = st.Bop2ndOrder(st.param_groups(layer).flip)
+    settle = st.optim.HyperparameterSchedule(
+        optimizer, ["gamma", "sigma"], lambda t: max(1 - t / steps, 0.01)
+    )
     for _ in range(steps):
         idx = torch.randint(0, len(x), (batch,), generator=draws)
         optimizer.zero_grad()
         nn.functional.mse_loss(layer(x[idx]), y[idx]).backward()
         optimizer.step()
+        settle.step()
     return layer

@@ -345,15 +345,20 @@ def test_schedule_sets_each_step_and_is_checked() -> None:
         opt.step()
 
 
-def _planted_run(steps: int, resume_at: int | None) -> list[torch.Tensor]:
-    """A small flip model trained with rel thresholds and a schedule, maybe resumed midway."""
+def _planted_run(steps: int, resume_at: int | None, second: bool = False) -> list[torch.Tensor]:
+    """A small flip model trained with rel thresholds (or Bop2ndOrder, ``second``) and a
+    schedule, maybe resumed midway."""
 
     def build() -> tuple[nn.Module, st.Bop, HyperparameterSchedule]:
         torch.manual_seed(1)
         model = nn.Linear(12, 6)
         st.constrain(model, "weight", snapset.ValueSet([1, -1, 0.5, -0.5]), method="flip")
         model.bias.requires_grad_(False)
-        opt = st.Bop(st.param_groups(model).flip, threshold=0.3, gamma=0.2, threshold_mode="rel")
+        flips = st.param_groups(model).flip
+        if second:
+            opt: st.Bop = st.Bop2ndOrder(flips, threshold=0.1, gamma=0.2, sigma=0.2)
+            return model, opt, HyperparameterSchedule(opt, ["gamma", "sigma"], lambda t: 0.9**t)
+        opt = st.Bop(flips, threshold=0.3, gamma=0.2, threshold_mode="rel")
         return model, opt, HyperparameterSchedule(opt, "gamma", lambda t: 0.9**t)
 
     data = torch.Generator().manual_seed(2)
@@ -378,23 +383,24 @@ def _planted_run(steps: int, resume_at: int | None) -> list[torch.Tensor]:
         opt.step()
         schedule.step()
     state = next(iter(opt.state.values()))
-    return [model.weight.detach().clone(), state["momentum"], state["grad_sq"], state["step"]]
+    return [model.weight.detach().clone(), *(state[key] for key in sorted(state))]
 
 
-def test_resumed_run_equals_uninterrupted_bit_for_bit() -> None:
-    straight = _planted_run(30, resume_at=None)
-    resumed = _planted_run(30, resume_at=13)
+@pytest.mark.parametrize("second", [False, True])
+def test_resumed_run_equals_uninterrupted_bit_for_bit(second: bool) -> None:
+    straight = _planted_run(30, resume_at=None, second=second)
+    resumed = _planted_run(30, resume_at=13, second=second)
     for a, b in zip(straight, resumed, strict=True):
         assert torch.equal(a, b)
-    assert not torch.equal(straight[0], _planted_run(13, resume_at=None)[0])  # it kept learning
+    assert not torch.equal(straight[0], _planted_run(13, None, second)[0])  # it kept learning
 
 
-def test_relative_threshold_does_not_depend_on_the_loss_scale() -> None:
+def test_relative_thresholds_do_not_depend_on_the_loss_scale() -> None:
     def run(mode: str, scale: float) -> torch.Tensor:
         torch.manual_seed(0)
         layer = st.constrain(nn.Linear(16, 8, bias=False), "weight", snapset.Sign(), "flip")
-        opt = st.Bop(layer.parameters(), threshold=0.5 if mode == "rel" else 1e-3, gamma=0.1,
-                     threshold_mode=mode)  # fmt: skip
+        threshold = {"rel": 0.5, "abs": 1e-3, "second_moment": 0.1}[mode]
+        opt = st.Bop(layer.parameters(), threshold, 0.1, threshold_mode=mode, sigma=0.1)
         data = torch.Generator().manual_seed(1)
         teacher = torch.randn(8, 16, generator=data).sign()
         for _ in range(20):
@@ -404,8 +410,9 @@ def test_relative_threshold_does_not_depend_on_the_loss_scale() -> None:
             opt.step()
         return layer.weight.detach().clone()
 
-    assert torch.equal(run("rel", 1.0), run("rel", 1024.0))
-    assert torch.equal(run("rel", 1.0), run("rel", 2.0**-10))
+    for mode in ("rel", "second_moment"):
+        assert torch.equal(run(mode, 1.0), run(mode, 1024.0))
+        assert torch.equal(run(mode, 1.0), run(mode, 2.0**-10))
     assert not torch.equal(run("abs", 1.0), run("abs", 2.0**-10))
 
 
