@@ -1,15 +1,19 @@
 """Compiled kernels of flip training over numpy views of CPU tensors.
 
-- ``flip_move``: one flip-optimizer step. ``snapset.torch.Bop`` calls it for CPU tensors of
-  float32 and float64; it decides and writes what Bop's torch operations would, bit for bit, in
-  one read of the momentum and the values instead of a dozen passes (each entry's level found
-  by comparisons, not by a lookup).
+- ``flip_step``: one flip-optimizer step. ``snapset.torch.Bop`` calls it for CPU tensors of
+  float32 and float64; it computes what Bop's torch operations would, bit for bit (the
+  averages, the test, the move and the momentum reset), in one pass over the entries instead of
+  a dozen, split between threads.
 - ``recode``: the codes, flips and histogram that ``snapset.torch.FlipTracker`` records, in one
   sweep a boundary instead of a pass per comparison, count and histogram.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
@@ -19,44 +23,76 @@ import numpy.typing as npt
 from .._spec import MOMENTUM_RESETS
 from ._loader import KernelLoader
 
-__all__ = ["flip_move", "recode"]
+__all__ = ["flip_step", "recode"]
 
 Floats = npt.NDArray[np.floating[Any]]
 
 
-def flip_move(
+def flip_step(
     values: Floats,
     momentum: Floats,
+    grad: Floats,
     second: Floats | None,
+    *,
+    gamma: float,
+    sigma: float,
     correction: float,
     threshold: float,
+    stride: float | None,
     table: Floats,
     midpoints: Floats,
     momentum_reset: str,
+    threads: int = 1,
 ) -> int | None:
-    """Move the flat ``values`` in place as ``snapset.torch.Bop`` does; return how many moved.
+    """One step of ``snapset.torch.Bop`` on flat arrays, in place; returns how many moved.
 
-    ``second`` (or None) holds each entry's second moment ``v``: an entry then moves where
-    ``m * m > (v / correction) * threshold**2``; else where ``|m| > threshold``. Returns
-    None, having changed nothing, where numba is not there (the caller then computes the same
-    with its own operations).
+    ``momentum`` moves towards ``grad`` at rate ``gamma``; ``second`` (or None) holds each
+    entry's second moment ``v``, which moves at rate ``sigma``, and an entry then moves where
+    ``m * m > (v / correction) * threshold**2``; else where ``|m| > threshold``. ``stride``
+    (or None) is the gap of an evenly spaced set. ``threads`` threads take a share of the
+    entries each (the result is the same for any number). Returns None, having changed nothing,
+    where numba is not there (the caller then computes the same with its own operations).
     """
     kernels = _KERNELS.module()
     if kernels is None:
         return None
-    dtype = values.dtype.type
-    return int(
-        kernels.move(
-            values,
-            momentum,
-            second if second is not None else values[:0],
-            dtype(correction),
-            dtype(threshold * threshold if second is not None else threshold),
-            table.astype(dtype, copy=False),
-            midpoints.astype(dtype, copy=False),
-            MOMENTUM_RESETS.index(momentum_reset),
-        )
+    real = values.dtype.type
+    arguments = (
+        values,
+        momentum,
+        grad,
+        second if second is not None else values[:0],
+        real(gamma),
+        real(sigma),
+        real(correction),
+        real(threshold * threshold if second is not None else threshold),
+        real(stride or 0.0),
+        table.astype(real, copy=False),
+        midpoints.astype(real, copy=False),
+        MOMENTUM_RESETS.index(momentum_reset),
     )
+    n = values.shape[0]
+    shares = min(threads, n // _SHARE)
+    if shares <= 1:
+        return int(kernels.step(*arguments, 0, n))
+    bounds = [n * i // shares for i in range(shares + 1)]
+    spans = itertools.pairwise(bounds)
+    return sum(_pool().map(lambda span: int(kernels.step(*arguments, *span)), spans))
+
+
+# Entries a thread takes at least: below that, starting a thread costs more than it saves.
+_SHARE = 1 << 18
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the shares of a step (the kernel releases the GIL); as many as the machine
+    has cores, made once."""
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(os.cpu_count() or 1, "snapset-flip"))
+        return _POOL[0]
 
 
 def recode(
@@ -91,10 +127,12 @@ def _warm_up(kernels: ModuleType) -> None:
     """Compile for float32 and float64: the step with per-tensor and per-entry thresholds,
     and the codes of the flip tracker."""
     for dtype in (np.float32, np.float64):
-        values, momentum = np.zeros(1, dtype), np.ones(1, dtype)
+        real = dtype
+        values, ones = np.zeros(1, dtype), np.ones(1, dtype)
         table, midpoints = np.array([-1, 0, 1], dtype), np.array([-0.5, 0.5], dtype)
-        for second in (values[:0], np.ones(1, dtype)):
-            kernels.move(values, momentum, second, dtype(1), dtype(0.5), table, midpoints, 0)
+        for second in (values[:0], ones.copy()):
+            scalars = [real(x) for x in (0.5, 0.5, 1.0, 0.5, 1.0)]
+            kernels.step(values, ones.copy(), ones, second, *scalars, table, midpoints, 0, 0, 1)
         codes = np.zeros(1, np.uint8)
         kernels.recode(values, midpoints, codes, codes.copy(), np.zeros(3, np.int64))
 

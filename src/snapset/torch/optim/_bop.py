@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeGuard, cast
+from typing import Any, NamedTuple, TypeGuard, TypeVar, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT, _default_to_fused_or_foreach
 
-from ..._kernels import flip_move
+from ..._kernels import flip_step
 from ..._sets import ValueSet
 from ..._spec import (
     BOP2_DEFAULTS,
@@ -25,6 +25,8 @@ from .._constrain import constraint_of
 from .._methods import Constraint
 
 __all__ = ["MOMENTUM_RESETS", "THRESHOLD_MODES", "Bop", "Bop2ndOrder", "bop"]
+
+T = TypeVar("T")
 
 # Sharded tensors (FSDP2's parameters and gradients): Bop steps their local shards.
 _SHARDED: tuple[type[Tensor], ...] = ()
@@ -445,6 +447,29 @@ def bop(
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
     torch._foreach_add_(steps, 1.0)
     torch._foreach_lerp_(grad_sqs, squares, gamma)
+    thetas: list[float | Tensor] = [threshold] * len(params)  # "second_moment": the fraction
+    if threshold_mode == "rel":
+        corrections = [1.0 - (1.0 - gamma) ** float(step) for step in steps]
+        thetas = [
+            s.div(c).sqrt_().mul_(threshold) for s, c in zip(grad_sqs, corrections, strict=True)
+        ]
+    seconds: list[Tensor | None] = list(second_moments) or [None] * len(params)
+    corrections = [1.0 - (1.0 - sigma) ** float(step) for step in steps]
+    # On the CPU, one compiled pass a parameter; the rest goes through torch's operations.
+    rest = [
+        i
+        for i in range(len(params))
+        if not _fused_step(
+            params[i], momentums[i], grads[i], seconds[i], values[i], thetas[i], corrections[i],
+            gamma=gamma, sigma=sigma, momentum_reset=momentum_reset,
+        )
+    ]  # fmt: skip
+    if not rest:
+        return
+    params, grads, momentums = _kept(params, rest), _kept(grads, rest), _kept(momentums, rest)
+    values, thetas, seconds = _kept(values, rest), _kept(thetas, rest), _kept(seconds, rest)
+    corrections = _kept(corrections, rest)
+    second_moments = [t for t in seconds if t is not None]
     if foreach:
         torch._foreach_lerp_(momentums, grads, gamma)
         if second_moments:  # Adam's form: v <- (1 - sigma) v + sigma g^2
@@ -455,33 +480,20 @@ def bop(
             momentum.lerp_(grad, gamma)
         for moment, grad in zip(second_moments, grads if second_moments else (), strict=True):
             moment.mul_(1.0 - sigma).addcmul_(grad, grad, value=sigma)
-    thetas: list[float | Tensor] | None = None
-    if threshold_mode == "abs":
-        thetas = [threshold] * len(params)
-    elif threshold_mode == "rel":
-        corrections = [1.0 - (1.0 - gamma) ** float(step) for step in steps]
-        thetas = [
-            s.div(c).sqrt_().mul_(threshold) for s, c in zip(grad_sqs, corrections, strict=True)
-        ]
-    outs: list[Tensor | None] = [None] * len(params)
-    rooms: list[Tensor | None] = [None] * len(params)
+    outs: list[Tensor | None] = [None] * len(rest)
+    rooms: list[Tensor | None] = [None] * len(rest)
     # Compiled code plans its own memory (and AOT autograd refuses the shared scratch's
     # aliased views as inputs that are written to).
     if not torch.compiler.is_compiling():
-        outs = list(scratch or outs)
-        rooms = list(thresholds or rooms)
-    for i, (param, momentum, value_set, out) in enumerate(
-        zip(params, momentums, values, outs, strict=True)
+        outs = [scratch[i] for i in rest] if scratch is not None else outs
+        rooms = [thresholds[i] for i in rest] if thresholds is not None else rooms
+    for param, momentum, second, value_set, theta, correction, out, room in zip(
+        params, momentums, seconds, values, thetas, corrections, outs, rooms, strict=True
     ):
-        second = second_moments[i] if second_moments else None
-        correction = 1.0 - (1.0 - sigma) ** float(steps[i]) if second is not None else 1.0
-        theta = thetas[i] if thetas is not None else threshold
-        if _fused_move(param, momentum, second, correction, theta, value_set, momentum_reset):
-            continue
         if second is None:
             direction = _direction(momentum, theta, out)
         else:  # the scratch is shared between parameters: each one's is made when used
-            direction = _entry_direction(momentum, second, correction, threshold, out, rooms[i])
+            direction = _entry_direction(momentum, second, correction, threshold, out, room)
         _move(param, momentum, direction, value_set, momentum_reset)
 
 
@@ -545,6 +557,10 @@ def _direction(momentum: Tensor, theta: float | Tensor, out: Tensor | None) -> T
     return bounded.sub_(momentum).sign_()
 
 
+def _kept(items: list[T], indices: list[int]) -> list[T]:
+    return [items[i] for i in indices]
+
+
 def _entry_direction(
     momentum: Tensor,
     second_moment: Tensor,
@@ -565,37 +581,50 @@ def _entry_direction(
     return torch.copysign(passed, m, out=passed).neg_().to(momentum.dtype)
 
 
-def _fused_move(
+def _fused_step(
     param: Tensor,
     momentum: Tensor,
+    grad: Tensor,
     second: Tensor | None,
-    correction: float,
-    theta: float | Tensor,
     values: ValueSet,
+    theta: float | Tensor,
+    correction: float,
+    *,
+    gamma: float,
+    sigma: float,
     momentum_reset: str,
 ) -> bool:
-    """The whole move of one CPU parameter in one compiled pass (``snapset._kernels``): what
-    ``_direction`` or ``_entry_direction`` and then ``_move`` do, bit for bit. False, having
-    done nothing, where it does not apply (another device or dtype, a compiled step, no numba)."""
-    tensors = [param, momentum] + ([second] if second is not None else [])
+    """The whole step of one CPU parameter in one compiled pass (``snapset._kernels``): what
+    the torch operations of ``bop`` do to it, bit for bit, split between torch's threads.
+    False, having done nothing, where it does not apply (another device or dtype, a compiled
+    step, no numba)."""
+    tensors = [param, momentum, grad] + ([second] if second is not None else [])
     if (
         torch.compiler.is_compiling()
         or param.device.type != "cpu"
         or param.dtype not in (torch.float32, torch.float64)
-        or any(t.dtype != param.dtype or not t.is_contiguous() for t in tensors)
+        or any(
+            t.dtype != param.dtype or t.device.type != "cpu" or not t.is_contiguous()
+            for t in tensors
+        )
     ):
         return False
     table, midpoints = _numpy_tables(values, param.dtype)
     flat = [t.detach().view(-1).numpy() for t in tensors]
-    moved = flip_move(
+    moved = flip_step(
         flat[0],
         flat[1],
-        flat[2] if second is not None else None,
-        correction,
-        float(theta),
-        table,
-        midpoints,
-        momentum_reset,
+        flat[2],
+        flat[3] if second is not None else None,
+        gamma=gamma,
+        sigma=sigma,
+        correction=correction,
+        threshold=float(theta),
+        stride=_plan(values, param.dtype).stride,
+        table=table,
+        midpoints=midpoints,
+        momentum_reset=momentum_reset,
+        threads=torch.get_num_threads(),
     )
     if moved is None:
         return False
