@@ -248,6 +248,29 @@ def test_the_fused_kernel_and_torch_operations_agree_bit_for_bit(
     assert fused[1] > 50  # the case is not trivial
 
 
+@pytest.mark.parametrize("mode", ["abs", "second_moment"])
+def test_the_fused_step_gives_the_same_bits_on_any_number_of_threads(mode: str) -> None:
+    def run(threads: int) -> list[torch.Tensor]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            data = torch.manual_seed(0)
+            n = (1 << 19) + 3  # shares of at least 2**18 entries: two or three threads
+            layer = st.Multiplier(n, snapset.ValueSet([1, -1, 0.5, -0.5]), method="flip")
+            opt = st.Bop(layer.parameters(), 2e-4, 0.3, threshold_mode=mode)
+            for _ in range(3):
+                layer.parametrizations.weight.original.grad = 1e-3 * torch.randn(n, generator=data)
+                opt.step()
+            (state,) = opt.state.values()
+            return [layer.weight.detach().clone(), *(state[key] for key in sorted(state))]
+        finally:
+            torch.set_num_threads(before)
+
+    one = run(1)
+    for a, b in zip(one, run(3), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_the_fused_kernel_runs_on_the_cpu_and_bumps_the_version() -> None:
     from snapset._kernels._flip import _KERNELS
 
