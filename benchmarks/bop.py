@@ -9,10 +9,10 @@
    ``FlipTracker.update()`` beside it, for flip layers (Bop) and latent ones (STE, Adam), Sign
    and Ternary. Goal: bookkeeping at most 2% of the step.
 
-Both parts run at torch's default thread count and at one thread (the compiled step uses one
-thread either way). Baselines run in the same process, interleaved with the candidates, median
-of several repeats. Prints markdown tables and writes them, with date, CPU and versions, to
-results/bop.md.
+Both parts run at torch's default thread count and at one thread (the compiled step splits a
+parameter between torch's threads, the tracker's sweep runs on one). Baselines run in the same
+process, interleaved with the candidates, median of several repeats. Prints markdown tables
+and writes them, with date, CPU and versions, to results/bop.md.
 
     .venv/bin/python benchmarks/bop.py
 """
@@ -169,9 +169,9 @@ def main() -> None:
         f"{machine_line('numba')}; median of {REPEATS} (optimizer) and {TRACKER_REPEATS} "
         "(bookkeeping) interleaved repeats.",
         "",
-        "The compiled step (numba, one pass on one thread) is what runs on the CPU with "
-        "`snapset[kernels]`; the torch operations run without numba, on GPUs and under "
-        "`torch.compile`. Both move every entry alike, bit for bit.",
+        "The compiled step (numba, one pass over the entries, split between torch's threads) is "
+        "what runs on the CPU with `snapset[kernels]`; the torch operations run without numba, "
+        "on GPUs and under `torch.compile`. Both give the same bits.",
         "",
     ]
     default = torch.get_num_threads()

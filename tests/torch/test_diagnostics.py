@@ -213,3 +213,31 @@ def _stored(model: nn.Module, name: str) -> torch.Tensor:
     *path, tensor = name.split(".")
     module = model.get_submodule(".".join(path))
     return module.parametrizations[tensor].original  # type: ignore[index, union-attr, no-any-return]
+
+
+def test_the_compiled_tracker_splits_a_large_tensor_between_threads_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def run(threads: int) -> tuple[list[float], np.ndarray]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            torch.manual_seed(0)
+            layer = st.Multiplier((1 << 19) + 5, snapset.Ternary(), method="flip")
+            tracker = st.FlipTracker(layer)
+            opt = st.Bop(layer.parameters(), threshold=1e-3, gamma=0.5)
+            for _ in range(3):
+                layer.parametrizations.weight.original.grad = 1e-2 * torch.randn((1 << 19) + 5)
+                opt.step()
+                tracker.update()
+            return tracker.flip_ratios()["weight"], tracker.histograms()["weight"]
+        finally:
+            torch.set_num_threads(before)
+
+    ratios, histograms = run(2)
+    assert 0 < ratios[0] < 1
+    one_thread = run(1)
+    monkeypatch.setenv("SNAPSET_KERNELS", "numpy")  # torch's operations
+    for other in (one_thread, run(2)):
+        assert other[0] == ratios
+        assert np.array_equal(other[1], histograms)

@@ -71,12 +71,9 @@ def flip_step(
         midpoints.astype(real, copy=False),
         MOMENTUM_RESETS.index(momentum_reset),
     )
-    n = values.shape[0]
-    shares = min(threads, n // _SHARE)
-    if shares <= 1:
-        return int(kernels.step(*arguments, 0, n))
-    bounds = [n * i // shares for i in range(shares + 1)]
-    spans = itertools.pairwise(bounds)
+    spans = _spans(values.shape[0], threads)
+    if len(spans) == 1:
+        return int(kernels.step(*arguments, *spans[0]))
     return sum(_pool().map(lambda span: int(kernels.step(*arguments, *span)), spans))
 
 
@@ -101,10 +98,12 @@ def recode(
     previous: npt.NDArray[np.uint8],
     codes: npt.NDArray[np.uint8],
     histogram: npt.NDArray[np.int64],
+    threads: int = 1,
 ) -> int | None:
     """Fill ``codes`` (how many sorted ``boundaries`` each entry of the flat ``read``
-    reaches) and ``histogram`` (entries per code) in one compiled sweep; return how many codes
-    differ from ``previous``. None, having changed nothing, where numba is not there.
+    reaches) and ``histogram`` (entries per code) in one compiled sweep, split between
+    ``threads``; return how many codes differ from ``previous``. None, having changed nothing,
+    where numba is not there.
 
     Examples:
         >>> import numpy as np
@@ -118,9 +117,22 @@ def recode(
     kernels = _KERNELS.module()
     if kernels is None:
         return None
-    return int(
-        kernels.recode(read, boundaries.astype(read.dtype, copy=False), previous, codes, histogram)
-    )
+    bounds = boundaries.astype(read.dtype, copy=False)
+    spans = _spans(read.shape[0], threads)
+    counts = np.zeros((len(spans), histogram.shape[0]), np.int64)
+
+    def share(i: int) -> int:
+        return int(kernels.recode(read, bounds, previous, codes, counts[i], *spans[i]))
+
+    changed = sum(_pool().map(share, range(len(spans)))) if len(spans) > 1 else share(0)
+    histogram[:] = counts.sum(axis=0)
+    return changed
+
+
+def _spans(n: int, threads: int) -> list[tuple[int, int]]:
+    """``threads`` shares of ``range(n)`` at most, none under ``_SHARE`` entries but one."""
+    shares = max(1, min(threads, n // _SHARE))
+    return list(itertools.pairwise([n * i // shares for i in range(shares + 1)]))
 
 
 def _warm_up(kernels: ModuleType) -> None:
@@ -134,7 +146,7 @@ def _warm_up(kernels: ModuleType) -> None:
             scalars = [real(x) for x in (0.5, 0.5, 1.0, 0.5, 1.0)]
             kernels.step(values, ones.copy(), ones, second, *scalars, table, midpoints, 0, 0, 1)
         codes = np.zeros(1, np.uint8)
-        kernels.recode(values, midpoints, codes, codes.copy(), np.zeros(3, np.int64))
+        kernels.recode(values, midpoints, codes, codes.copy(), np.zeros(3, np.int64), 0, 1)
 
 
 _KERNELS = KernelLoader("snapset's flip-optimizer step", "snapset._kernels._flip_numba", _warm_up)

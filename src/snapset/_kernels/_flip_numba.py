@@ -80,20 +80,22 @@ def step(
 
 
 @numba.njit(nogil=True, error_model="numpy")
-def recode(read: Any, boundaries: Any, previous: Any, codes: Any, histogram: Any) -> int:
-    """``codes[e]``: how many ``boundaries`` ``read[e]`` reaches (``>=``); ``histogram[j]``:
-    how many codes are ``j``; returns how many codes differ from ``previous``.
+def recode(
+    read: Any, boundaries: Any, previous: Any, codes: Any, histogram: Any, start: int, stop: int
+) -> int:
+    """For entries ``start:stop``: ``codes[e]``, how many ``boundaries`` ``read[e]`` reaches
+    (``>=``); ``histogram[j]``, how many of those codes are ``j``; returns how many codes
+    differ from ``previous``.
 
     One pass a boundary, each a plain loop that LLVM vectorises (a scatter into the histogram
     would not be): the histogram follows from how many entries reach each boundary.
     """
-    n = read.shape[0]
-    codes[:] = 0
-    below = n
+    codes[start:stop] = 0
+    below = stop - start
     for j in range(boundaries.shape[0]):
         boundary = boundaries[j]
         reached = 0
-        for e in range(n):
+        for e in range(start, stop):
             at_least = read[e] >= boundary
             codes[e] += at_least
             reached += at_least
@@ -101,6 +103,6 @@ def recode(read: Any, boundaries: Any, previous: Any, codes: Any, histogram: Any
         below = reached
     histogram[boundaries.shape[0]] = below
     changed = 0
-    for e in range(n):
+    for e in range(start, stop):
         changed += codes[e] != previous[e]
     return changed

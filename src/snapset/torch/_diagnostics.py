@@ -72,6 +72,7 @@ class _Tracked:
             self.previous.view(-1).numpy(),
             codes.view(-1).numpy(),
             histogram.numpy(),
+            threads=torch.get_num_threads(),
         )
         return None if changed is None else (codes, torch.tensor(changed), histogram)
 
