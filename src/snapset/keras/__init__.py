@@ -56,6 +56,7 @@ from ._quantize import quantize as quantize
 from .export import load as load
 from .export import save as save
 from .optim import Bop as Bop
+from .optim import Bop2ndOrder as Bop2ndOrder
 from .optim import Router as Router
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "METHODS",
     "STE",
     "Bop",
+    "Bop2ndOrder",
     "Conv1D",
     "Conv2D",
     "Dense",

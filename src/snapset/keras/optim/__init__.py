@@ -1,5 +1,5 @@
-"""Flip optimizers for Keras 3: Bop, and Router, which gives Bop the flip variables of a model
-and another optimizer the rest.
+"""Flip optimizers for Keras 3: Bop, the second-moment Bop2ndOrder, and Router, which gives
+Bop the flip variables of a model and another optimizer the rest.
 
 Examples:
     >>> import keras, snapset.keras as sk
@@ -10,6 +10,7 @@ Examples:
 """
 
 from ._bop import Bop as Bop
+from ._bop import Bop2ndOrder as Bop2ndOrder
 from ._router import Router as Router
 
-__all__ = ["Bop", "Router"]
+__all__ = ["Bop", "Bop2ndOrder", "Router"]
