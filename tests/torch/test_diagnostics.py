@@ -223,11 +223,11 @@ def test_the_compiled_tracker_splits_a_large_tensor_between_threads_alike(
         torch.set_num_threads(threads)
         try:
             torch.manual_seed(0)
-            layer = st.Multiplier((1 << 19) + 5, snapset.Ternary(), method="flip")
+            layer = st.Multiplier((1 << 21) + 5, snapset.Ternary(), method="flip")
             tracker = st.FlipTracker(layer)
             opt = st.Bop(layer.parameters(), threshold=1e-3, gamma=0.5)
             for _ in range(3):
-                layer.parametrizations.weight.original.grad = 1e-2 * torch.randn((1 << 19) + 5)
+                layer.parametrizations.weight.original.grad = 1e-2 * torch.randn((1 << 21) + 5)
                 opt.step()
                 tracker.update()
             return tracker.flip_ratios()["weight"], tracker.histograms()["weight"]

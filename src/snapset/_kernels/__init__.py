@@ -8,6 +8,7 @@ set. The flip step (``_flip``) is one compiled pass; where it cannot run, ``snap
 computes the same with torch's operations.
 """
 
+from ._flip import compiled as compiled
 from ._flip import flip_step as flip_step
 from ._flip import recode as recode
 from ._matrix import PackedMatrix as PackedMatrix
@@ -15,4 +16,12 @@ from ._matrix import backend as backend
 from ._matrix import decode_rows as decode_rows
 from ._matrix import small_matmul as small_matmul
 
-__all__ = ["PackedMatrix", "backend", "decode_rows", "flip_step", "recode", "small_matmul"]
+__all__ = [
+    "PackedMatrix",
+    "backend",
+    "compiled",
+    "decode_rows",
+    "flip_step",
+    "recode",
+    "small_matmul",
+]

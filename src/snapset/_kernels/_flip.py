@@ -23,7 +23,7 @@ import numpy.typing as npt
 from .._spec import MOMENTUM_RESETS
 from ._loader import KernelLoader
 
-__all__ = ["flip_step", "recode"]
+__all__ = ["compiled", "flip_step", "recode"]
 
 Floats = npt.NDArray[np.floating[Any]]
 
@@ -78,7 +78,7 @@ def flip_step(
 
 
 # Entries a thread takes at least: below that, starting a thread costs more than it saves.
-_SHARE = 1 << 18
+_SHARE = 1 << 20
 _POOL: list[ThreadPoolExecutor] = []
 _POOL_LOCK = threading.Lock()
 
@@ -127,6 +127,16 @@ def recode(
     changed = sum(_pool().map(share, range(len(spans)))) if len(spans) > 1 else share(0)
     histogram[:] = counts.sum(axis=0)
     return changed
+
+
+def compiled() -> bool:
+    """Whether the compiled kernels run here (numba installed and working).
+
+    Examples:
+        >>> compiled() in (True, False)
+        True
+    """
+    return _KERNELS.module() is not None
 
 
 def _spans(n: int, threads: int) -> list[tuple[int, int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numba
+import numpy as np
 
 # Which moved entries restart their momentum from 0 (the order of ``_spec.MOMENTUM_RESETS``).
 INTERIOR, ALWAYS, NEVER = 0, 1, 2
@@ -45,14 +46,18 @@ def step(
     ``table``, found by comparisons with ``midpoints``. Every array is flat and of one float
     dtype, as are the scalars; ``values`` holds members of ``table``.
     """
+    # Loops over views from 0 vectorise; loops from ``start`` measured ten times slower.
+    values, momentum, grad = values[start:stop], momentum[start:stop], grad[start:stop]
+    per_entry = second.shape[0] > 0
+    if per_entry:
+        second = second[start:stop]
     real = values.dtype.type
     zero = real(0.0)
     keep = real(1.0) - sigma
     low, high, k = table[0], table[-1], table.shape[0]
     small = gamma < 0.5
-    per_entry = second.shape[0] > 0
     moved = 0
-    for e in range(start, stop):
+    for e in range(values.shape[0]):
         g, m = grad[e], momentum[e]
         m = m + gamma * (g - m) if small else g - (g - m) * (1 - gamma)
         if per_entry:
@@ -90,19 +95,21 @@ def recode(
     One pass a boundary, each a plain loop that LLVM vectorises (a scatter into the histogram
     would not be): the histogram follows from how many entries reach each boundary.
     """
-    codes[start:stop] = 0
-    below = stop - start
+    # Loops over views from 0 vectorise; loops from ``start`` measured ten times slower.
+    read, previous, codes = read[start:stop], previous[start:stop], codes[start:stop]
+    codes[:] = 0
+    below = codes.shape[0]
     for j in range(boundaries.shape[0]):
         boundary = boundaries[j]
         reached = 0
-        for e in range(start, stop):
-            at_least = read[e] >= boundary
+        for e in range(codes.shape[0]):
+            at_least = np.uint8(read[e] >= boundary)
             codes[e] += at_least
             reached += at_least
         histogram[j] = below - reached
         below = reached
     histogram[boundaries.shape[0]] = below
     changed = 0
-    for e in range(start, stop):
+    for e in range(codes.shape[0]):
         changed += codes[e] != previous[e]
     return changed

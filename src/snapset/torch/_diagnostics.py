@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .._files import HARDENED
-from .._kernels import recode
+from .._kernels import compiled, recode
 from .._sets import ValueSet
 from .._summary import PLAIN, Summary, SummaryRow, with_scale
 from ._constrain import (
@@ -105,8 +105,8 @@ class FlipTracker:
         for tensor in constrained_tensors(model):
             codes = tensor.constraint.codes(tensor.stored)
             histogram = _histogram(codes, len(tensor.constraint.values))
-            if len(tensor.constraint.values) <= 256:  # one byte a code, as the kernel keeps them
-                codes = codes.to(torch.uint8)
+            if compiled() and len(tensor.constraint.values) <= 256:
+                codes = codes.to(torch.uint8)  # one byte a code, as the compiled sweep keeps them
             self._tracked.append(_Tracked(tensor, codes, None, [], [histogram]))
         if not self._tracked:
             raise ValueError(
@@ -135,7 +135,10 @@ class FlipTracker:
                 codes = entry.codes(entry.spare).to(entry.previous.dtype)
                 # The previous codes, once compared, are overwritten by the comparison:
                 # nonzero exactly where the codes differ.
-                flips = torch.count_nonzero(entry.previous.sub_(codes))
+                if codes.dtype == torch.bool:
+                    flips = torch.count_nonzero(entry.previous.logical_xor_(codes))
+                else:
+                    flips = torch.count_nonzero(entry.previous.sub_(codes))
                 histogram = _histogram(codes, len(entry.tensor.constraint.values))
             entry.flips.append(flips)
             entry.histograms.append(histogram)

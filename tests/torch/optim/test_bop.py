@@ -255,7 +255,7 @@ def test_the_fused_step_gives_the_same_bits_on_any_number_of_threads(mode: str) 
         torch.set_num_threads(threads)
         try:
             data = torch.manual_seed(0)
-            n = (1 << 19) + 3  # shares of at least 2**18 entries: two or three threads
+            n = (1 << 21) + 3  # shares of at least 2**20 entries: two threads
             layer = st.Multiplier(n, snapset.ValueSet([1, -1, 0.5, -0.5]), method="flip")
             opt = st.Bop(layer.parameters(), 2e-4, 0.3, threshold_mode=mode)
             for _ in range(3):
