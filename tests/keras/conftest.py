@@ -176,3 +176,22 @@ class KerasArchive:
 def archive():
     """``KerasArchive``: open a ``.keras`` file for editing."""
     return KerasArchive
+
+
+def flip_layer(values, start):
+    """A built flip ``sk.Multiplier`` over ``values`` holding ``start``."""
+    import snapset.keras as sk
+
+    layer = sk.Multiplier(values, "flip")
+    layer.build((None, len(start)))
+    layer.weights[0].assign(np.asarray(start, "float32"))
+    return layer
+
+
+def planted_multiplier(values, seed=3, features=64, samples=2048, noise=0.1):
+    """``(w, x, y)`` with ``w`` drawn from ``values`` and ``y = x * w + noise``."""
+    rng = np.random.default_rng(seed)
+    planted = np.asarray(values.values, "float32")[rng.integers(0, len(values), features)]
+    x = rng.standard_normal((samples, features)).astype("float32")
+    y = (x * planted + noise * rng.standard_normal((samples, features))).astype("float32")
+    return planted, x, y

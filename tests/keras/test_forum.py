@@ -11,16 +11,9 @@ keras = pytest.importorskip(
 import snapset  # noqa: E402
 import snapset.keras as sk  # noqa: E402
 
+from .conftest import planted_multiplier  # noqa: E402
+
 FOUR = snapset.ValueSet([1, -1, 0.5, -0.5])
-
-
-def planted_multiplier(values, seed=3, features=64, samples=2048, noise=0.1):
-    """``(w, x, y)`` with ``w`` drawn from ``values`` and ``y = x * w + noise``."""
-    rng = np.random.default_rng(seed)
-    planted = np.asarray(values.values, "float32")[rng.integers(0, len(values), features)]
-    x = rng.standard_normal((samples, features)).astype("float32")
-    y = (x * planted + noise * rng.standard_normal((samples, features))).astype("float32")
-    return planted, x, y
 
 
 class ValuesInSetEveryEpoch(keras.callbacks.Callback):

@@ -9,18 +9,13 @@ keras = pytest.importorskip(
 ops = keras.ops
 
 
+from tests.keras.conftest import flip_layer  # noqa: E402
+
 import snapset  # noqa: E402
 import snapset.keras as sk  # noqa: E402
 from snapset import _spec  # noqa: E402
 
 FOUR = snapset.ValueSet([1, -1, 0.5, -0.5])
-
-
-def flip_layer(values, start):
-    layer = sk.Multiplier(values, "flip")
-    layer.build((None, len(start)))
-    layer.weights[0].assign(np.asarray(start, "float32"))
-    return layer
 
 
 def test_bop_moves_one_level_against_a_strong_average_and_stops_at_the_ends():

@@ -10,19 +10,14 @@ keras = pytest.importorskip(
 ops = keras.ops
 
 
+from tests.keras.conftest import flip_layer, planted_multiplier  # noqa: E402
+
 import snapset  # noqa: E402
 import snapset.keras as sk  # noqa: E402
 from snapset import _spec  # noqa: E402
 from snapset.keras.optim import Bop2ndOrder  # noqa: E402
 
 FOUR = snapset.ValueSet([1, -1, 0.5, -0.5])
-
-
-def flip_layer(values, start):
-    layer = sk.Multiplier(values, "flip")
-    layer.build((None, len(start)))
-    layer.weights[0].assign(np.asarray(start, "float32"))
-    return layer
 
 
 def weights_after_each_step(optimizer, layer, grads):
@@ -154,15 +149,6 @@ def test_steps_agree_with_the_pytorch_front_bit_for_bit(values, momentum_reset, 
                 ops.convert_to_numpy(ours[0]), expected, rtol=0, atol=1e-6 * abs(expected).max()
             )
     assert moves > 30  # the rule was exercised, not only the averages
-
-
-def planted_multiplier(values, seed=3, features=64, samples=2048, noise=0.1):
-    """``(w, x, y)`` with ``w`` drawn from ``values`` and ``y = x * w + noise``."""
-    rng = np.random.default_rng(seed)
-    planted = np.asarray(values.values, "float32")[rng.integers(0, len(values), features)]
-    x = rng.standard_normal((samples, features)).astype("float32")
-    y = (x * planted + noise * rng.standard_normal((samples, features))).astype("float32")
-    return planted, x, y
 
 
 class WeightsEachEpoch(keras.callbacks.Callback):
