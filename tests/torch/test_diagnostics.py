@@ -112,13 +112,35 @@ def test_flip_ratio_and_histograms_by_hand_for_every_method(
         assert histograms[name][-1].tolist() == [int((hard == v).sum()) for v in constraint.values]
 
 
-def test_tracker_keeps_one_byte_codes_not_float_copies() -> None:
+def test_tracker_keeps_bits_not_float_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bit planes for the compiled sweep (one bit an entry and boundary), a byte or a bool an
+    entry for torch's operations."""
     layer = st.constrain(nn.Linear(64, 64), "weight", snapset.Ternary(), method="ste")
-    tracker = st.FlipTracker(layer)
-    previous = tracker._tracked[0].previous
+    previous = st.FlipTracker(layer)._tracked[0].previous
+    assert previous.dtype == torch.uint8 and previous.shape == (2, 64 * 64 // 8)
+    binary = st.constrain(nn.Linear(8, 8), "weight", snapset.Sign(), "flip")
+    assert st.FlipTracker(binary)._tracked[0].previous.shape == (1, 8)
+    monkeypatch.setenv("SNAPSET_KERNELS", "numpy")
+    previous = st.FlipTracker(layer)._tracked[0].previous
     assert previous.element_size() == 1 and previous.numel() == 64 * 64
-    binary = st.FlipTracker(st.constrain(nn.Linear(8, 8), "weight", snapset.Sign(), "flip"))
-    assert binary._tracked[0].previous.dtype == torch.uint8
+    assert st.FlipTracker(binary)._tracked[0].previous.dtype == torch.bool
+
+
+def test_tracker_goes_on_with_torch_operations_when_the_sweep_stops_applying(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From bit planes to codes in the middle of a run (here: numba switched off; in use, a
+    move to a GPU): the flips are still counted against the last update."""
+    layer = st.constrain(nn.Linear(16, 4), "weight", snapset.Ternary(), "flip")
+    layer.weight = torch.zeros(4, 16)
+    tracker = st.FlipTracker(layer)
+    layer.weight = torch.tensor([[1.0] * 16, [-1.0] * 16, [0.0] * 16, [0.0] * 16])
+    tracker.update()
+    monkeypatch.setenv("SNAPSET_KERNELS", "numpy")
+    layer.weight = torch.tensor([[1.0] * 16, [0.0] * 16, [0.0] * 16, [-1.0] * 8 + [0.0] * 8])
+    tracker.update()
+    assert tracker.flip_ratios()["weight"] == [0.5, 0.375]
+    assert tracker.histograms()["weight"].tolist() == [[0, 64, 0], [16, 32, 16], [8, 40, 16]]
 
 
 @pytest.mark.parametrize("method", ["flip", "ste", "stochastic", "gumbel"])

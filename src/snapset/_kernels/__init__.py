@@ -8,8 +8,10 @@ set. The flip step (``_flip``) is one compiled pass; where it cannot run, ``snap
 computes the same with torch's operations.
 """
 
+from ._flip import codes_of_planes as codes_of_planes
 from ._flip import compiled as compiled
 from ._flip import flip_step as flip_step
+from ._flip import plane_shape as plane_shape
 from ._flip import recode as recode
 from ._matrix import PackedMatrix as PackedMatrix
 from ._matrix import backend as backend
@@ -19,9 +21,11 @@ from ._matrix import small_matmul as small_matmul
 __all__ = [
     "PackedMatrix",
     "backend",
+    "codes_of_planes",
     "compiled",
     "decode_rows",
     "flip_step",
+    "plane_shape",
     "recode",
     "small_matmul",
 ]

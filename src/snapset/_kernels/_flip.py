@@ -4,8 +4,9 @@
   float32 and float64; it computes what Bop's torch operations would, bit for bit (the
   averages, the test, the move and the momentum reset), in one pass over the entries instead of
   a dozen, split between threads.
-- ``recode``: the codes, flips and histogram that ``snapset.torch.FlipTracker`` records, in one
-  sweep a boundary instead of a pass per comparison, count and histogram.
+- ``recode``: the codes, flips and histogram that ``snapset.torch.FlipTracker`` records, as
+  thermometer bit planes (an eighth of a byte a boundary and entry), in one sweep a boundary
+  instead of a pass per comparison, count and histogram.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy.typing as npt
 from .._spec import MOMENTUM_RESETS
 from ._loader import KernelLoader
 
-__all__ = ["compiled", "flip_step", "recode"]
+__all__ = ["codes_of_planes", "compiled", "flip_step", "plane_shape", "recode"]
 
 Floats = npt.NDArray[np.floating[Any]]
 
@@ -64,6 +65,7 @@ def flip_step(
         second if second is not None else values[:0],
         real(gamma),
         real(sigma),
+        real(1.0 - sigma),  # as torch rounds mul_(1 - sigma): once, from float64
         real(correction),
         real(threshold * threshold if second is not None else threshold),
         real(stride or 0.0),
@@ -71,7 +73,7 @@ def flip_step(
         midpoints.astype(real, copy=False),
         MOMENTUM_RESETS.index(momentum_reset),
     )
-    spans = _spans(values.shape[0], threads)
+    spans = _spans(values.shape[0], threads, _SHARE)
     if len(spans) == 1:
         return int(kernels.step(*arguments, *spans[0]))
     return sum(_pool().map(lambda span: int(kernels.step(*arguments, *span)), spans))
@@ -96,37 +98,55 @@ def recode(
     read: Floats,
     boundaries: Floats,
     previous: npt.NDArray[np.uint8],
-    codes: npt.NDArray[np.uint8],
+    planes: npt.NDArray[np.uint8],
     histogram: npt.NDArray[np.int64],
     threads: int = 1,
 ) -> int | None:
-    """Fill ``codes`` (how many sorted ``boundaries`` each entry of the flat ``read``
-    reaches) and ``histogram`` (entries per code) in one compiled sweep, split between
-    ``threads``; return how many codes differ from ``previous``. None, having changed nothing,
-    where numba is not there.
+    """Fill ``planes`` with the codes of the flat ``read`` against the sorted ``boundaries``,
+    as thermometer bit planes (``plane_shape``: bit ``i`` of ``planes[j, b]`` says whether
+    entry ``8 b + i`` reaches boundary ``j``), and ``histogram`` with how many entries have
+    each code; return how many codes differ from ``previous`` (planes of the same shape). One
+    compiled sweep, split between ``threads``. None, having changed nothing, where numba is not
+    there.
 
     Examples:
         >>> import numpy as np
-        >>> codes, histogram = np.empty(4, np.uint8), np.empty(3, np.int64)
-        >>> read = np.array([-1.0, 0.0, 1.0, 1.0], np.float32)
-        >>> previous = np.array([0, 1, 1, 2], np.uint8)
-        >>> changed = recode(read, np.array([-0.5, 0.5], np.float32), previous, codes, histogram)
-        >>> changed, codes.tolist(), histogram.tolist()  # with numba installed
-        (1, [0, 1, 2, 2], [1, 1, 2])
+        >>> read = np.array([-1.0, 0.0, 1.0, 1.0], np.float32)  # codes 0, 1, 2, 2
+        >>> bounds = np.array([-0.5, 0.5], np.float32)
+        >>> previous = np.zeros(plane_shape(4, 3), np.uint8)  # every code 0
+        >>> planes, histogram = np.empty_like(previous), np.empty(3, np.int64)
+        >>> changed = recode(read, bounds, previous, planes, histogram)
+        >>> changed, planes.tolist(), histogram.tolist()  # with numba installed
+        (3, [[14], [12]], [1, 1, 2])
+        >>> codes_of_planes(planes, 4).tolist()
+        [0, 1, 2, 2]
     """
     kernels = _KERNELS.module()
     if kernels is None:
         return None
     bounds = boundaries.astype(read.dtype, copy=False)
-    spans = _spans(read.shape[0], threads)
+    spans = _spans(planes.shape[1], threads, _SHARE // 8)
     counts = np.zeros((len(spans), histogram.shape[0]), np.int64)
 
     def share(i: int) -> int:
-        return int(kernels.recode(read, bounds, previous, codes, counts[i], *spans[i]))
+        return int(kernels.recode(read, bounds, previous, planes, counts[i], *spans[i]))
 
     changed = sum(_pool().map(share, range(len(spans)))) if len(spans) > 1 else share(0)
     histogram[:] = counts.sum(axis=0)
     return changed
+
+
+def plane_shape(n: int, k: int) -> tuple[int, int]:
+    """The shape of the bit planes of ``n`` codes of a ``k``-value set (``recode``)."""
+    return k - 1, -(-n // 8)
+
+
+def codes_of_planes(planes: npt.NDArray[np.uint8], n: int) -> npt.NDArray[np.uint8]:
+    """The ``n`` codes that thermometer bit ``planes`` hold (how many of an entry's bits are
+    set)."""
+    bits = np.unpackbits(planes, axis=1, count=8 * planes.shape[1], bitorder="little")
+    codes: npt.NDArray[np.uint8] = bits[:, :n].sum(axis=0, dtype=np.uint8)
+    return codes
 
 
 def compiled() -> bool:
@@ -139,9 +159,9 @@ def compiled() -> bool:
     return _KERNELS.module() is not None
 
 
-def _spans(n: int, threads: int) -> list[tuple[int, int]]:
-    """``threads`` shares of ``range(n)`` at most, none under ``_SHARE`` entries but one."""
-    shares = max(1, min(threads, n // _SHARE))
+def _spans(n: int, threads: int, least: int) -> list[tuple[int, int]]:
+    """``threads`` shares of ``range(n)`` at most, none under ``least`` items but one."""
+    shares = max(1, min(threads, n // least))
     return list(itertools.pairwise([n * i // shares for i in range(shares + 1)]))
 
 
@@ -153,10 +173,10 @@ def _warm_up(kernels: ModuleType) -> None:
         values, ones = np.zeros(1, dtype), np.ones(1, dtype)
         table, midpoints = np.array([-1, 0, 1], dtype), np.array([-0.5, 0.5], dtype)
         for second in (values[:0], ones.copy()):
-            scalars = [real(x) for x in (0.5, 0.5, 1.0, 0.5, 1.0)]
+            scalars = [real(x) for x in (0.5, 0.5, 0.5, 1.0, 0.5, 1.0)]
             kernels.step(values, ones.copy(), ones, second, *scalars, table, midpoints, 0, 0, 1)
-        codes = np.zeros(1, np.uint8)
-        kernels.recode(values, midpoints, codes, codes.copy(), np.zeros(3, np.int64), 0, 1)
+        planes = np.zeros(plane_shape(1, 3), np.uint8)
+        kernels.recode(values, midpoints, planes, planes.copy(), np.zeros(3, np.int64), 0, 1)
 
 
 _KERNELS = KernelLoader("snapset's flip-optimizer step", "snapset._kernels._flip_numba", _warm_up)

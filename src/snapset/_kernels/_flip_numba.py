@@ -1,23 +1,45 @@
 """The numba-compiled step of the flip optimizer (imported on first use by ``_flip``).
 
-No ``fastmath`` but ``contract`` here: each entry is rounded exactly as torch's elementwise ops
-round it (fused multiply-adds where torch's vectorised CPU kernels use them; squares, not
-square roots, as torch's float32 ``sqrt`` is not correctly rounded on every CPU), so this kernel
-and the torch path of ``snapset.torch.Bop`` give the same bits (tested on every set and mode).
+No ``fastmath`` here: each entry is rounded exactly as torch's elementwise ops round it (a fused
+multiply-add, written out, where torch's vectorised CPU kernels use one, and nowhere else;
+squares, not square roots, as torch's float32 ``sqrt`` is not correctly rounded on every CPU),
+so this kernel and the torch path of ``snapset.torch.Bop`` give the same bits (tested on every
+set and mode, and on a training run).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+from ._numba import popcount
+
+
+def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+    """LLVM's fused multiply-add, ``a * b + c`` rounded once, for three floats of one type."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+    signature = a(a, b, c)
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.fma(*args)
+
+    return signature, codegen
+
+
+fma: Callable[[Any, Any, Any], Any] = cast(Any, intrinsic(_fma))
+
 
 # Which moved entries restart their momentum from 0 (the order of ``_spec.MOMENTUM_RESETS``).
 INTERIOR, ALWAYS, NEVER = 0, 1, 2
 
 
-@numba.njit(nogil=True, error_model="numpy", fastmath={"contract"})
+@numba.njit(nogil=True, error_model="numpy")
 def step(
     values: Any,
     momentum: Any,
@@ -25,6 +47,7 @@ def step(
     second: Any,
     gamma: Any,
     sigma: Any,
+    keep: Any,
     correction: Any,
     threshold: Any,
     stride: Any,
@@ -36,11 +59,12 @@ def step(
 ) -> int:
     """One flip-optimizer step on entries ``start:stop``; returns how many moved.
 
-    ``m`` moves towards the gradient as ``torch.lerp`` rounds it (one fused multiply-add:
-    ``contract`` lets LLVM fuse as torch's vectorised kernels do). Where ``second`` is empty an
-    entry moves where ``|m| > threshold``; else ``v <- v (1 - sigma) + (sigma g) g`` (as torch's
-    ``mul_`` then ``addcmul_``) and it moves where ``m * m > (v / correction) * threshold``
-    (``threshold`` is then the square of the fraction). A move is one level against the sign
+    ``m`` moves towards the gradient as ``torch.lerp`` rounds it on the CPU (one fused
+    multiply-add, as torch's vectorised kernels compute it). Where ``second`` is empty an
+    entry moves where ``|m| > threshold``; else ``v <- v keep + (sigma g) g`` (as torch's
+    ``mul_(1 - sigma)`` then ``addcmul_``: ``keep`` is ``1 - sigma`` rounded once, from
+    float64) and it moves where ``m * m > (v / correction) * threshold`` (``threshold`` is then
+    the square of the fraction). A move is one level against the sign
     of ``m``: ``value + stride`` clamped to the table's ends for evenly spaced sets
     (``stride > 0``, exact there, and a loop LLVM vectorises), else the next member of
     ``table``, found by comparisons with ``midpoints``. Every array is flat and of one float
@@ -52,17 +76,15 @@ def step(
     if per_entry:
         second = second[start:stop]
     real = values.dtype.type
-    zero = real(0.0)
-    keep = real(1.0) - sigma
+    zero, one = real(0.0), real(1.0)
     low, high, k = table[0], table[-1], table.shape[0]
     small = gamma < 0.5
     moved = 0
     for e in range(values.shape[0]):
         g, m = grad[e], momentum[e]
-        m = m + gamma * (g - m) if small else g - (g - m) * (1 - gamma)
+        m = fma(gamma, g - m, m) if small else fma(gamma - one, g - m, g)
         if per_entry:
-            v = second[e] * keep
-            v = v + (sigma * g) * g
+            v = fma(sigma * g, g, second[e] * keep)
             second[e] = v
             passed = m * m > (v / correction) * threshold
             up, down = passed & (m < zero), passed & (m > zero)
@@ -86,30 +108,45 @@ def step(
 
 @numba.njit(nogil=True, error_model="numpy")
 def recode(
-    read: Any, boundaries: Any, previous: Any, codes: Any, histogram: Any, start: int, stop: int
+    read: Any, boundaries: Any, previous: Any, planes: Any, histogram: Any, start: int, stop: int
 ) -> int:
-    """For entries ``start:stop``: ``codes[e]``, how many ``boundaries`` ``read[e]`` reaches
-    (``>=``); ``histogram[j]``, how many of those codes are ``j``; returns how many codes
-    differ from ``previous``.
+    """The codes of ``read[8 * start : 8 * stop]`` as thermometer bit planes, their histogram,
+    and how many differ from ``previous``'s.
 
-    One pass a boundary, each a plain loop that LLVM vectorises (a scatter into the histogram
-    would not be): the histogram follows from how many entries reach each boundary.
+    Bit ``i`` of ``planes[j, b]`` says whether ``read[8 b + i] >= boundaries[j]``; an entry's
+    code is how many boundaries it reaches, the number of its bits set. So ``histogram[j]``
+    follows from how many entries reach each boundary, and a code changed where any of its
+    planes did: an eighth of a byte a plane and entry to write and read again, and loops that
+    LLVM vectorises (no scatter into the histogram).
     """
-    # Loops over views from 0 vectorise; loops from ``start`` measured ten times slower.
-    read, previous, codes = read[start:stop], previous[start:stop], codes[start:stop]
-    codes[:] = 0
-    below = codes.shape[0]
+    n = read.shape[0]
+    full = min(stop, n // 8)  # bytes whose eight entries all exist
+    below = min(n, 8 * stop) - 8 * start
     for j in range(boundaries.shape[0]):
         boundary = boundaries[j]
+        plane = planes[j, start:stop]
+        # Views from 0: loops from ``start`` measured ten times slower.
+        block = read[8 * start : 8 * full]
+        for b in range(full - start):
+            byte = np.uint8(0)
+            for i in range(8):
+                byte |= np.uint8(block[8 * b + i] >= boundary) << np.uint8(i)
+            plane[b] = byte
+        if full < stop:  # the last, partial byte
+            byte = np.uint8(0)
+            for e in range(8 * full, n):
+                byte |= np.uint8(read[e] >= boundary) << np.uint8(e - 8 * full)
+            plane[full - start] = byte
         reached = 0
-        for e in range(codes.shape[0]):
-            at_least = np.uint8(read[e] >= boundary)
-            codes[e] += at_least
-            reached += at_least
+        for b in range(stop - start):
+            reached += popcount(plane[b])
         histogram[j] = below - reached
         below = reached
     histogram[boundaries.shape[0]] = below
     changed = 0
-    for e in range(codes.shape[0]):
-        changed += codes[e] != previous[e]
+    for b in range(start, stop):
+        differ = np.uint8(0)
+        for j in range(boundaries.shape[0]):
+            differ |= planes[j, b] ^ previous[j, b]
+        changed += popcount(differ)
     return changed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .._files import HARDENED
-from .._kernels import compiled, recode
+from .._kernels import codes_of_planes, compiled, plane_shape, recode
 from .._sets import ValueSet
 from .._summary import PLAIN, Summary, SummaryRow, with_scale
 from ._constrain import (
@@ -40,41 +40,83 @@ def _histogram(codes: Tensor, k: int) -> Tensor:
 
 @dataclass
 class _Tracked:
+    """One tracked tensor: the codes of the last update, as bit planes (``planes``: the
+    compiled sweep's) or as torch's codes, a spare buffer of the same kind, and the records."""
+
     tensor: ConstrainedTensor
     previous: Tensor
-    spare: Tensor | None
-    flips: list[Tensor]
-    histograms: list[Tensor]
+    planes: bool
+    spare: Tensor | None = None
+    flips: list[Tensor] = field(default_factory=list)
+    histograms: list[Tensor] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, tensor: ConstrainedTensor) -> _Tracked:
+        entry = cls(tensor, torch.empty(0, dtype=torch.uint8), planes=True)
+        swept = entry.swept()
+        if swept is None:
+            codes = tensor.constraint.codes(tensor.stored)
+            entry = cls(tensor, codes, planes=False)
+            entry.histograms.append(_histogram(codes, len(tensor.constraint.values)))
+        else:
+            entry.previous = swept[0]
+            entry.histograms.append(swept[2])
+        return entry
+
+    @property
+    def count(self) -> int:
+        """How many entries the tensor has."""
+        return self.tensor.constraint.value_shape(self.tensor.stored.shape).numel()
 
     def codes(self, out: Tensor | None = None) -> Tensor:
         return self.tensor.constraint.codes(self.tensor.stored, out)
 
-    def recoded(self) -> tuple[Tensor, Tensor, Tensor] | None:
-        """New codes, how many differ from ``previous`` and the histogram, in one compiled
-        sweep (``snapset._kernels.recode``); None where it does not apply (another device or
-        dtype, sharded tensors, ``gumbel``, no numba), and then nothing is changed."""
+    def swept(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """New bit planes, how many codes differ from ``previous`` and the histogram, in one
+        compiled sweep (``snapset._kernels.recode``); None where it does not apply (more than
+        8 values, another device or dtype, sharded tensors, ``gumbel``, no numba), and then
+        nothing is changed. Against itself where there are no planes yet."""
         coded = self.tensor.constraint.coded(self.tensor.stored)
-        if coded is None or self.previous.dtype != torch.uint8:
+        if coded is None or not self.planes or not compiled():
             return None
         read, boundaries = coded
         if (
-            type(read) not in (Tensor, nn.Parameter)
+            boundaries.numel() > 7
+            or type(read) not in (Tensor, nn.Parameter)
             or read.device.type != "cpu"
             or read.dtype not in (torch.float32, torch.float64)
             or not read.is_contiguous()
         ):
             return None
-        codes = self.spare if self.spare is not None else torch.empty_like(self.previous)
+        shape = plane_shape(read.numel(), boundaries.numel() + 1)
+        planes = self.spare if self.spare is not None else torch.empty(shape, dtype=torch.uint8)
+        previous = self.previous if self.previous.numel() else planes
         histogram = torch.empty(boundaries.numel() + 1, dtype=torch.int64)
         changed = recode(
             read.detach().view(-1).numpy(),
             boundaries.cpu().numpy(),
-            self.previous.view(-1).numpy(),
-            codes.view(-1).numpy(),
+            previous.numpy(),
+            planes.numpy(),
             histogram.numpy(),
             threads=torch.get_num_threads(),
         )
-        return None if changed is None else (codes, torch.tensor(changed), histogram)
+        return None if changed is None else (planes, torch.tensor(changed), histogram)
+
+    def recoded(self) -> tuple[Tensor, Tensor, Tensor]:
+        """New codes, how many differ from ``previous`` and the histogram, by torch's
+        operations; the previous codes, once compared, are overwritten by the comparison."""
+        if self.planes:  # the sweep no longer applies (a device move): from planes to codes
+            codes = self.codes()
+            unpacked = torch.from_numpy(codes_of_planes(self.previous.numpy(), self.count))
+            self.previous = unpacked.to(codes.device, codes.dtype).view(codes.shape)
+            self.planes, self.spare = False, None
+        else:
+            codes = self.codes(self.spare)
+        if codes.dtype == torch.bool:
+            flips = torch.count_nonzero(self.previous.logical_xor_(codes))
+        else:  # nonzero exactly where the codes differ
+            flips = torch.count_nonzero(self.previous.sub_(codes))
+        return codes, flips, _histogram(codes, len(self.tensor.constraint.values))
 
 
 class FlipTracker:
@@ -84,8 +126,11 @@ class FlipTracker:
     constrained by snapset, whatever its method (a flip parameter or a latent one), it
     records the fraction of entries whose exact value changed since the previous update (the
     flip ratio, as larq's ``FlipRatio`` metric) and how many entries hold each value of the set.
-    Between updates it keeps only the entries' value indices (one byte each, one bit's worth
-    for two-value sets), never a float copy; the counts stay on the tensors' device until read.
+    Between updates it keeps only the entries' value indices, never a float copy: on the CPU
+    with numba, as bit planes (one bit an entry and boundary between two values: one bit an
+    entry for two-value sets) that one compiled sweep compares and counts; elsewhere one byte
+    each (a bool for two-value sets), compared by torch's operations. The counts stay on the
+    tensors' device until read.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -101,13 +146,7 @@ class FlipTracker:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self._tracked: list[_Tracked] = []
-        for tensor in constrained_tensors(model):
-            codes = tensor.constraint.codes(tensor.stored)
-            histogram = _histogram(codes, len(tensor.constraint.values))
-            if compiled() and len(tensor.constraint.values) <= 256:
-                codes = codes.to(torch.uint8)  # one byte a code, as the compiled sweep keeps them
-            self._tracked.append(_Tracked(tensor, codes, None, [], [histogram]))
+        self._tracked: list[_Tracked] = [_Tracked.of(t) for t in constrained_tensors(model)]
         if not self._tracked:
             raise ValueError(
                 f"{type(model).__name__} has no tensor constrained by snapset; constrain one "
@@ -128,18 +167,7 @@ class FlipTracker:
         """Record the flips since the last update and the current histograms."""
         for entry in self._tracked:
             # Two code buffers take turns, so an update allocates nothing of the tensor's size.
-            recoded = entry.recoded()
-            if recoded is not None:
-                codes, flips, histogram = recoded
-            else:
-                codes = entry.codes(entry.spare).to(entry.previous.dtype)
-                # The previous codes, once compared, are overwritten by the comparison:
-                # nonzero exactly where the codes differ.
-                if codes.dtype == torch.bool:
-                    flips = torch.count_nonzero(entry.previous.logical_xor_(codes))
-                else:
-                    flips = torch.count_nonzero(entry.previous.sub_(codes))
-                histogram = _histogram(codes, len(entry.tensor.constraint.values))
+            codes, flips, histogram = entry.swept() or entry.recoded()
             entry.flips.append(flips)
             entry.histograms.append(histogram)
             entry.previous, entry.spare = codes, entry.previous
@@ -147,7 +175,7 @@ class FlipTracker:
     def flip_ratios(self) -> dict[str, list[float]]:
         """Fraction of entries whose value changed, per tensor, one number per update."""
         return {
-            entry.tensor.name: [int(f) / entry.previous.numel() for f in entry.flips]
+            entry.tensor.name: [int(f) / entry.count for f in entry.flips]
             for entry in self._tracked
         }
 

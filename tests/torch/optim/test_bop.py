@@ -207,8 +207,10 @@ def _noisy_run(
     table = torch.tensor(values.values, dtype=dtype)
     layer.weight = start = table[torch.randint(0, len(values), (n,), generator=data)]
     threshold = 0.2 if mode != "abs" else 5e-4
-    opt = st.Bop(layer.parameters(), threshold, 0.1, sigma=0.05, threshold_mode=mode,
-                 momentum_reset=reset, foreach=foreach)  # fmt: skip
+    # Rates that float32 does not hold, as a schedule makes them (with this sigma, float32(1 -
+    # sigma) differs from 1 - float32(sigma)): every rounding is tested.
+    opt = st.Bop(layer.parameters(), threshold, 0.1234567891, sigma=0.012093454672733636,
+                 threshold_mode=mode, momentum_reset=reset, foreach=foreach)  # fmt: skip
     drift = torch.randn(n, generator=data, dtype=dtype)
     for _ in range(40):
         noise = torch.randn(n, generator=data, dtype=dtype)
@@ -246,6 +248,28 @@ def test_the_fused_kernel_and_torch_operations_agree_bit_for_bit(
         for a, b in zip(fused, _noisy_run(values, mode, reset, dtype, foreach), strict=True):
             assert torch.equal(a, b)
     assert fused[1] > 50  # the case is not trivial
+
+
+def test_the_fused_step_rounds_a_tie_as_torch_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry met in a training run (MNIST-1D, Sign, step 682) whose ``m * m`` equals its bar
+    in float32: it must not move. Letting LLVM contract freely moved it, in the vectorised
+    loop (256 copies of it), not in the scalar one."""
+    from snapset.torch.optim import bop
+
+    def run() -> list[torch.Tensor]:
+        w, g = torch.ones(256), torch.full((256,), 0.0001596892107045278)
+        m, v = torch.full((256,), 7.145320978452219e-06), torch.full((256,), 3.686649e-08)
+        rate = 0.004595238095238096
+        bop([w], [g], [m], [snapset.Sign()], [torch.zeros(())], [torch.tensor(681.0)],
+            second_moments=[v], sigma=rate, gamma=rate, threshold=0.04,
+            threshold_mode="second_moment", momentum_reset="always")  # fmt: skip
+        return [w, m, v]
+
+    fused = run()
+    monkeypatch.setenv("SNAPSET_KERNELS", "numpy")
+    for a, b in zip(fused, run(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(fused[0], torch.ones(256))
 
 
 @pytest.mark.parametrize("mode", ["abs", "second_moment"])
