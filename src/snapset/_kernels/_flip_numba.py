@@ -87,9 +87,9 @@ def step(
             v = fma(sigma * g, g, second[e] * keep)
             second[e] = v
             passed = m * m > (v / correction) * threshold
-            up, down = passed & (m < zero), passed & (m > zero)
         else:
-            up, down = m < -threshold, m > threshold
+            passed = abs(m) > threshold
+        up, down = passed & (m < zero), passed & (m > zero)
         value = values[e]
         if stride > zero:
             new = min(max(value + real(up) * stride - real(down) * stride, low), high)
@@ -122,10 +122,12 @@ def recode(
     n = read.shape[0]
     full = min(stop, n // 8)  # bytes whose eight entries all exist
     below = min(n, 8 * stop) - 8 * start
+    differ = np.zeros(stop - start, np.uint8)
     for j in range(boundaries.shape[0]):
         boundary = boundaries[j]
-        plane = planes[j, start:stop]
-        # Views from 0: loops from ``start`` measured ten times slower.
+        # Rows, then views from 0: loops over them vectorise (2-D indexing and loops from
+        # ``start`` measured several times slower).
+        plane, old = planes[j][start:stop], previous[j][start:stop]
         block = read[8 * start : 8 * full]
         for b in range(full - start):
             byte = np.uint8(0)
@@ -140,13 +142,11 @@ def recode(
         reached = 0
         for b in range(stop - start):
             reached += popcount(plane[b])
+            differ[b] |= plane[b] ^ old[b]
         histogram[j] = below - reached
         below = reached
     histogram[boundaries.shape[0]] = below
     changed = 0
-    for b in range(start, stop):
-        differ = np.uint8(0)
-        for j in range(boundaries.shape[0]):
-            differ |= planes[j, b] ^ previous[j, b]
-        changed += popcount(differ)
+    for b in range(stop - start):
+        changed += popcount(differ[b])
     return changed
