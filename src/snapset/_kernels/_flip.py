@@ -81,17 +81,19 @@ def flip_step(
 
 # Entries a thread takes at least: below that, starting a thread costs more than it saves.
 _SHARE = 1 << 20
-_POOL: list[ThreadPoolExecutor] = []
+_POOL: dict[int, ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
     """Threads for the shares of a step (the kernel releases the GIL); as many as the machine
-    has cores, made once."""
+    has cores, made once a process (a forked child has none of its parent's threads)."""
     with _POOL_LOCK:
-        if not _POOL:
-            _POOL.append(ThreadPoolExecutor(os.cpu_count() or 1, "snapset-flip"))
-        return _POOL[0]
+        pid = os.getpid()
+        if pid not in _POOL:
+            _POOL.clear()
+            _POOL[pid] = ThreadPoolExecutor(os.cpu_count() or 1, "snapset-flip")
+        return _POOL[pid]
 
 
 def recode(

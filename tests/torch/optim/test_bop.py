@@ -541,3 +541,34 @@ def test_routing_a_mixed_model_between_bop_and_adam() -> None:
     for old, new in zip(before, model.parameters(), strict=True):
         assert not torch.equal(old, new)
     assert set(model[2].weight.unique().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def _step_in_child(queue: object) -> None:
+    """Two shares of a compiled step, on numpy arrays (a forked child must not use torch's
+    OpenMP threads after its parent did: that is torch's own limit)."""
+    from snapset._kernels import flip_step
+
+    n = (1 << 21) + 3
+    values, momentum = np.ones(n, np.float32), np.zeros(n, np.float32)
+    grad = np.full(n, 1.0, np.float32)
+    table, midpoints = np.array([-1, 0, 1], np.float32), np.array([-0.5, 0.5], np.float32)
+    moved = flip_step(values, momentum, grad, None, gamma=0.5, sigma=0.01, correction=1.0,
+                      threshold=0.1, stride=1.0, table=table, midpoints=midpoints,
+                      momentum_reset="always", threads=2)  # fmt: skip
+    queue.put(moved)  # type: ignore[attr-defined]
+
+
+def test_the_fused_step_runs_in_a_forked_child_after_the_parent_used_its_threads() -> None:
+    """A forked child has none of its parent's threads: the step makes its own."""
+    import multiprocessing
+    import queue
+
+    parent: queue.Queue[int] = queue.Queue()
+    _step_in_child(parent)  # the parent's pool exists now
+    assert parent.get() == (1 << 21) + 3
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_step_in_child, args=(results,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0 and results.get(timeout=1) == (1 << 21) + 3
