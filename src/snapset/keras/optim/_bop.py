@@ -18,7 +18,8 @@ _REFUSED = ("weight_decay", "use_ema")
 
 
 def _lerp(start: Tensor, end: Tensor, weight: float) -> Tensor:
-    """``start + weight * (end - start)``, rounded as ``torch.lerp`` rounds it."""
+    """``start + weight * (end - start)``, ``torch.lerp``'s formula (torch's CPU kernels fuse
+    its multiply-add, which ``keras.ops`` cannot: the averages may differ in the last bit)."""
     if weight < 0.5:
         return start + weight * (end - start)
     return end - (end - start) * (1.0 - weight)

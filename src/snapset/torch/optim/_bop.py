@@ -543,14 +543,8 @@ def _whole(norms: list[Tensor]) -> list[Tensor]:
 
 def _direction(momentum: Tensor, theta: float | Tensor, out: Tensor | None) -> Tensor:
     """``sign(clamp(m, -theta, theta) - m)``: +1 (a level up) where ``m < -theta``, -1 (a
-    level down) where ``m > theta``, 0 elsewhere. A ``theta`` of the parameter's shape (one
-    threshold an entry) is used up."""
-    if isinstance(theta, Tensor) and theta.dim() > 0:
-        bounded = (
-            torch.minimum(momentum, theta, out=out) if out is not None else momentum.minimum(theta)
-        )
-        bounded = torch.maximum(bounded, theta.neg_(), out=bounded)
-    elif isinstance(theta, Tensor):  # two calls only because torch's stubs type them apart
+    level down) where ``m > theta``, 0 elsewhere."""
+    if isinstance(theta, Tensor):  # two calls only because torch's stubs type them apart
         bounded = torch.clamp(momentum, -theta, theta, out=out)
     else:
         bounded = torch.clamp(momentum, -theta, theta, out=out)
