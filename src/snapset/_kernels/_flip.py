@@ -11,10 +11,6 @@
 
 from __future__ import annotations
 
-import itertools
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
@@ -23,6 +19,7 @@ import numpy.typing as npt
 
 from .._spec import MOMENTUM_RESETS
 from ._loader import KernelLoader
+from ._threads import run_shares, spans
 
 __all__ = ["codes_of_planes", "compiled", "flip_step", "plane_shape", "recode"]
 
@@ -73,27 +70,12 @@ def flip_step(
         midpoints.astype(real, copy=False),
         MOMENTUM_RESETS.index(momentum_reset),
     )
-    spans = _spans(values.shape[0], threads, _SHARE)
-    if len(spans) == 1:
-        return int(kernels.step(*arguments, *spans[0]))
-    return sum(_pool().map(lambda span: int(kernels.step(*arguments, *span)), spans))
+    shares = spans(values.shape[0], threads, _SHARE)
+    return sum(run_shares(lambda start, stop: int(kernels.step(*arguments, start, stop)), shares))
 
 
 # Entries a thread takes at least: below that, starting a thread costs more than it saves.
 _SHARE = 1 << 20
-_POOL: dict[int, ThreadPoolExecutor] = {}
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """Threads for the shares of a step (the kernel releases the GIL); as many as the machine
-    has cores, made once a process (a forked child has none of its parent's threads)."""
-    with _POOL_LOCK:
-        pid = os.getpid()
-        if pid not in _POOL:
-            _POOL.clear()
-            _POOL[pid] = ThreadPoolExecutor(os.cpu_count() or 1, "snapset-flip")
-        return _POOL[pid]
 
 
 def recode(
@@ -127,15 +109,15 @@ def recode(
     if kernels is None:
         return None
     bounds = boundaries.astype(read.dtype, copy=False)
-    spans = _spans(planes.shape[1], threads, _SHARE // 8)
-    counts = np.zeros((len(spans), histogram.shape[0]), np.int64)
 
-    def share(i: int) -> int:
-        return int(kernels.recode(read, bounds, previous, planes, counts[i], *spans[i]))
+    def share(start: int, stop: int) -> tuple[int, npt.NDArray[np.int64]]:
+        counts = np.zeros_like(histogram)
+        changed = kernels.recode(read, bounds, previous, planes, counts, start, stop)
+        return int(changed), counts
 
-    changed = sum(_pool().map(share, range(len(spans)))) if len(spans) > 1 else share(0)
-    histogram[:] = counts.sum(axis=0)
-    return changed
+    results = run_shares(share, spans(planes.shape[1], threads, _SHARE // 8))
+    histogram[:] = np.sum([counts for _, counts in results], axis=0)
+    return sum(changed for changed, _ in results)
 
 
 def plane_shape(n: int, k: int) -> tuple[int, int]:
@@ -159,12 +141,6 @@ def compiled() -> bool:
         True
     """
     return _KERNELS.module() is not None
-
-
-def _spans(n: int, threads: int, least: int) -> list[tuple[int, int]]:
-    """``threads`` shares of ``range(n)`` at most, none under ``least`` items but one."""
-    shares = max(1, min(threads, n // least))
-    return list(itertools.pairwise([n * i // shares for i in range(shares + 1)]))
 
 
 def _warm_up(kernels: ModuleType) -> None:

@@ -41,6 +41,7 @@ import numpy.typing as npt
 from .._packing import radix_for
 from .._sets import ValueSet
 from ._loader import KernelLoader
+from ._threads import run_shares, spans
 
 __all__ = ["PackedMatrix", "backend", "decode_rows", "small_matmul"]
 
@@ -164,18 +165,22 @@ def backend(explain: bool = False) -> str:
     return "numpy" if _KERNELS.module() is None else "numba"
 
 
-def small_matmul(x: F32, m: PackedMatrix, bias: F32, max_rows: int) -> tuple[str, str, F32 | None]:
+def small_matmul(
+    x: F32, m: PackedMatrix, bias: F32, max_rows: int, threads: int = 1
+) -> tuple[str, str, F32 | None]:
     """``x @ W.T + bias`` for float32 rows ``x`` (``(rows, n_in)``) by XNOR or table lookups.
 
     Returns the backend that ran (``"numba"`` or ``"numpy"``), then ``("xnor", y)`` when ``W``
     and every input are in {-1, +1}, ``("lookup", y)`` for at most ``max_rows`` rows, and
     ``("tiles", None)`` otherwise (the caller then uses ``decode_rows`` and BLAS). Each span's
-    sum of code values is accumulated as unscaled, then multiplied by its scale.
+    sum of code values is accumulated as unscaled, then multiplied by its scale. The compiled
+    kernels split the outputs between ``threads`` threads; each output is summed as one thread
+    sums it, so ``y`` is the same for any number.
     """
     x = m.lay_out(x)
     kernels = _KERNELS.module()
     if kernels is not None:
-        return ("numba", *_run_small(kernels, x, m, bias, max_rows))
+        return ("numba", *_run_small(kernels, x, m, bias, max_rows, threads))
     if m.signs and bool(np.all(np.abs(x) == 1)):
         return "numpy", "xnor", _xnor_numpy(x, m) + bias
     if x.shape[0] > max_rows:
@@ -183,10 +188,10 @@ def small_matmul(x: F32, m: PackedMatrix, bias: F32, max_rows: int) -> tuple[str
     return "numpy", "lookup", _lookup_numpy(x, m) + bias
 
 
-def decode_rows(m: PackedMatrix, start: int, stop: int, out: F32) -> F32:
+def decode_rows(m: PackedMatrix, start: int, stop: int, out: F32, threads: int = 1) -> F32:
     """Rows ``start * g : stop * g`` of the scaled ``W.T`` (byte positions ``start:stop``),
     each code's value times its scale (in float32, the product a scaled float layer holds),
-    into ``out``.
+    into ``out``, by up to ``threads`` threads.
 
     Returns ``out[: (stop - start) * g]``, float32 of shape ``(rows, out_features)``, rows in
     the order of ``m.lay_out``; padding rows hold the padding codes' value (multiply them by
@@ -200,18 +205,66 @@ def decode_rows(m: PackedMatrix, start: int, stop: int, out: F32) -> F32:
         decoded = m.decoded[: m.group, block].transpose(1, 0, 2) * scales
         out[:rows] = decoded.reshape(rows, m.out)
     else:
-        _run_decode(kernels, m, start, stop, out)
+
+        def share(first: int, last: int) -> None:  # byte positions start + first : start + last
+            _run_decode(kernels, m, start + first, start + last, out[first * m.group :])
+
+        run_shares(share, spans(stop - start, threads, _DECODE_SHARE))
     return out[:rows]
 
 
+#: Work a thread takes at least, below which handing it over (20 to 60 us on the benchmark
+#: machine) costs more than it saves: table lookups (rows x byte positions x outputs; 2^19
+#: take about 100 us), XNOR bytes (as many take a sixteenth of that), and byte positions of a
+#: decoded block of 4096 outputs.
+_LOOKUP_SHARE = 1 << 19
+#: Entries of a half table: two registers of 16 float32 (sets of up to 5 values, and of 7 to
+#: 32; a six-value byte's three digits make 36).
+_HALF = 32
+_XNOR_SHARE = 1 << 23
+_DECODE_SHARE = 8
+
+
 def _run_small(
-    kernels: ModuleType, x: F32, m: PackedMatrix, bias: F32, max_rows: int
+    kernels: ModuleType, x: F32, m: PackedMatrix, bias: F32, max_rows: int, threads: int
 ) -> tuple[str, F32 | None]:
-    y = np.empty((x.shape[0], m.out), dtype=np.float32)
-    used = kernels.small(
-        x, m.table, m.k, m.group, m.codes, m.scales, m.span, bias, m.signs, max_rows, y
-    )
-    return ("tiles", None) if used == 0 else ("xnor" if used == 1 else "lookup", y)
+    """XNOR where it applies, else lookups for at most ``max_rows`` rows: tables (or sign
+    bits) for the rows once, then the outputs in shares between threads."""
+    rows = x.shape[0]
+    y = np.empty((rows, m.out), dtype=np.float32)
+    per_output = rows * m.groups  # bytes of codes read for each output
+    if m.signs:
+        x_bytes = np.empty((rows, m.groups), dtype=np.uint8)
+        if kernels.sign_bytes(x, x_bytes):
+            args = (x_bytes, m.codes, m.scales, m.span, x.shape[1], bias, y)
+            shares = spans(m.out, threads, _XNOR_SHARE // per_output)
+            run_shares(lambda start, stop: kernels.xnor(*args, start, stop), shares)
+            return "xnor", y
+    if rows > max_rows:
+        return "tiles", None
+    low_size = m.k ** ((m.group + 1) // 2)
+    if kernels.PERMUTES and low_size <= _HALF:  # half tables in registers
+        tables = np.empty((rows, m.groups, 2, _HALF), dtype=np.float32)
+        for r in range(rows):
+            kernels.build_halves(x[r], m.table, m.k, m.group, tables[r])
+
+        def share(start: int, stop: int) -> None:
+            for r in range(rows):
+                kernels.lookup_halves(
+                    tables[r], m.codes, low_size, m.scales, m.span, bias, y[r], start, stop
+                )
+
+    else:  # whole tables in L1, gathers
+        tables = np.empty((rows, m.groups, 256), dtype=np.float32)
+        for r in range(rows):
+            kernels.build_tables(x[r], m.table, m.k, m.group, tables[r])
+
+        def share(start: int, stop: int) -> None:
+            for r in range(rows):
+                kernels.lookup(tables[r], m.codes, m.scales, m.span, bias, y[r], start, stop)
+
+    run_shares(share, spans(m.out, threads, _LOOKUP_SHARE // per_output))
+    return "lookup", y
 
 
 def _run_decode(kernels: ModuleType, m: PackedMatrix, start: int, stop: int, out: F32) -> None:
@@ -257,14 +310,25 @@ def _xnor_numpy(signs: F32, m: PackedMatrix) -> F32:
 
 
 def _tables_numpy(x: F32, values: F32, k: int, g: int, tables: F32) -> None:
-    # Table index b = sum_i digit_i k^i: digit i selects a block of k^i entries, doubling-style.
+    # As the compiled build_tables: the low (g + 1) // 2 digits and the others summed apart,
+    # then entry b = low[b % k^digits] + high[b // k^digits].
     xs = x.reshape(-1, g)
-    tables[:, 0] = 0.0
+    digits = (g + 1) // 2
+    low, high = _digit_sums(xs[:, :digits], values, k), _digit_sums(xs[:, digits:], values, k)
+    both = high[:, :, None] + low[:, None, :]
+    tables[:, : both.shape[1] * both.shape[2]] = both.reshape(xs.shape[0], -1)
+
+
+def _digit_sums(xs: F32, values: F32, k: int) -> F32:
+    """``sums[j, b] = sum_i xs[j, i] * values[digit_i(b)]``, by doubling: digit ``i`` selects
+    a block of ``k^i`` entries."""
+    sums = np.zeros((xs.shape[0], k ** xs.shape[1]), dtype=np.float32)
     size = 1
-    for i in range(g):
+    for i in range(xs.shape[1]):
         for d in range(k - 1, -1, -1):
-            tables[:, d * size : (d + 1) * size] = tables[:, :size] + xs[:, i : i + 1] * values[d]
+            sums[:, d * size : (d + 1) * size] = sums[:, :size] + xs[:, i : i + 1] * values[d]
         size *= k
+    return sums
 
 
 def _popcount(bytes_: U8) -> npt.NDArray[np.int64]:
@@ -280,11 +344,14 @@ def _popcount(bytes_: U8) -> npt.NDArray[np.int64]:
 
 
 def _warm_up(kernels: ModuleType) -> None:
-    """Run every kernel once, for the argument types of real calls (sign and ternary weights)."""
-    for values in (ValueSet([-1, 1]), ValueSet([-1, 0, 1])):
+    """Run every kernel once, for the argument types of real calls: sign weights (XNOR), ternary
+    (half tables, where the CPU has the permutes) and six values (whole tables)."""
+    for values in (ValueSet([-1, 1]), ValueSet([-1, 0, 1]), ValueSet(range(6))):
         m = PackedMatrix.from_codes(np.zeros((1, 1), dtype=np.int64), values)
         x = np.ones((1, 1), dtype=np.float32)
-        _run_small(kernels, x, m, np.zeros(1, dtype=np.float32), 1)
+        bias = np.zeros(1, dtype=np.float32)
+        _run_small(kernels, x, m, bias, 1, 1)  # XNOR for sign weights
+        _run_small(kernels, 0.5 * x, m, bias, 1, 1)  # lookups
         _run_decode(kernels, m, 0, 1, np.empty((m.group, 1), dtype=np.float32))
 
 

@@ -17,6 +17,9 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from ._simd import BLOCK, SHIFT, half_sums
+from ._simd import PERMUTES as PERMUTES  # read by _matrix: whether lookup_halves runs here
+
 KernelT = TypeVar("KernelT", bound=Callable[..., Any])
 
 
@@ -45,51 +48,130 @@ popcount: Callable[[Any], int] = cast(Any, intrinsic(_ctpop))
 def build_tables(x: Any, values: Any, k: int, g: int, tables: Any) -> None:
     """``tables[j, b] = sum_i x[g j + i] * values[digit_i(b)]``, for every byte ``b < k^g``.
 
-    Inputs past the end of ``x`` count as 0 (the padding codes of the last byte add nothing).
+    The low ``(g + 1) // 2`` digits and the others are summed apart, into two small tables
+    (``k^3`` and ``k^2`` entries for ternary), and each entry is then one addition of the two:
+    a block of additions a value of the high digits, side by side in SIMD lanes. Inputs past
+    the end of ``x`` count as 0 (the padding codes of the last byte add nothing).
     """
-    n = x.shape[0]
+    digits = (g + 1) // 2
+    size = k**digits
+    low = np.empty(size, dtype=np.float32)
+    high = np.empty(k ** (g - digits), dtype=np.float32)
     for j in range(tables.shape[0]):
+        digit_sums(x, values, k, j * g, digits, low)
+        digit_sums(x, values, k, j * g + digits, g - digits, high)
         t = tables[j]
-        t[0] = 0.0
-        size = 1
-        for i in range(g):
-            xi = x[j * g + i] if j * g + i < n else np.float32(0.0)
-            for d in range(k - 1, -1, -1):  # d = 0 last: it overwrites the block it reads
-                c = xi * values[d]
-                base = d * size
-                for b in range(size):
-                    t[base + b] = t[b] + c
-            size *= k
+        for h in range(high.shape[0]):
+            block, shift = t[h * size : (h + 1) * size], high[h]
+            for b in range(size):
+                block[b] = low[b] + shift
 
 
 @_compiled
-def lookup(tables: Any, codes: Any, scales: Any, span: int, partial: Any, y: Any) -> None:
-    """``y[o] = sum_s scales[s, o] sum_{j in span s} tables[j, codes[j, o]]``: the codes'
-    values summed over each ``span`` byte positions, then times that span's scale.
+def digit_sums(x: Any, values: Any, k: int, first: int, digits: int, sums: Any) -> None:
+    """``sums[b] = sum_i x[first + i] * values[digit_i(b)]`` over ``digits`` base-``k`` digits
+    of ``b``, built by doubling: digit ``i`` adds its term to a copy of the block before it."""
+    sums[0] = 0.0
+    size = 1
+    for i in range(digits):
+        xi = x[first + i] if first + i < x.shape[0] else np.float32(0.0)
+        for d in range(k - 1, -1, -1):  # d = 0 last: it overwrites the block it reads
+            term = xi * values[d]
+            for b in range(size):
+                sums[d * size + b] = sums[b] + term
+        size *= k
+
+
+@_compiled
+def build_halves(x: Any, values: Any, k: int, g: int, halves: Any) -> None:
+    """``halves[j, 0]``: the sums of inputs ``g j ..`` for each value of a byte's low ``(g + 1)
+    // 2`` digits; ``halves[j, 1]``: of the next inputs, for each value of its high digits
+    (``build_tables`` without the last step, for ``lookup_halves``)."""
+    digits = (g + 1) // 2
+    for j in range(halves.shape[0]):
+        digit_sums(x, values, k, j * g, digits, halves[j, 0])
+        digit_sums(x, values, k, j * g + digits, g - digits, halves[j, 1])
+
+
+# No fastmath: the outputs taken one at a time must add as the permutes' lanes add.
+@numba.njit(nogil=True, error_model="numpy")
+def lookup_halves(
+    halves: Any,
+    codes: Any,
+    low_size: int,
+    scales: Any,
+    span: int,
+    bias: Any,
+    y: Any,
+    start: int,
+    stop: int,
+) -> None:
+    """``lookup`` on half tables (see ``snapset._kernels._simd``): each code byte ``b`` adds
+    ``halves[j, 0, b mod low_size] + halves[j, 1, b div low_size]``, 64 outputs a pass by
+    register permutes, the last ones (``(stop - start) mod 64``) one at a time, in the same
+    order, so that any split between threads gives the same bits."""
+    n = stop - start
+    magic = ((1 << SHIFT) + low_size - 1) // low_size
+    total = np.zeros(n, dtype=np.float32)
+    partial = np.empty(n, dtype=np.float32)
+    groups = codes.shape[0]
+    blocks = n - n % BLOCK
+    for s in range(scales.shape[0]):
+        first, last = s * span, min(groups, (s + 1) * span)
+        for o in range(0, blocks, BLOCK):
+            half_sums(halves, codes, first, last, start + o, low_size, magic, partial[o:])
+        for o in range(blocks, n):
+            acc = np.float32(0.0)
+            for j in range(first, last):
+                b = codes[j, start + o]
+                high = (b * magic) >> SHIFT
+                acc += halves[j, 0, b - high * low_size] + halves[j, 1, high]
+            partial[o] = acc
+        scale = scales[s, start:stop]
+        for o in range(n):
+            total[o] += scale[o] * partial[o]
+    out, shift = y[start:stop], bias[start:stop]
+    for o in range(n):
+        out[o] = total[o] + shift[o]
+
+
+@_compiled
+def lookup(
+    tables: Any, codes: Any, scales: Any, span: int, bias: Any, y: Any, start: int, stop: int
+) -> None:
+    """Outputs ``start:stop`` of ``y = sum_s scales[s] sum_{j in span s} tables[j, codes[j]] +
+    bias``: the codes' values summed over each ``span`` byte positions, then times that span's
+    scale.
 
     ``codes`` is ``(groups, out)``: for one byte position the outputs lie side by side, so the
-    loop over ``o`` runs in SIMD lanes (gathers from the table rows, which stay in L1), four
+    loop over them runs in SIMD lanes (gathers from the table rows, which stay in L1), four
     byte positions a pass over ``partial``.
     """
-    y[:] = 0.0
+    n = stop - start
+    total = np.zeros(n, dtype=np.float32)
+    partial = np.empty(n, dtype=np.float32)
     groups = codes.shape[0]
     for s in range(scales.shape[0]):
         partial[:] = 0.0
-        j, stop = s * span, min(groups, (s + 1) * span)
-        while j + 4 <= stop:
+        j, last = s * span, min(groups, (s + 1) * span)
+        while j + 4 <= last:
             t0, t1, t2, t3 = tables[j], tables[j + 1], tables[j + 2], tables[j + 3]
-            c0, c1, c2, c3 = codes[j], codes[j + 1], codes[j + 2], codes[j + 3]
-            for o in range(y.shape[0]):
+            c0, c1 = codes[j, start:stop], codes[j + 1, start:stop]
+            c2, c3 = codes[j + 2, start:stop], codes[j + 3, start:stop]
+            for o in range(n):
                 partial[o] += (t0[c0[o]] + t1[c1[o]]) + (t2[c2[o]] + t3[c3[o]])
             j += 4
-        while j < stop:
-            t, c = tables[j], codes[j]
-            for o in range(y.shape[0]):
+        while j < last:
+            t, c = tables[j], codes[j, start:stop]
+            for o in range(n):
                 partial[o] += t[c[o]]
             j += 1
-        scale = scales[s]
-        for o in range(y.shape[0]):
-            y[o] += scale[o] * partial[o]
+        scale = scales[s, start:stop]
+        for o in range(n):
+            total[o] += scale[o] * partial[o]
+    out, shift = y[start:stop], bias[start:stop]
+    for o in range(n):
+        out[o] = total[o] + shift[o]
 
 
 @_compiled
@@ -169,94 +251,64 @@ def sign_bytes(x: Any, out: Any) -> bool:
 
 
 @_compiled
-def xnor(x_bytes: Any, codes: Any, start: int, stop: int, counts: Any) -> None:
-    """``counts[r, o] = sum_{start <= j < stop} popcount(x_bytes[r, j] XOR codes[j, o])``:
-    bits that differ.
+def xnor(
+    x_bytes: Any,
+    codes: Any,
+    scales: Any,
+    span: int,
+    n_in: int,
+    bias: Any,
+    y: Any,
+    start: int,
+    stop: int,
+) -> None:
+    """Outputs ``start:stop`` of ``y = sum_s scales[s] (inputs_s - 2 popcount_s(x ^ w)) +
+    bias`` for every row of sign bits ``x_bytes``: over each span's byte positions, the bits
+    that differ count -1, the others +1 (``inputs_s`` real inputs; padding bits agree).
 
     Byte-wide popcounts side by side over the outputs (VPOPCNTB where the CPU has it), four
     byte positions a pass (four memory streams), summed in bytes over 28 positions (at most
     224, no overflow) before widening: 64 lanes a vector instead of 16.
     """
-    n = codes.shape[1]
+    n = stop - start
+    groups = codes.shape[0]
     partial = np.empty(n, dtype=np.uint8)
+    count = np.empty(n, dtype=np.int32)
+    total = np.empty(n, dtype=np.float32)
     for r in range(x_bytes.shape[0]):
-        count = counts[r]
-        count[:] = 0
-        for first in range(start, stop, 28):
-            last = min(stop, first + 28)
-            partial[:] = 0
-            j = first
-            while j + 4 <= last:
-                b0, b1, b2, b3 = (
-                    x_bytes[r, j],
-                    x_bytes[r, j + 1],
-                    x_bytes[r, j + 2],
-                    x_bytes[r, j + 3],
-                )
-                c0, c1, c2, c3 = codes[j], codes[j + 1], codes[j + 2], codes[j + 3]
-                for o in range(n):
-                    partial[o] += (popcount(b0 ^ c0[o]) + popcount(b1 ^ c1[o])) + (
-                        popcount(b2 ^ c2[o]) + popcount(b3 ^ c3[o])
+        total[:] = 0.0
+        for s in range(scales.shape[0]):
+            first_byte, last_byte = s * span, min(groups, (s + 1) * span)
+            count[:] = 0
+            for first in range(first_byte, last_byte, 28):
+                last = min(last_byte, first + 28)
+                partial[:] = 0
+                j = first
+                while j + 4 <= last:
+                    b0, b1, b2, b3 = (
+                        x_bytes[r, j],
+                        x_bytes[r, j + 1],
+                        x_bytes[r, j + 2],
+                        x_bytes[r, j + 3],
                     )
-                j += 4
-            while j < last:
-                b, c = x_bytes[r, j], codes[j]
+                    c0, c1 = codes[j, start:stop], codes[j + 1, start:stop]
+                    c2, c3 = codes[j + 2, start:stop], codes[j + 3, start:stop]
+                    for o in range(n):
+                        partial[o] += (popcount(b0 ^ c0[o]) + popcount(b1 ^ c1[o])) + (
+                            popcount(b2 ^ c2[o]) + popcount(b3 ^ c3[o])
+                        )
+                    j += 4
+                while j < last:
+                    b, c = x_bytes[r, j], codes[j, start:stop]
+                    for o in range(n):
+                        partial[o] += popcount(b ^ c[o])
+                    j += 1
                 for o in range(n):
-                    partial[o] += popcount(b ^ c[o])
-                j += 1
+                    count[o] += partial[o]
+            inputs = min(n_in, 8 * last_byte) - 8 * first_byte
+            scale = scales[s, start:stop]
             for o in range(n):
-                count[o] += partial[o]
-
-
-@_compiled
-def small(
-    x: Any,
-    values: Any,
-    k: int,
-    g: int,
-    codes: Any,
-    scales: Any,
-    span: int,
-    bias: Any,
-    xnor_ok: bool,
-    max_rows: int,
-    y: Any,
-) -> int:
-    """One call for the few-rows paths: 1 if it ran XNOR-popcount, 2 table lookups, 0 neither.
-
-    XNOR when ``xnor_ok`` (sign weights) and every input is -1 or +1; else lookups when there
-    are at most ``max_rows`` rows. ``y`` gets ``x @ W.T + bias``, with ``W`` the codes' values
-    times ``scales[s, o]`` over the ``span`` byte positions of span ``s``: each span's sum is
-    accumulated exactly as unscaled (an integer for XNOR), then multiplied by its scale.
-    Fusing the checks, packing and bias into one compiled call keeps the Python overhead of a
-    batch-1 product to one call.
-    """
-    rows, n = x.shape
-    groups, out = codes.shape
-    if xnor_ok:
-        x_bytes = np.empty((rows, groups), dtype=np.uint8)
-        if sign_bytes(x, x_bytes):
-            counts = np.empty((rows, out), dtype=np.int32)
-            y[:] = 0.0
-            for s in range(scales.shape[0]):
-                start, stop = s * span, min(groups, (s + 1) * span)
-                inputs = min(n, 8 * stop) - 8 * start  # padding bits agree: never counted
-                xnor(x_bytes, codes, start, stop, counts)
-                scale = scales[s]
-                for r in range(rows):
-                    for o in range(out):
-                        y[r, o] += scale[o] * np.float32(inputs - 2 * counts[r, o])
-            for r in range(rows):
-                for o in range(out):
-                    y[r, o] += bias[o]
-            return 1
-    if rows > max_rows:
-        return 0
-    tables = np.empty((groups, 256), dtype=np.float32)
-    partial = np.empty(out, dtype=np.float32)
-    for r in range(rows):
-        build_tables(x[r], values, k, g, tables)
-        lookup(tables, codes, scales, span, partial, y[r])
-        for o in range(out):
-            y[r, o] += bias[o]
-    return 2
+                total[o] += scale[o] * np.float32(inputs - 2 * count[o])
+        out, shift = y[r, start:stop], bias[start:stop]
+        for o in range(n):
+            out[o] = total[o] + shift[o]
