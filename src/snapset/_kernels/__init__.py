@@ -13,18 +13,26 @@ from ._flip import compiled as compiled
 from ._flip import flip_step as flip_step
 from ._flip import plane_shape as plane_shape
 from ._flip import recode as recode
+from ._int8 import int8_weight as int8_weight
+from ._int8 import integer_grid as integer_grid
+from ._matrix import LOOKUP_MAX_ROWS as LOOKUP_MAX_ROWS
 from ._matrix import PackedMatrix as PackedMatrix
 from ._matrix import backend as backend
 from ._matrix import decode_rows as decode_rows
+from ._matrix import lookup_max_rows as lookup_max_rows
 from ._matrix import small_matmul as small_matmul
 
 __all__ = [
+    "LOOKUP_MAX_ROWS",
     "PackedMatrix",
     "backend",
     "codes_of_planes",
     "compiled",
     "decode_rows",
     "flip_step",
+    "int8_weight",
+    "integer_grid",
+    "lookup_max_rows",
     "plane_shape",
     "recode",
     "small_matmul",

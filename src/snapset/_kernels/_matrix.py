@@ -43,7 +43,14 @@ from .._sets import ValueSet
 from ._loader import KernelLoader
 from ._threads import run_shares, spans
 
-__all__ = ["PackedMatrix", "backend", "decode_rows", "small_matmul"]
+__all__ = [
+    "LOOKUP_MAX_ROWS",
+    "PackedMatrix",
+    "backend",
+    "decode_rows",
+    "lookup_max_rows",
+    "small_matmul",
+]
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
@@ -157,6 +164,34 @@ class PackedMatrix:
         return laid.reshape(x.shape[0], self.width)
 
 
+LOOKUP_MAX_ROWS = 8
+"""Up to this many input rows, table lookups beat decoded tiles and BLAS on any packed matrix
+(``benchmarks/inference.py``, gathers from whole tables on a 4096x4096 layer)."""
+#: With register permutes, lookups beat decoded tiles and BLAS at any number of rows once
+#: codes a byte times outputs reaches this: lookups cost a table a row (fixed) and a permute
+#: a byte and 16 outputs, tiles a multiply-add a weight and row (``benchmarks/inference.py``:
+#: from 1024 outputs for sign weights, about 2048 for four values).
+LOOKUPS_AT_ANY_BATCH = 8192
+
+
+def lookup_max_rows(m: PackedMatrix) -> int | None:
+    """The most input rows for which table lookups run on ``m`` by default, beyond which
+    decoded tiles and BLAS run: ``LOOKUP_MAX_ROWS``, or None (lookups for any number of rows)
+    where register permutes make them cheaper than float multiply-adds (see
+    ``LOOKUPS_AT_ANY_BATCH``).
+
+    Examples:
+        >>> from snapset import Ternary
+        >>> small = PackedMatrix.from_codes(np.zeros((16, 64), np.int64), Ternary())
+        >>> lookup_max_rows(small)
+        8
+    """
+    kernels = _KERNELS.module()
+    if kernels is not None and kernels.PERMUTES and m.group * m.out >= LOOKUPS_AT_ANY_BATCH:
+        return None
+    return LOOKUP_MAX_ROWS
+
+
 def backend(explain: bool = False) -> str:
     """``"numba"`` when the compiled kernels are in use, else ``"numpy"``; with ``explain``, a
     sentence that starts with that name and says why (loading the kernels if need be)."""
@@ -166,12 +201,13 @@ def backend(explain: bool = False) -> str:
 
 
 def small_matmul(
-    x: F32, m: PackedMatrix, bias: F32, max_rows: int, threads: int = 1
+    x: F32, m: PackedMatrix, bias: F32, max_rows: int | None, threads: int = 1
 ) -> tuple[str, str, F32 | None]:
     """``x @ W.T + bias`` for float32 rows ``x`` (``(rows, n_in)``) by XNOR or table lookups.
 
     Returns the backend that ran (``"numba"`` or ``"numpy"``), then ``("xnor", y)`` when ``W``
-    and every input are in {-1, +1}, ``("lookup", y)`` for at most ``max_rows`` rows, and
+    and every input are in {-1, +1}, ``("lookup", y)`` for at most ``max_rows`` rows (any
+    number for None), and
     ``("tiles", None)`` otherwise (the caller then uses ``decode_rows`` and BLAS). Each span's
     sum of code values is accumulated as unscaled, then multiplied by its scale. The compiled
     kernels split the outputs between ``threads`` threads; each output is summed as one thread
@@ -183,7 +219,7 @@ def small_matmul(
         return ("numba", *_run_small(kernels, x, m, bias, max_rows, threads))
     if m.signs and bool(np.all(np.abs(x) == 1)):
         return "numpy", "xnor", _xnor_numpy(x, m) + bias
-    if x.shape[0] > max_rows:
+    if max_rows is not None and x.shape[0] > max_rows:
         return "numpy", "tiles", None
     return "numpy", "lookup", _lookup_numpy(x, m) + bias
 
@@ -226,7 +262,7 @@ _DECODE_SHARE = 8
 
 
 def _run_small(
-    kernels: ModuleType, x: F32, m: PackedMatrix, bias: F32, max_rows: int, threads: int
+    kernels: ModuleType, x: F32, m: PackedMatrix, bias: F32, max_rows: int | None, threads: int
 ) -> tuple[str, F32 | None]:
     """XNOR where it applies, else lookups for at most ``max_rows`` rows: tables (or sign
     bits) for the rows once, then the outputs in shares between threads."""
@@ -240,7 +276,7 @@ def _run_small(
             shares = spans(m.out, threads, _XNOR_SHARE // per_output)
             run_shares(lambda start, stop: kernels.xnor(*args, start, stop), shares)
             return "xnor", y
-    if rows > max_rows:
+    if max_rows is not None and rows > max_rows:
         return "tiles", None
     low_size = m.k ** ((m.group + 1) // 2)
     if kernels.PERMUTES and low_size <= _HALF:  # half tables in registers

@@ -235,18 +235,26 @@ def scale_row(row: Any, scale: Any) -> None:
 @_compiled
 def sign_bytes(x: Any, out: Any) -> bool:
     """Pack rows of +-1 into bytes (bit set for +1, 8 inputs a byte, padding 0); False if an
-    entry is neither -1 nor +1."""
+    entry is neither -1 nor +1 (checked first, in one branch-free pass, then packed)."""
     n = x.shape[1]
     for r in range(x.shape[0]):
-        for j in range(out.shape[1]):
-            byte = 0
-            for i in range(min(8, n - 8 * j)):
-                v = x[r, 8 * j + i]
-                if v == 1.0:
-                    byte |= 1 << i
-                elif v != -1.0:
-                    return False
+        row = x[r]
+        other = False
+        for i in range(n):
+            other |= abs(row[i]) != 1.0
+        if other:
+            return False
+        full = n // 8
+        for j in range(full):
+            byte = np.uint8(0)
+            for i in range(8):
+                byte |= np.uint8(row[8 * j + i] > 0.0) << np.uint8(i)
             out[r, j] = byte
+        if full < out.shape[1]:
+            byte = np.uint8(0)
+            for i in range(n - 8 * full):
+                byte |= np.uint8(row[8 * full + i] > 0.0) << np.uint8(i)
+            out[r, full] = byte
     return True
 
 

@@ -173,11 +173,30 @@ class Quantize(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``alpha * v``, with ``v`` the method's exact members for ``x / alpha``."""
+        members, alpha = self.members_and_scale(x)
+        return members if alpha is None else members * alpha
+
+    def members_and_scale(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The two factors of ``forward``: ``v``, exact members of the set in this quantizer's
+        dtype, and ``alpha``, shaped to broadcast against ``x`` (None without a scale), so
+        that ``forward(x)`` is ``v * alpha``. A packed layer on integer matrix units takes
+        them apart (see [`pack`][snapset.torch.pack]'s ``activations``).
+
+        Examples:
+            >>> import torch, snapset, snapset.torch as st
+            >>> int8 = st.Quantize(snapset.ValueSet(range(-128, 128)), scale="token")
+            >>> x = torch.tensor([[0.5, -1.27], [2.54, 1.0]])
+            >>> v, alpha = int8.members_and_scale(x)
+            >>> v.tolist(), alpha.shape
+            ([[50.0, -127.0], [127.0, 50.0]], torch.Size([2, 1]))
+            >>> torch.equal(v * alpha, int8(x))
+            True
+        """
         x = self._checked(x)
         alpha = self._scales(x)
         on_set = x if alpha is None else x / alpha
         members: Tensor = self.rounding(self.rounding.right_inverse(on_set))
-        return members if alpha is None else members * alpha
+        return members, alpha
 
     def _checked(self, x: Tensor) -> Tensor:
         """``x`` in this quantizer's dtype, after refusing what it cannot quantize."""
@@ -430,13 +449,13 @@ def input_quantizers(model: nn.Module) -> Iterator[tuple[str, Quantize]]:
         >>> [(name, q.values) for name, q in st.input_quantizers(model)]
         [('0', ValueSet([-1, 1]))]
     """
-    for name, module in _quantized_layers(model):
-        quantizer = module._modules[INPUT_QUANTIZER]
-        assert isinstance(quantizer, Quantize)  # _quantized_layers checked it
-        yield name, quantizer
+    for name, module in model.named_modules():
+        quantizer = input_quantizer_of(module)
+        if quantizer is not None:
+            yield name, quantizer
 
 
-def _quantize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+def _quantize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """The forward pre-hook of a quantized layer: its first argument through its quantizer
     (a module-level function that reads the submodule, so that ``copy.deepcopy`` works)."""
     if not args:
@@ -444,8 +463,25 @@ def _quantize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]
             f"{type(module).__name__} has an input quantizer, which quantizes the first "
             "positional argument of its forward; pass the input positionally"
         )
+    if getattr(module, "quantizes_own_input", False):
+        return None  # the layer calls its quantizer itself (packed layers, on integer units)
     quantizer: Quantize = module.input_quantizer  # type: ignore[assignment]
     return (quantizer(args[0]), *args[1:])
+
+
+def input_quantizer_of(module: nn.Module) -> Quantize | None:
+    """The input quantizer that ``quantize_inputs_`` gave ``module`` itself, or None.
+
+    A layer whose class sets ``quantizes_own_input = True`` receives its input unquantized
+    and calls this quantizer in its own ``forward`` (packed layers do, to take the members
+    and the scale apart); for any other, the forward pre-hook calls it.
+    """
+    quantizer = module._modules.get(INPUT_QUANTIZER)
+    if isinstance(quantizer, Quantize) and any(
+        hook is _quantize_input for hook in module._forward_pre_hooks.values()
+    ):
+        return quantizer
+    return None
 
 
 def _chosen(
@@ -467,9 +503,7 @@ def _chosen(
 
 def _quantized_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
-        if isinstance(module._modules.get(INPUT_QUANTIZER), Quantize) and any(
-            hook is _quantize_input for hook in module._forward_pre_hooks.values()
-        ):
+        if input_quantizer_of(module) is not None:
             yield name, module
 
 

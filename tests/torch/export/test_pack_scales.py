@@ -16,6 +16,9 @@ from snapset.torch._constrain import hardened_scales
 from snapset.torch._quantize import Quantize, input_quantizers, quantize_inputs_
 from snapset.torch.export._pack import SignThresholds
 
+#: What the report says of a packed layer without an input quantizer.
+FLOAT = "; float activations: no input quantizer"
+
 SETS = {
     "sign": snapset.Sign(),
     "ternary": snapset.Ternary(),
@@ -42,7 +45,7 @@ def test_scaled_linear_packs_to_the_float_layer(
     layer = scaled(nn.Linear(48, 7), values, scale, mode)
     packed = st.pack(layer)  # warnings are errors: it must pack
     assert type(packed) is st.PackedLinear
-    assert packed.packing_report.packed == {"weight": f"PackedLinear, scale={scale!r}"}
+    assert packed.packing_report.packed == {"weight": f"PackedLinear, scale={scale!r}{FLOAT}"}
     for batch in (1, st.export.LUT_MAX_ROWS + 5, 40):  # lookups, tiles
         x = torch.randn(batch, 48, generator=torch.Generator().manual_seed(batch))
         torch.testing.assert_close(packed(x), layer(x), rtol=1e-5, atol=1e-5)
@@ -148,8 +151,8 @@ def test_a_scaled_model_hardened_saved_and_loaded_packs_as_the_constrained_one(t
     loaded = st.load(nn.Sequential(nn.Linear(12, 8), nn.Linear(8, 3)), path)
     packed = st.pack(loaded)
     assert packed.packing_report.packed == {
-        "0.weight": "PackedLinear, scale='channel'",
-        "1.weight": "PackedLinear, scale='channel'",
+        "0.weight": f"PackedLinear, scale='channel'{FLOAT}",
+        "1.weight": f"PackedLinear, scale='channel'{FLOAT}",
     }
     torch.testing.assert_close(packed(x), expected, rtol=1e-5, atol=1e-5)
 

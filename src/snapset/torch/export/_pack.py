@@ -14,15 +14,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..._kernels import PackedMatrix, backend, decode_rows, small_matmul
+from ..._files import set_codes
+from ..._kernels import (
+    LOOKUP_MAX_ROWS,
+    PackedMatrix,
+    backend,
+    decode_rows,
+    int8_weight,
+    integer_grid,
+    lookup_max_rows,
+    small_matmul,
+)
 from ..._scales import bad_scale_message
 from ..._sets import Sign, ValueSet
 from ..._spec import outside_set_error
 from .._constrain import harden_, hardened_scales, hardened_values, mark_hardened, scaled_members
 from .._layers import GF2Linear
 from .._methods import Scale
-from .._quantize import Quantize, input_quantizers, quantize_inputs_, remove_input_quantizers_
-from ._file import hardened_set
+from .._quantize import (
+    Quantize,
+    input_quantizer_of,
+    input_quantizers,
+    quantize_inputs_,
+    remove_input_quantizers_,
+)
+from ._file import _dtype_name, _widened, hardened_set
 from ._pack_gf2 import PackedGF2Linear
 
 __all__ = [
@@ -36,10 +52,11 @@ __all__ = [
     "unpackable",
 ]
 
-LUT_MAX_ROWS = 8
-"""Default of the packed layers' ``lookup_max_rows``: up to this many input rows use the
-table-lookup kernel, beyond it decoded tiles and BLAS (the crossover measured by
-``benchmarks/inference.py`` on a 4096x4096 layer)."""
+LUT_MAX_ROWS = LOOKUP_MAX_ROWS
+"""Up to this many input rows, table lookups beat decoded tiles and BLAS on any packed layer,
+and 8-bit activations run table lookups too (beyond, ``torch._int_mm``); measured by
+``benchmarks/inference.py`` on a 4096x4096 layer. A layer's ``lookup_max_rows`` is this, or
+None (lookups at any batch) where register permutes make lookups the cheaper kernel."""
 #: Float32 bytes of the decoded block of ``W.T`` (512 inputs by 4096 outputs), the size that
 #: ran fastest with BLAS in ``benchmarks/inference.py``: one such workspace per thread, shared
 #: by all packed layers.
@@ -64,12 +81,13 @@ def kernel_backend(explain: bool = False) -> str:
 
 
 def packed_matmul(
-    x: Tensor, matrix: PackedMatrix, bias: Tensor, lookup_max_rows: int = LUT_MAX_ROWS
+    x: Tensor, matrix: PackedMatrix, bias: Tensor, lookup_max_rows: int | None = LUT_MAX_ROWS
 ) -> tuple[Tensor, str, str]:
     """``x @ W.T + bias`` for float rows ``x`` of shape ``(rows, n_in)``, on the packed ``W``.
 
     Returns the result, the kernel that ran: ``"xnor"`` (XNOR-popcount, when ``W`` and every
-    input are in {-1, +1}), ``"lookup"`` (table lookups, up to ``lookup_max_rows`` rows) or
+    input are in {-1, +1}), ``"lookup"`` (table lookups, up to ``lookup_max_rows`` rows, any
+    number for None) or
     ``"tiles"`` (``W.T`` decoded a block at a time, times BLAS), and the backend that ran it
     (``"numba"`` or ``"numpy"``). ``bias`` is float32 (zeros for a layer without one); ``x``
     has passed ``check_input``.
@@ -79,10 +97,11 @@ def packed_matmul(
         rows = rows.to(torch.float32).contiguous()
         if x.dtype == torch.float64:
             _check_float32_range(x, rows)
-    ran, kernel, y = small_matmul(rows.numpy(), matrix, bias.numpy(), lookup_max_rows)
+    threads = torch.get_num_threads()
+    ran, kernel, y = small_matmul(rows.numpy(), matrix, bias.numpy(), lookup_max_rows, threads)
     if y is not None:
         return torch.from_numpy(y), kernel, ran
-    return _tiled_matmul(rows, matrix).add_(bias), kernel, ran
+    return _tiled_matmul(rows, matrix, threads).add_(bias), kernel, ran
 
 
 def check_input(x: Tensor) -> None:
@@ -116,7 +135,7 @@ def _check_float32_range(x: Tensor, rows: Tensor) -> None:
 _WORKSPACE = threading.local()
 
 
-def _tiled_matmul(rows: Tensor, matrix: PackedMatrix) -> Tensor:
+def _tiled_matmul(rows: Tensor, matrix: PackedMatrix, threads: int) -> Tensor:
     """``rows @ W.T`` by BLAS on ``W.T`` decoded a block of inputs at a time (scaled entries
     in float32, as a scaled float layer holds them)."""
     g = matrix.group
@@ -134,12 +153,190 @@ def _tiled_matmul(rows: Tensor, matrix: PackedMatrix) -> Tensor:
     y = torch.zeros(rows.shape[0], matrix.out)
     for start in range(0, matrix.groups, step):
         stop = min(start + step, matrix.groups)
-        tile = torch.from_numpy(decode_rows(matrix, start, stop, buffer))
+        tile = torch.from_numpy(decode_rows(matrix, start, stop, buffer, threads))
         y.addmm_(padded[:, start * g : stop * g], tile)
     return y
 
 
-class PackedLinear(nn.Module):
+#: The largest integer sum an int32 accumulator holds.
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class _Int8Path:
+    """What the 8-bit path of a packed layer needs: the quantizer it was planned for, the
+    steps of the activations' and the weights' integer grids, and each packed matrix's
+    ``W.T`` as int8 (``(width, out)``, decoded once)."""
+
+    quantizer: Quantize
+    step: float
+    weight_step: float
+    weights: tuple[Tensor, ...]
+
+    def matmul(
+        self, members: Tensor, alpha: Tensor | None, matrix: PackedMatrix, index: int, bias: Tensor
+    ) -> Tensor:
+        """``(alpha * members) @ W.T + bias`` for rows of exact members of the quantizer's set
+        (``(rows, n_in)``) and their scale (None, one, or one a row): the integers of each
+        span of inputs that share a weight scale summed exactly by ``torch._int_mm`` (int8
+        times int8 into int32), then scaled."""
+        laid = matrix.lay_out((members / self.step).to(torch.float32).contiguous().numpy())
+        integers = torch.from_numpy(laid).to(torch.int8)  # exact: members are step * n
+        weight = self.weights[index]
+        scales = torch.from_numpy(matrix.scales)
+        inputs = weight.shape[0] // len(scales)
+        y = torch.zeros(len(members), matrix.out)
+        for span, scale in enumerate(scales):
+            part = slice(span * inputs, (span + 1) * inputs)
+            y.addcmul_(torch._int_mm(integers[:, part], weight[part]).to(torch.float32), scale)
+        steps = self.step * self.weight_step
+        factor = steps if alpha is None else alpha.reshape(-1, 1).to(torch.float32) * steps
+        return y.mul_(factor).add_(bias)
+
+
+def _int8_path(
+    quantizer: Quantize | None, matrices: tuple[PackedMatrix, ...], token_scales: bool
+) -> _Int8Path | str:
+    """The 8-bit path for a packed layer whose input quantizer is ``quantizer``, or what
+    runs instead and why (a phrase for ``PackingReport``). ``token_scales``: whether a scale
+    per row keeps the features of a row on one scale (a linear layer's rows, not a
+    convolution's patches)."""
+    if quantizer is None:
+        return "float activations: no input quantizer"
+    values, scaling = quantizer.values, quantizer.scaling
+    if matrices[0].signs and values == Sign() and scaling is None:
+        return "sign activations on XNOR-popcount"
+    if scaling is not None and scaling.granularity == "token":
+        if not token_scales:
+            return "float activations: a convolution's patches mix positions of token scales"
+        if quantizer.feature_axis != -1:
+            return "float activations: its input quantizer's scale varies along the features"
+    if scaling is not None and scaling.granularity == "channel":
+        return "float activations: its input quantizer's scale varies along the features"
+    grid = integer_grid(values)
+    if isinstance(grid, str):
+        return f"float activations: its input quantizer's set {grid}"
+    weight_grid = integer_grid(matrices[0].values)
+    if isinstance(weight_grid, str):
+        return f"float activations: its weight's set {weight_grid}"
+    inputs = max(m.width // len(m.scales) for m in matrices)  # summed by one int32
+    if inputs * grid.largest * weight_grid.largest > _INT32_MAX:
+        return (
+            f"float activations: int32 sums of {inputs} products up to "
+            f"{grid.largest * weight_grid.largest} could overflow"
+        )
+    weights = tuple(torch.from_numpy(int8_weight(m, weight_grid)) for m in matrices)
+    return _Int8Path(quantizer, grid.step, weight_grid.step, weights)
+
+
+class _PackedProduct(nn.Module):
+    """What ``PackedLinear`` and ``PackedConv`` share: the choice of kernel for each matrix
+    product, and the input quantizer, which they call themselves (the forward pre-hook of
+    ``quantize_inputs_`` leaves their input alone) so as to keep its members and scale apart
+    for the 8-bit path."""
+
+    #: ``quantize_inputs_``'s pre-hook passes the input on unquantized: ``forward`` quantizes.
+    quantizes_own_input = True
+    #: Whether a scale per row keeps a row's features on one scale (True for rows of a
+    #: linear layer's input, False for a convolution's patches).
+    token_scales = True
+
+    def __init__(self, matrices: tuple[PackedMatrix, ...]) -> None:
+        super().__init__()
+        #: The packed weight: one matrix, or one per group of a convolution's channels.
+        self.matrices = matrices
+        #: Up to this many input rows of float activations use the table-lookup kernel,
+        #: beyond it decoded tiles and BLAS (0 always uses tiles; None: lookups at any batch,
+        #: the default where register permutes make them the cheaper kernel).
+        self.lookup_max_rows: int | None = lookup_max_rows(matrices[0])
+        #: The kernel the last call ran: "xnor", "lookup", "tiles" or "int8".
+        self.last_kernel = ""
+        #: The backend that ran it: "numba" or "numpy" (``kernel_backend(explain=True)`` says
+        #: why), or "torch" for "int8".
+        self.last_backend = ""
+        self._int8: _Int8Path | None = None
+        #: Which kernels run the layer's activations, and why, as ``plan_kernels`` last
+        #: decided (with ``lookup_max_rows`` as it was then).
+        self.kernel_plan = ""
+        self.plan_kernels()
+
+    def plan_kernels(self) -> str:
+        """Decide which kernels run the layer's activations, for the input quantizer it has
+        now, and say which and why; ``pack`` calls it.
+
+        The 8-bit path runs where the quantizer's set lies on an integer grid within int8
+        (``step * n``, such as ``ValueSet(range(-128, 128))``, ternary or signs), its scale
+        is the same along the features of a row (None, a static number or ``"tensor"``, or
+        ``"token"`` for a linear layer), the weight's set lies on such a grid too, and
+        the int32 sums cannot overflow: the weight is then decoded once into an int8 ``W.T``
+        (``int8_bytes``, besides the packed codes), and calls with more than
+        ``LUT_MAX_ROWS`` rows multiply integers with ``torch._int_mm``; fewer rows run the
+        table lookups on the quantized activations. Otherwise the float kernels run on the
+        quantizer's output, as without this path. Call it again after adding or removing
+        the input quantizer of a packed layer: until then such a layer runs the float path.
+
+        Examples:
+            >>> import torch, snapset, snapset.torch as st
+            >>> ternary = snapset.Ternary()
+            >>> layer = st.harden_(st.constrain(torch.nn.Linear(16, 4), "weight", ternary))
+            >>> packed = st.PackedLinear.from_linear(layer, ternary)
+            >>> int8 = st.Quantize(snapset.ValueSet(range(-128, 128)), scale="token")
+            >>> packed = st.quantize_inputs_(packed, int8, modules=(st.PackedLinear,))
+            >>> packed.plan_kernels(), packed.int8_bytes
+            ('8-bit activations on torch._int_mm above 8 rows', 64)
+        """
+        path = _int8_path(input_quantizer_of(self), self.matrices, self.token_scales)
+        self._int8 = None if isinstance(path, str) else path
+        above = f"above {LUT_MAX_ROWS} rows"
+        self.kernel_plan = (
+            path if isinstance(path, str) else f"8-bit activations on torch._int_mm {above}"
+        )
+        return self.kernel_plan
+
+    @property
+    def int8_weights(self) -> tuple[Tensor, ...]:
+        """The int8 ``W.T`` of each packed matrix that the 8-bit path multiplies, ``(width,
+        out)`` (the integers ``n`` of ``w = scale * step * n``); empty when it is off."""
+        return () if self._int8 is None else self._int8.weights
+
+    @property
+    def int8_bytes(self) -> int:
+        """Bytes of ``int8_weights``, held besides the packed codes while the 8-bit path is
+        on (a byte a weight); 0 otherwise."""
+        return sum(weight.nbytes for weight in self.int8_weights)
+
+    def _quantized(self, x: Tensor) -> tuple[Tensor, Tensor | None, _Int8Path | None]:
+        """``x`` through the layer's input quantizer: its members, scale and the 8-bit path
+        where that path was planned for this quantizer; else the quantizer's output (``x``
+        itself without one), None and None."""
+        check_input(x)
+        quantizer = input_quantizer_of(self)
+        if quantizer is None:
+            return x, None, None
+        path = self._int8
+        if path is None or path.quantizer is not quantizer:
+            return quantizer(x), None, None
+        members, alpha = quantizer.members_and_scale(x)
+        return members, alpha, path
+
+    def _matmul(
+        self, rows: Tensor, alpha: Tensor | None, path: _Int8Path | None, index: int, bias: Tensor
+    ) -> Tensor:
+        """``(alpha * rows) @ W.T + bias`` for matrix ``index``, on the 8-bit path for more
+        than ``LUT_MAX_ROWS`` rows where it applies, else on the float kernels."""
+        matrix = self.matrices[index]
+        if path is not None and rows.shape[0] > LUT_MAX_ROWS:
+            self.last_kernel, self.last_backend = "int8", "torch"
+            return path.matmul(rows, alpha, matrix, index, bias)
+        if alpha is not None:  # the quantizer's output, bit for bit
+            rows = rows * alpha.reshape(-1, 1)
+        y, self.last_kernel, self.last_backend = packed_matmul(
+            rows, matrix, bias, self.lookup_max_rows
+        )
+        return y
+
+
+class PackedLinear(_PackedProduct):
     """An inference-only ``nn.Linear`` whose weight lives as packed codes (see ``pack``).
 
     The weight takes ``g`` codes a byte (1 bit a weight for two values, 1.6 for ternary, 2 for
@@ -148,9 +345,15 @@ class PackedLinear(nn.Module):
     and its scales (float32, one per tensor, output channel or group of inputs): the kernels sum
     the codes' values as unscaled, then multiply each output's sum (each group's, for a group
     size) by its scale. It computes in float32 on the CPU, and has no gradient.
-    ``lookup_max_rows`` (default ``LUT_MAX_ROWS``) picks the kernel by batch size: up to
-    this many input rows use the table-lookup kernel, beyond it decoded tiles and BLAS; 0
-    always uses tiles. XNOR-popcount runs instead when weights and inputs are all in {-1, +1}.
+    ``lookup_max_rows`` picks the kernel by batch size: up to this many input rows use the
+    table-lookup kernel, beyond it decoded tiles and BLAS; 0 always uses tiles, None never.
+    Its default is ``LUT_MAX_ROWS``, or None where the CPU has AVX-512 register permutes and
+    the layer is wide (codes a byte times outputs at least 8192, as a 1024-output sign
+    layer): lookups then cost less than float multiply-adds at any batch. XNOR-popcount runs
+    instead when weights and inputs are all in {-1, +1}. With an input quantizer on an
+    integer grid (such as BitNet b1.58's per-token 8-bit activations), more rows than
+    ``LUT_MAX_ROWS`` run on integer matrix units instead
+    (``plan_kernels`` says when; ``kernel_plan`` says what was decided).
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -169,17 +372,9 @@ class PackedLinear(nn.Module):
     bias: Tensor | None
 
     def __init__(self, matrix: PackedMatrix, bias: Tensor | None) -> None:
-        super().__init__()
+        super().__init__((matrix,))
         self.matrix = matrix
         self.in_features, self.out_features = matrix.n_in, matrix.out
-        #: Up to this many input rows use the table-lookup kernel, beyond it decoded tiles and
-        #: BLAS; 0 always uses tiles.
-        self.lookup_max_rows = LUT_MAX_ROWS
-        #: The kernel the last call ran: "xnor", "lookup" or "tiles".
-        self.last_kernel = ""
-        #: The backend that ran it: "numba" or "numpy" (``kernel_backend(explain=True)`` says
-        #: why).
-        self.last_backend = ""
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self._shift = self.bias if self.bias is not None else torch.zeros(matrix.out)
 
@@ -197,12 +392,10 @@ class PackedLinear(nn.Module):
         return self.matrix.nbytes
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input(x)
-        flat = x.reshape(-1, self.in_features)
-        y, self.last_kernel, self.last_backend = packed_matmul(
-            flat, self.matrix, self._shift, self.lookup_max_rows
-        )
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        quantized, alpha, path = self._quantized(x)
+        flat = quantized.reshape(-1, self.in_features)
+        y = self._matmul(flat, alpha, path, 0, self._shift)
+        return y.reshape(*x.shape[:-1], self.out_features).to(quantized.dtype)
 
     def extra_repr(self) -> str:
         return (
@@ -212,14 +405,15 @@ class PackedLinear(nn.Module):
         )
 
 
-class PackedConv(nn.Module):
+class PackedConv(_PackedProduct):
     """An inference-only ``nn.Conv1d`` or ``nn.Conv2d`` on packed codes (see ``pack``), with
     any stride, dilation, groups, padding (numbers, ``"same"``, ``"valid"``) and padding mode.
 
     The input is padded (``F.pad``, in the layer's padding mode) and unfolded into patches
     (``F.unfold``); each group's patches times its packed ``(out_channels / groups,
     in_channels / groups * kernel)`` weight go through the packed matrix product, whose kernel
-    ``lookup_max_rows`` picks as in ``PackedLinear`` (rows are patches here).
+    ``lookup_max_rows`` picks as in ``PackedLinear`` (rows are patches here; the 8-bit path
+    takes an input quantizer without a scale, or with one scale for the tensor).
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -231,6 +425,8 @@ class PackedConv(nn.Module):
     """
 
     bias: Tensor | None
+    # patches mix positions, and so the scales of a per-token activation quantizer
+    token_scales = False
 
     def __init__(
         self,
@@ -243,16 +439,8 @@ class PackedConv(nn.Module):
         padding_mode: str,
         dilation: tuple[int, ...],
     ) -> None:
-        super().__init__()
-        #: One packed matrix per group of channels.
-        self.matrices, self.dims = tuple(matrices), dims
-        #: Up to this many patch rows use the table-lookup kernel, beyond it decoded tiles and
-        #: BLAS; 0 always uses tiles.
-        self.lookup_max_rows = LUT_MAX_ROWS
-        #: The kernel the last call ran: "xnor", "lookup" or "tiles".
-        self.last_kernel = ""
-        #: The backend that ran it: "numba" or "numpy".
-        self.last_backend = ""
+        super().__init__(tuple(matrices))
+        self.dims = dims
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         #: ``F.pad``'s amounts, last dimension first, and its mode.
         self.pads, self.pad_mode = pads, "constant" if padding_mode == "zeros" else padding_mode
@@ -298,9 +486,9 @@ class PackedConv(nn.Module):
         return sum(m.nbytes for m in self.matrices)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input(x)
+        quantized, alpha, path = self._quantized(x)
         unbatched = x.dim() == self.dims + 1
-        images = x.unsqueeze(0) if unbatched else x
+        images = quantized.unsqueeze(0) if unbatched else quantized
         if any(self.pads):
             images = F.pad(images, self.pads, mode=self.pad_mode)
         k, s, d = self.kernel_size, self.stride, self.dilation
@@ -312,17 +500,15 @@ class PackedConv(nn.Module):
         flat = patches.transpose(1, 2).reshape(n * count, -1)
         width = flat.shape[1] // len(self.matrices)
         outputs = []
-        for group, (matrix, shift) in enumerate(zip(self.matrices, self._shifts, strict=True)):
-            y, self.last_kernel, self.last_backend = packed_matmul(
-                flat[:, group * width : (group + 1) * width], matrix, shift, self.lookup_max_rows
-            )
-            outputs.append(y)
+        for group, shift in enumerate(self._shifts):
+            part = flat[:, group * width : (group + 1) * width]
+            outputs.append(self._matmul(part, alpha, path, group, shift))
         size = [(images.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
         out = torch.cat(outputs, dim=1).reshape(n, count, -1).transpose(1, 2)
         out = out.reshape(n, -1, *size)
         if self.dims == 1:
             out = out.squeeze(2)
-        return (out.squeeze(0) if unbatched else out).to(x.dtype)
+        return (out.squeeze(0) if unbatched else out).to(quantized.dtype)
 
     def extra_repr(self) -> str:
         first = self.matrices[0]
@@ -353,7 +539,8 @@ def _pads(conv: nn.Conv1d | nn.Conv2d) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class PackingReport:
     """What ``pack`` did with each constrained weight, by its name in the model: the packed
-    layer that now runs it (and its scale, for a scaled set), or why it stayed in float; and
+    layer that now runs it (and its scale, for a scaled set) and which kernels run its
+    activations and why (its ``kernel_plan``), or why it stayed in float; and
     each ``BatchNorm`` that it folded, with the sign activation after it, into the thresholds
     of a ``SignThresholds``. ``pack`` attaches it to the model it returns, as
     ``packing_report``.
@@ -369,12 +556,12 @@ class PackingReport:
         pack left 1 of 2 constrained weights in float: '1.weight' (no packed layer for
         Conv3d; Linear, Conv1d, Conv2d and GF2Linear are packed). See packed.packing_report.
         >>> print(packed.packing_report)  # doctest: +NORMALIZE_WHITESPACE
-        0.weight  packed: PackedLinear
+        0.weight  packed: PackedLinear; float activations: no input quantizer
         1.weight  in float: no packed layer for Conv3d; Linear, Conv1d, Conv2d and GF2Linear
         are packed
     """
 
-    #: Each packed weight's name and the packed layer that runs it.
+    #: Each packed weight's name, the packed layer that runs it and its activations' kernels.
     packed: dict[str, str] = field(default_factory=dict)
     #: Each weight left in float, and why.
     kept: dict[str, str] = field(default_factory=dict)
@@ -554,7 +741,7 @@ _HARDEN_FIRST = (
 )
 
 
-def pack(model: nn.Module) -> nn.Module:
+def pack(model: nn.Module, *, activations: str | None = None) -> nn.Module:
     """An inference-only copy of ``model`` whose constrained layers run on packed codes.
 
     The copy is hardened (``harden_``), put in eval mode and frozen; then every
@@ -589,10 +776,26 @@ def pack(model: nn.Module) -> nn.Module:
     within float32's range), and do not propagate gradients.
 
     Kernels, chosen per call (see ``benchmarks/inference.py`` for their speed): XNOR-popcount
-    when the weights are in {-1, +1} and so is every input; table lookups (T-MAC style) for up
-    to ``lookup_max_rows`` input rows (a knob of each packed layer, default
-    ``LUT_MAX_ROWS``); decoded tiles times BLAS for more. They run in numba where it is
-    installed, else in numpy; ``kernel_backend(explain=True)`` says which and why.
+    when the weights are in {-1, +1} and so is every input; table lookups (T-MAC style, in
+    AVX-512 registers where the CPU has them) for up to ``lookup_max_rows`` input rows (a
+    knob of each packed layer, ``LUT_MAX_ROWS`` or, for wide layers where the permutes run,
+    any number); decoded tiles times BLAS for more. Each splits its work between torch's
+    threads (``torch.get_num_threads()``), with the same result for any number. They run in
+    numba where it is installed, else in numpy; ``kernel_backend(explain=True)`` says which
+    and why.
+
+    8-bit activations: a packed layer whose input quantizer lies on an integer grid within
+    int8 (``Quantize(ValueSet(range(-128, 128)), scale="token")``, BitNet b1.58's, or a sign,
+    ternary, ... set), with a scale that is the same along the features of a row, and whose
+    weight's set lies on such a grid too, multiplies more than ``LUT_MAX_ROWS`` rows in
+    integers: ``torch._int_mm`` (int8 times int8 into int32, exact), then the scales, so
+    the outputs are the unpacked model's to float32 rounding. It holds its weight decoded
+    as int8 besides the codes (``int8_bytes``). ``activations="int8"`` gives every packed
+    ``PackedLinear`` without an input quantizer BitNet's per-token 8-bit quantizer, and
+    every ``PackedConv`` without one a per-tensor one: the copy then computes what the
+    model with those quantizers (``quantize_inputs_``) computes. Layers keep a quantizer
+    they have. Any other value raises ``ValueError`` before anything is copied. The report
+    says which kernels run each packed layer's activations, and why (``plan_kernels``).
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -606,8 +809,17 @@ def pack(model: nn.Module) -> nn.Module:
         >>> torch.allclose(packed(x), model(x), atol=1e-4)
         True
         >>> print(packed.packing_report)
-        0.weight  packed: PackedLinear
-        2.weight  packed: PackedLinear
+        0.weight  packed: PackedLinear; float activations: no input quantizer
+        2.weight  packed: PackedLinear; float activations: no input quantizer
+
+        BitNet b1.58's 8-bit activations before every packed layer, on integer matrix units:
+
+        >>> bitnet = st.pack(model, activations="int8")
+        >>> print(bitnet.packing_report)
+        0.weight  packed: PackedLinear; 8-bit activations on torch._int_mm above 8 rows
+        2.weight  packed: PackedLinear; 8-bit activations on torch._int_mm above 8 rows
+        >>> y = bitnet(torch.randn(16, 32)); bitnet[0].last_kernel, bitnet[0].int8_bytes
+        ('int8', 512)
 
         A binary network: sign weights, sign activations, BatchNorm folded into thresholds.
 
@@ -623,6 +835,12 @@ def pack(model: nn.Module) -> nn.Module:
         >>> torch.equal(packed(x), model(x)), packed[2].last_kernel
         (True, 'xnor')
     """
+    if activations not in ACTIVATIONS:
+        raise ValueError(
+            f"Invalid activations: {activations!r}; choose None (each layer's own input "
+            "quantizer, if any) or 'int8' (BitNet b1.58's 8-bit activations for every packed "
+            "layer without one)"
+        )
     packed = hardened_copy(model).requires_grad_(False)
     # harden_ marks every tensor it makes plain with its set, and a loaded file marks its
     # packed tensors likewise: so a constrained model and a hardened, saved and loaded one
@@ -645,8 +863,13 @@ def pack(model: nn.Module) -> nn.Module:
         elif not _still_hardened(tensor, values):
             report.kept[name] = "its values left their set after harden_"
         else:
-            replacements[owner] = _with_input_quantizer(_PACKERS[type(layer)](layer, values), layer)
-            kind = type(replacements[owner]).__name__
+            replacement = _with_input_quantizer(_PACKERS[type(layer)](layer, values), layer)
+            if activations == "int8":
+                _add_int8_quantizer(replacement)
+            if isinstance(replacement, _PackedProduct):
+                replacement.plan_kernels()
+            replacements[owner] = replacement
+            kind = type(replacement).__name__
             report.packed[name] = kind if scaled is None else f"{kind}, {_scale_name(scaled[0])}"
     for owner, replacement in replacements.items():
         if owner == "":
@@ -655,6 +878,10 @@ def pack(model: nn.Module) -> nn.Module:
             parent, _, child = owner.rpartition(".")
             setattr(packed.get_submodule(parent), child, replacement)
     _fold_sign_thresholds(packed, report)
+    for owner, replacement in replacements.items():  # as decided after the folding
+        if isinstance(replacement, _PackedProduct):
+            name = f"{owner}.weight" if owner else "weight"
+            report.packed[name] += f"; {replacement.kernel_plan}"
     if report.kept:
         kept = "; ".join(f"'{name}' ({why})" for name, why in report.kept.items())
         warnings.warn(
@@ -664,6 +891,20 @@ def pack(model: nn.Module) -> nn.Module:
         )
     cast(Any, packed).packing_report = report
     return packed
+
+
+#: ``pack``'s choices of ``activations``.
+ACTIVATIONS = (None, "int8")
+
+
+def _add_int8_quantizer(layer: nn.Module) -> None:
+    """BitNet b1.58's 8-bit activations before a packed ``layer`` that has no input quantizer:
+    a scale per token for a linear layer, one for the tensor for a convolution (whose
+    patches mix positions)."""
+    if isinstance(layer, _PackedProduct) and input_quantizer_of(layer) is None:
+        scale = "token" if layer.token_scales else "tensor"
+        quantizer = Quantize(ValueSet(range(-128, 128)), scale=scale)
+        quantize_inputs_(layer, quantizer, modules=(type(layer),))
 
 
 def _with_input_quantizer(replacement: nn.Module, layer: nn.Module) -> nn.Module:
@@ -703,6 +944,10 @@ def _fold_sign_thresholds(model: nn.Module, report: PackingReport) -> None:
             )
             setattr(sequence, middle, thresholds)
             remove_input_quantizers_(taker)
+            taker.plan_kernels()  # drops what it planned for the quantizer
+            taker.kernel_plan = "sign activations from SignThresholds" + (
+                " on XNOR-popcount" if taker.matrices[0].signs else ", as floats"
+            )
             where = f"{prefix}." if prefix else ""
             report.folded[f"{where}{middle}"] = (
                 f"{type(norm).__name__} and the sign input quantizer of '{where}{last}' "
@@ -775,8 +1020,8 @@ def _codes_and_scales(layer: nn.Module, values: ValueSet) -> tuple[np.ndarray, n
     scaled = hardened_scales(weight)
     _refuse_unpackable(layer, values, None if scaled is None else scaled[1])
     if scaled is None:
-        members = _members(weight, values, "'weight'", _HARDEN_FIRST)
-        return values.encode(members).reshape(weight.shape[0], -1), None
+        codes = _member_codes(weight, values, "'weight'", _HARDEN_FIRST)
+        return codes.reshape(weight.shape[0], -1), None
     scale, alpha = scaled
     try:
         members_t = scaled_members(weight, values, scale, alpha)
@@ -802,11 +1047,12 @@ def _scales_repr(matrices: tuple[PackedMatrix, ...]) -> str:
     return f", scales={count}" if count else ""
 
 
-def _members(weight: Tensor, values: ValueSet, where: str, fix: str) -> np.ndarray:
-    """``weight`` as a float64 array; ``OutsideSetError`` if it holds anything outside
-    ``values``."""
-    array = weight.detach().cpu().double().numpy()
-    outside = ~values.contains(array)
+def _member_codes(weight: Tensor, values: ValueSet, where: str, fix: str) -> np.ndarray:
+    """The codes of ``weight``'s entries, members of ``values`` as its dtype holds them (0.3
+    in float32 is 0.30000001192092896), flat; ``OutsideSetError`` if it holds anything
+    else."""
+    array = _widened(weight).reshape(-1)
+    codes, outside = set_codes(values, array, _dtype_name(weight.dtype))
     if outside.any():
         raise outside_set_error(where, values, int(outside.sum()), float(array[outside][0]), fix)
-    return array
+    return codes
