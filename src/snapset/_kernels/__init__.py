@@ -13,6 +13,7 @@ from ._flip import compiled as compiled
 from ._flip import flip_step as flip_step
 from ._flip import plane_shape as plane_shape
 from ._flip import recode as recode
+from ._int8 import grid_integers as grid_integers
 from ._int8 import int8_weight as int8_weight
 from ._int8 import integer_grid as integer_grid
 from ._matrix import LOOKUP_MAX_ROWS as LOOKUP_MAX_ROWS
@@ -30,6 +31,7 @@ __all__ = [
     "compiled",
     "decode_rows",
     "flip_step",
+    "grid_integers",
     "int8_weight",
     "integer_grid",
     "lookup_max_rows",

@@ -71,7 +71,8 @@ def flip_step(
         MOMENTUM_RESETS.index(momentum_reset),
     )
     shares = spans(values.shape[0], threads, _SHARE)
-    return sum(run_shares(lambda start, stop: int(kernels.step(*arguments, start, stop)), shares))
+    step = lambda start, stop: int(kernels.step(*arguments, start, stop))  # noqa: E731
+    return sum(run_shares(step, shares, threads))
 
 
 # Entries a thread takes at least: below that, starting a thread costs more than it saves.
@@ -115,7 +116,7 @@ def recode(
         changed = kernels.recode(read, bounds, previous, planes, counts, start, stop)
         return int(changed), counts
 
-    results = run_shares(share, spans(planes.shape[1], threads, _SHARE // 8))
+    results = run_shares(share, spans(planes.shape[1], threads, _SHARE // 8), threads)
     histogram[:] = np.sum([counts for _, counts in results], axis=0)
     return sum(changed for changed, _ in results)
 

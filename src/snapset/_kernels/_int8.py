@@ -23,9 +23,10 @@ import numpy as np
 import numpy.typing as npt
 
 from .._sets import ValueSet
-from ._matrix import PackedMatrix
+from ._matrix import _KERNELS, PackedMatrix
+from ._threads import run_shares, spans
 
-__all__ = ["INT8_RANGE", "IntegerGrid", "int8_weight", "integer_grid"]
+__all__ = ["INT8_RANGE", "IntegerGrid", "grid_integers", "int8_weight", "integer_grid"]
 
 #: The integers an int8 holds.
 INT8_RANGE = range(-128, 128)
@@ -99,3 +100,41 @@ def int8_weight(m: PackedMatrix, grid: IntegerGrid) -> npt.NDArray[np.int8]:
     decoded = by_digit[:, m.codes].transpose(1, 0, 2)  # (groups, g, out)
     weight: npt.NDArray[np.int8] = np.ascontiguousarray(decoded.reshape(-1, m.out)[: m.width])
     return weight
+
+
+def grid_integers(
+    latent: npt.NDArray[np.float32],
+    boundaries: npt.NDArray[np.float32],
+    grid: IntegerGrid,
+    threads: int = 1,
+) -> npt.NDArray[np.int8] | None:
+    """The integers ``n`` of the nearest values that a latent rounding picks for the flat
+    ``latent``: value ``c`` where ``c`` of the sorted ``boundaries`` are reached (``>=``), as
+    ``grid.integers[c]``, in one compiled pass split between ``threads``. None where numba is
+    not there or the boundaries are too uneven for one correction (the caller then rounds
+    with its own operations).
+
+    Examples:
+        >>> import numpy as np, snapset
+        >>> grid = integer_grid(snapset.Ternary())
+        >>> latent = np.array([-0.9, -0.5, 0.49, 0.5], np.float32)
+        >>> grid_integers(latent, np.array([-0.5, 0.5], np.float32), grid).tolist()
+        [-1, 0, 0, 1]
+    """
+    kernels = _KERNELS.module()
+    if kernels is None or len(boundaries) < 2:
+        return None
+    integers = np.asarray(grid.integers, dtype=np.int8)
+    infinity = np.array([np.inf, np.inf])
+    edges = np.concatenate([-infinity, boundaries, infinity]).astype(latent.dtype)
+    out = np.empty(latent.shape, dtype=np.int8)
+
+    def share(start: int, stop: int) -> bool:
+        return bool(kernels.grid_integers(latent, edges, integers, out, start, stop))
+
+    settled = run_shares(share, spans(len(latent), threads, _GRID_SHARE), threads)
+    return out if all(settled) else None
+
+
+#: Entries a thread rounds at least (about 100 us of work).
+_GRID_SHARE = 1 << 17

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +54,7 @@ __all__ = [
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
+ArrayT = TypeVar("ArrayT", bound=npt.NDArray[Any])
 
 
 @dataclass(frozen=True)
@@ -153,15 +154,16 @@ class PackedMatrix:
         float matrix)."""
         return int(self.codes.nbytes) + self.scale_bytes
 
-    def lay_out(self, x: F32) -> F32:
-        """Rows ``x`` (``(rows, n_in)``) as the kernels read them: each run of inputs that
-        share a scale padded with zeros to whole bytes (``x`` itself when none needs it)."""
+    def lay_out(self, x: ArrayT) -> ArrayT:
+        """Rows ``x`` (``(rows, n_in)``, any dtype) as the kernels read them: each run of
+        inputs that share a scale padded with zeros to whole bytes (``x`` itself when none
+        needs it)."""
         if self.width == self.n_in:
             return x
         spans = self.scales.shape[0]
-        laid = np.zeros((x.shape[0], spans, self.width // spans), dtype=np.float32)
+        laid = np.zeros((x.shape[0], spans, self.width // spans), dtype=x.dtype)
         laid[:, :, : self.run] = x.reshape(x.shape[0], spans, self.run)
-        return laid.reshape(x.shape[0], self.width)
+        return cast(ArrayT, laid.reshape(x.shape[0], self.width))
 
 
 LOOKUP_MAX_ROWS = 8
@@ -245,7 +247,7 @@ def decode_rows(m: PackedMatrix, start: int, stop: int, out: F32, threads: int =
         def share(first: int, last: int) -> None:  # byte positions start + first : start + last
             _run_decode(kernels, m, start + first, start + last, out[first * m.group :])
 
-        run_shares(share, spans(stop - start, threads, _DECODE_SHARE))
+        run_shares(share, spans(stop - start, _SHARES * threads, _DECODE_SHARE), threads)
     return out[:rows]
 
 
@@ -259,6 +261,10 @@ _LOOKUP_SHARE = 1 << 19
 _HALF = 32
 _XNOR_SHARE = 1 << 23
 _DECODE_SHARE = 8
+#: Shares a thread of each product: a thread that starts late leaves its shares to the others.
+_SHARES = 4
+#: Shares start at multiples of this many outputs: the permutes' block, a cache line of codes.
+_ALIGN = 64
 
 
 def _run_small(
@@ -273,8 +279,8 @@ def _run_small(
         x_bytes = np.empty((rows, m.groups), dtype=np.uint8)
         if kernels.sign_bytes(x, x_bytes):
             args = (x_bytes, m.codes, m.scales, m.span, x.shape[1], bias, y)
-            shares = spans(m.out, threads, _XNOR_SHARE // per_output)
-            run_shares(lambda start, stop: kernels.xnor(*args, start, stop), shares)
+            shares = spans(m.out, _SHARES * threads, _XNOR_SHARE // per_output, _ALIGN)
+            run_shares(lambda start, stop: kernels.xnor(*args, start, stop), shares, threads)
             return "xnor", y
     if max_rows is not None and rows > max_rows:
         return "tiles", None
@@ -299,7 +305,7 @@ def _run_small(
             for r in range(rows):
                 kernels.lookup(tables[r], m.codes, m.scales, m.span, bias, y[r], start, stop)
 
-    run_shares(share, spans(m.out, threads, _LOOKUP_SHARE // per_output))
+    run_shares(share, spans(m.out, _SHARES * threads, _LOOKUP_SHARE // per_output, _ALIGN), threads)
     return "lookup", y
 
 
@@ -389,6 +395,9 @@ def _warm_up(kernels: ModuleType) -> None:
         _run_small(kernels, x, m, bias, 1, 1)  # XNOR for sign weights
         _run_small(kernels, 0.5 * x, m, bias, 1, 1)  # lookups
         _run_decode(kernels, m, 0, 1, np.empty((m.group, 1), dtype=np.float32))
+    edges = np.array([-np.inf, -np.inf, -0.5, 0.5, np.inf, np.inf], np.float32)
+    integers = np.array([-1, 0, 1], np.int8)
+    kernels.grid_integers(edges[2:4], edges, integers, np.empty(2, np.int8), 0, 2)
 
 
 _KERNELS = KernelLoader("snapset's packed kernels", "snapset._kernels._numba", _warm_up)

@@ -84,13 +84,38 @@ def digit_sums(x: Any, values: Any, k: int, first: int, digits: int, sums: Any) 
 
 @_compiled
 def build_halves(x: Any, values: Any, k: int, g: int, halves: Any) -> None:
-    """``halves[j, 0]``: the sums of inputs ``g j ..`` for each value of a byte's low ``(g + 1)
-    // 2`` digits; ``halves[j, 1]``: of the next inputs, for each value of its high digits
-    (``build_tables`` without the last step, for ``lookup_halves``)."""
+    """``halves[j, 0, b]``: the sum of inputs ``g j ..`` times the values of the low ``(g + 1)
+    // 2`` digits of ``b``; ``halves[j, 1, b]``: of the next inputs, for its high digits (for
+    ``lookup_halves``). Each is ``sum_d x_d * pattern_d``, a multiply-add of 32 lanes a
+    digit, with ``pattern_d[b]`` the value of digit ``d`` of ``b`` (0 past the table)."""
     digits = (g + 1) // 2
+    low, high = digit_patterns(values, k, digits), digit_patterns(values, k, g - digits)
     for j in range(halves.shape[0]):
-        digit_sums(x, values, k, j * g, digits, halves[j, 0])
-        digit_sums(x, values, k, j * g + digits, g - digits, halves[j, 1])
+        pattern_sums(x, j * g, low, halves[j, 0])
+        pattern_sums(x, j * g + digits, high, halves[j, 1])
+
+
+@_compiled
+def digit_patterns(values: Any, k: int, digits: int) -> Any:
+    """``patterns[d, b]``: the value of base-``k`` digit ``d`` of ``b``, for the ``k^digits``
+    entries of a half table (of 32); 0 past them."""
+    patterns = np.zeros((digits, 32), dtype=np.float32)
+    size = k**digits
+    for d in range(digits):
+        for b in range(size):
+            patterns[d, b] = values[(b // k**d) % k]
+    return patterns
+
+
+@_compiled
+def pattern_sums(x: Any, first: int, patterns: Any, out: Any) -> None:
+    """``out = sum_d x[first + d] * patterns[d]``; inputs past the end of ``x`` count as 0."""
+    out[:] = 0.0
+    for d in range(patterns.shape[0]):
+        xd = x[first + d] if first + d < x.shape[0] else np.float32(0.0)
+        pattern = patterns[d]
+        for b in range(out.shape[0]):
+            out[b] += xd * pattern[b]
 
 
 # No fastmath: the outputs taken one at a time must add as the permutes' lanes add.
@@ -320,3 +345,33 @@ def xnor(
         out, shift = y[r, start:stop], bias[start:stop]
         for o in range(n):
             out[o] = total[o] + shift[o]
+
+
+# No fastmath: the comparisons must see NaN as it is (a NaN settles nothing).
+@numba.njit(nogil=True, error_model="numpy")
+def grid_integers(latent: Any, edges: Any, integers: Any, out: Any, start: int, stop: int) -> bool:
+    """``out[i] = integers[c]``, ``c`` how many of the ``n`` sorted boundaries ``latent[i]``
+    reaches (``>=``), for ``i`` in ``start:stop``. ``edges`` holds the boundaries between two
+    -inf and two +inf: with ``e(c) = edges[c + 1]``, the count is ``c`` where ``e(c) <= v <
+    e(c + 1)``. It is guessed from the first boundary and the mean gap, then moved by one
+    comparison on either side: four loads, all at the guess, which the core overlaps (LLVM
+    does not vectorise gathers on every CPU, so this stays a scalar loop). False where a guess
+    was off by more than one (uneven boundaries, NaN), which the caller then counts
+    otherwise."""
+    n = edges.shape[0] - 4
+    first = edges[2]
+    gap = (edges[n + 1] - first) / (n - 1)
+    unsettled = 0
+    values, found = latent[start:stop], out[start:stop]
+    for i in range(stop - start):
+        v = values[i]
+        guess = (v - first) / gap
+        guess = 0.0 if guess != guess else min(max(guess, -1.0), float(n))
+        c = min(int(np.floor(guess)) + 1, n)
+        below, low, high, above = edges[c], edges[c + 1], edges[c + 2], edges[c + 3]
+        up, down = v >= high, v < low
+        c += np.int64(up) - np.int64(down)
+        settled = (v == v) & (~up | (v < above) | (c == n)) & (~down | (v >= below))
+        unsettled += np.int64(not settled)
+        found[i] = integers[c]
+    return unsettled == 0

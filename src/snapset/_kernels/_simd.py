@@ -87,11 +87,12 @@ def _half_sums(
         )
         nibbles = builder.icmp_signed("==", low_size, ir.Constant(low_size.type, 16))
         with builder.if_else(nibbles) as (by_nibbles, by_division):
-            with by_nibbles:  # a loop of its own: no division, no selects in the hot loop
-                loop.emit(first, last, _split_nibbles)
+            with by_nibbles:  # a loop of its own: one-register permutes on the nibbles
+                loop.emit(first, last, _split_nibbles, loop.permute_one)
             with by_division:
                 size, factor = (_broadcast(builder, value) for value in (low_size, magic))
-                loop.emit(first, last, lambda b, byte: _split_by(b, byte, size, factor))
+                split = lambda b, byte: _split_by(b, byte, size, factor)  # noqa: E731
+                loop.emit(first, last, split, loop.permute_two)
         targets = builder.bitcast(sums.data, _FLOATS.as_pointer())
         for q, accumulator in enumerate(loop.accumulators):
             where = builder.gep(targets, [ir.Constant(first.type, q)])
@@ -116,14 +117,30 @@ class _Loop:
         self.row_bytes, self.start = row_bytes, start
         zero = ir.Constant(_FLOATS, [0.0] * 16)
         self.accumulators = [cgutils.alloca_once_value(builder, zero) for _ in range(BLOCK // 16)]
-        self.permute = cgutils.get_or_insert_function(
+        # VPERMPS reads the low 4 bits of each index (16 entries, one register); VPERMI2PS
+        # the low 5 (32 entries, two registers) and overwrites its index, costing a copy
+        self._one = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(_FLOATS, [_FLOATS, _INTS]),
+            "llvm.x86.avx512.permvar.sf.512",
+        )
+        self._two = cgutils.get_or_insert_function(
             builder.module,
             ir.FunctionType(_FLOATS, [_FLOATS, _INTS, _FLOATS]),
             "llvm.x86.avx512.vpermi2var.ps.512",
         )
 
-    def emit(self, first: ir.Value, last: ir.Value, split: Any) -> None:
-        """The loop, with ``split(builder, bytes) -> (low, high)`` for the digit indices."""
+    def permute_one(self, first: ir.Value, index: ir.Value, second: ir.Value) -> ir.Value:
+        """``first[index]`` for each lane, from a 16-entry table (``second`` unused)."""
+        return self.builder.call(self._one, [first, index])
+
+    def permute_two(self, first: ir.Value, index: ir.Value, second: ir.Value) -> ir.Value:
+        """``(first ++ second)[index]`` for each lane, from a 32-entry table."""
+        return self.builder.call(self._two, [first, index, second])
+
+    def emit(self, first: ir.Value, last: ir.Value, split: Any, permute: Any) -> None:
+        """The loop, with ``split(builder, bytes) -> (low, high)`` for the digit indices and
+        ``permute`` (``permute_one`` or ``permute_two``) to look them up."""
         b = self.builder
         intp = first.type
         with cgutils.for_range_slice(b, first, last, ir.Constant(intp, 1), inc=True) as (j, _):
@@ -136,15 +153,13 @@ class _Loop:
             for q, accumulator in enumerate(self.accumulators):
                 where = b.bitcast(b.gep(row, [ir.Constant(intp, 16 * q)]), _BYTES.as_pointer())
                 low, high = split(b, b.zext(b.load(where, align=1), _INTS))
-                part = b.fadd(
-                    b.call(self.permute, [low_a, low, low_b]),
-                    b.call(self.permute, [high_a, high, high_b]),
-                )
+                part = b.fadd(permute(low_a, low, low_b), permute(high_a, high, high_b))
                 b.store(b.fadd(b.load(accumulator), part), accumulator)
 
 
 def _split_nibbles(b: ir.IRBuilder, byte: ir.Value) -> tuple[ir.Value, ir.Value]:
-    return b.and_(byte, _constant(15)), b.lshr(byte, _constant(4))
+    # VPERMPS reads only the low nibble of ``byte``: no mask needed
+    return byte, b.lshr(byte, _constant(4))
 
 
 def _split_by(

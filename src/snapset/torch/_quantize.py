@@ -192,11 +192,17 @@ class Quantize(nn.Module):
             >>> torch.equal(v * alpha, int8(x))
             True
         """
+        latent, alpha = self.latents_and_scale(x)
+        members: Tensor = self.rounding(latent)
+        return members, alpha
+
+    def latents_and_scale(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """What ``members_and_scale`` rounds: the method's latent of ``x / alpha`` (whose
+        nearest members the rounding picks, as it picks a weight's), and ``alpha``."""
         x = self._checked(x)
         alpha = self._scales(x)
         on_set = x if alpha is None else x / alpha
-        members: Tensor = self.rounding(self.rounding.right_inverse(on_set))
-        return members, alpha
+        return self.rounding.right_inverse(on_set), alpha
 
     def _checked(self, x: Tensor) -> Tensor:
         """``x`` in this quantizer's dtype, after refusing what it cannot quantize."""

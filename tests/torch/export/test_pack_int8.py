@@ -14,6 +14,7 @@ from torch import nn
 
 import snapset
 import snapset.torch as st
+from snapset import _kernels
 from snapset._kernels import PackedMatrix
 from snapset._kernels._int8 import IntegerGrid, int8_weight, integer_grid
 from snapset.torch._constrain import hardened_scales
@@ -351,3 +352,39 @@ def middle_layer(module: nn.Module, name: str) -> bool:
 
 def last_layer(module: nn.Module, name: str) -> bool:
     return name == "4"
+
+
+@pytest.mark.parametrize(
+    ("name", "scale"),
+    [("int8", "token"), ("int8", "tensor"), ("ternary", "tensor"), ("four", None)],
+)
+def test_the_compiled_rounding_gives_the_quantizers_own_members(name: str, scale: str) -> None:
+    """The 8-bit path rounds latents in one compiled pass; the members are the quantizer's
+    own, bit for bit: ties (which go up), a row of zeros, signed zeros, the ends."""
+    values = GRIDS[name][0]
+    quantizer = Quantize(values, scale=scale).eval()
+    x = torch.randn(6, 300, generator=torch.Generator().manual_seed(3)) * 40
+    x[0, :255] = torch.arange(-127, 128) + 0.5  # with 127 below: halves of int8, alpha 1
+    x[0, 255:] = 127.0
+    x[1] = 0.0
+    x[2, ::2] = -0.0
+    layer = st.harden_(st.constrain(nn.Linear(300, 4), "weight", snapset.Ternary()))
+    packed = st.pack(quantize_inputs_(layer, quantizer, modules=(nn.Linear,)))
+    path = packed._int8
+    assert path is not None
+    latent, _ = quantizer.latents_and_scale(x)
+    boundaries = quantizer.rounding.thresholds.numpy()
+    compiled = _kernels.grid_integers(latent.reshape(-1).numpy(), boundaries, path.grid)
+    assert compiled is not None  # the compiled pass ran, not the fallback
+    members, alpha = path.members_and_scale(x)
+    expected, expected_alpha = quantizer.members_and_scale(x)
+    assert torch.equal(members, expected) and torch.equal(members.signbit(), expected.signbit())
+    assert (alpha is None and expected_alpha is None) or torch.equal(alpha, expected_alpha)
+
+
+def test_uneven_boundaries_that_one_correction_cannot_settle_fall_back() -> None:
+    grid = integer_grid(snapset.ValueSet([-3, 0, 1, 2]))
+    assert isinstance(grid, IntegerGrid)
+    boundaries = np.array([-1.5, 0.5, 1.5], np.float32)
+    assert _kernels.grid_integers(np.array([-2.9, 2.0], np.float32), boundaries, grid) is not None
+    assert _kernels.grid_integers(np.array([np.nan], np.float32), boundaries, grid) is None

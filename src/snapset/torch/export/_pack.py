@@ -20,11 +20,13 @@ from ..._kernels import (
     PackedMatrix,
     backend,
     decode_rows,
+    grid_integers,
     int8_weight,
     integer_grid,
     lookup_max_rows,
     small_matmul,
 )
+from ..._kernels._int8 import IntegerGrid
 from ..._scales import bad_scale_message
 from ..._sets import Sign, ValueSet
 from ..._spec import outside_set_error
@@ -165,13 +167,27 @@ _INT32_MAX = 2**31 - 1
 @dataclass(frozen=True)
 class _Int8Path:
     """What the 8-bit path of a packed layer needs: the quantizer it was planned for, the
-    steps of the activations' and the weights' integer grids, and each packed matrix's
-    ``W.T`` as int8 (``(width, out)``, decoded once)."""
+    integer grids of the activations' and the weights' sets, and each packed matrix's ``W.T``
+    as int8 (``(width, out)``, decoded once)."""
 
     quantizer: Quantize
-    step: float
+    grid: IntegerGrid
     weight_step: float
     weights: tuple[Tensor, ...]
+
+    def members_and_scale(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The quantizer's ``members_and_scale(x)``, with the latents rounded in one compiled
+        pass where the rounding is the nearest value (``"ste"``) of a CPU float32 input: the
+        same members, several times faster than the quantizer's own operations."""
+        latent, alpha = self.quantizer.latents_and_scale(x)
+        if self.quantizer.method == "ste" and latent.dtype == torch.float32:
+            flat = latent.detach().contiguous().reshape(-1).numpy()
+            boundaries = self.quantizer.rounding.thresholds.numpy()
+            found = grid_integers(flat, boundaries, self.grid, torch.get_num_threads())
+            if found is not None:  # step * n is the member, exact in float32
+                integers = torch.from_numpy(found).reshape(latent.shape)
+                return integers.to(torch.float32).mul_(self.grid.step), alpha
+        return self.quantizer.rounding(latent).detach(), alpha
 
     def matmul(
         self, members: Tensor, alpha: Tensor | None, matrix: PackedMatrix, index: int, bias: Tensor
@@ -180,16 +196,16 @@ class _Int8Path:
         (``(rows, n_in)``) and their scale (None, one, or one a row): the integers of each
         span of inputs that share a weight scale summed exactly by ``torch._int_mm`` (int8
         times int8 into int32), then scaled."""
-        laid = matrix.lay_out((members / self.step).to(torch.float32).contiguous().numpy())
-        integers = torch.from_numpy(laid).to(torch.int8)  # exact: members are step * n
+        integers = (members / self.grid.step).to(torch.int8)  # exact: members are step * n
+        laid = torch.from_numpy(matrix.lay_out(integers.contiguous().numpy()))
         weight = self.weights[index]
         scales = torch.from_numpy(matrix.scales)
         inputs = weight.shape[0] // len(scales)
         y = torch.zeros(len(members), matrix.out)
         for span, scale in enumerate(scales):
             part = slice(span * inputs, (span + 1) * inputs)
-            y.addcmul_(torch._int_mm(integers[:, part], weight[part]).to(torch.float32), scale)
-        steps = self.step * self.weight_step
+            y.addcmul_(torch._int_mm(laid[:, part], weight[part]).to(torch.float32), scale)
+        steps = self.grid.step * self.weight_step
         factor = steps if alpha is None else alpha.reshape(-1, 1).to(torch.float32) * steps
         return y.mul_(factor).add_(bias)
 
@@ -226,7 +242,7 @@ def _int8_path(
             f"{grid.largest * weight_grid.largest} could overflow"
         )
     weights = tuple(torch.from_numpy(int8_weight(m, weight_grid)) for m in matrices)
-    return _Int8Path(quantizer, grid.step, weight_grid.step, weights)
+    return _Int8Path(quantizer, grid, weight_grid.step, weights)
 
 
 class _PackedProduct(nn.Module):
@@ -316,7 +332,7 @@ class _PackedProduct(nn.Module):
         path = self._int8
         if path is None or path.quantizer is not quantizer:
             return quantizer(x), None, None
-        members, alpha = quantizer.members_and_scale(x)
+        members, alpha = path.members_and_scale(x)
         return members, alpha, path
 
     def _matmul(
