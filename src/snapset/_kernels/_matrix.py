@@ -256,15 +256,15 @@ def decode_rows(m: PackedMatrix, start: int, stop: int, out: F32, threads: int =
 #: take about 100 us), XNOR bytes (as many take a sixteenth of that), and byte positions of a
 #: decoded block of 4096 outputs.
 _LOOKUP_SHARE = 1 << 19
-#: Entries of a half table: two registers of 16 float32 (sets of up to 5 values, and of 7 to
-#: 32; a six-value byte's three digits make 36).
-_HALF = 32
 _XNOR_SHARE = 1 << 23
 _DECODE_SHARE = 8
 #: Shares a thread of each product: a thread that starts late leaves its shares to the others.
 _SHARES = 4
 #: Shares start at multiples of this many outputs: the permutes' block, a cache line of codes.
 _ALIGN = 64
+#: Entries of a half table: two registers of 16 float32 (sets of up to 5 values, and of 7 to
+#: 32; a six-value byte's three digits make 36).
+_HALF = 32
 
 
 def _run_small(
@@ -287,24 +287,21 @@ def _run_small(
     low_size = m.k ** ((m.group + 1) // 2)
     if kernels.PERMUTES and low_size <= _HALF:  # half tables in registers
         tables = np.empty((rows, m.groups, 2, _HALF), dtype=np.float32)
-        for r in range(rows):
-            kernels.build_halves(x[r], m.table, m.k, m.group, tables[r])
-
-        def share(start: int, stop: int) -> None:
-            for r in range(rows):
-                kernels.lookup_halves(
-                    tables[r], m.codes, low_size, m.scales, m.span, bias, y[r], start, stop
-                )
-
+        build, lookup = kernels.build_halves, kernels.lookup_halves
+        sizes: tuple[int, ...] = (low_size,)
     else:  # whole tables in L1, gathers
         tables = np.empty((rows, m.groups, 256), dtype=np.float32)
+        build, lookup, sizes = kernels.build_tables, kernels.lookup, ()
+
+    def tabulate(first: int, last: int) -> None:  # each row's tables, rows in shares
+        for r in range(first, last):
+            build(x[r], m.table, m.k, m.group, tables[r])
+
+    def share(start: int, stop: int) -> None:
         for r in range(rows):
-            kernels.build_tables(x[r], m.table, m.k, m.group, tables[r])
+            lookup(tables[r], m.codes, *sizes, m.scales, m.span, bias, y[r], start, stop)
 
-        def share(start: int, stop: int) -> None:
-            for r in range(rows):
-                kernels.lookup(tables[r], m.codes, m.scales, m.span, bias, y[r], start, stop)
-
+    run_shares(tabulate, spans(rows, threads, 1), threads)
     run_shares(share, spans(m.out, _SHARES * threads, _LOOKUP_SHARE // per_output, _ALIGN), threads)
     return "lookup", y
 
