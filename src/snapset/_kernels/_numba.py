@@ -152,12 +152,8 @@ def lookup_halves(
                 high = (b * magic) >> SHIFT
                 acc += halves[j, 0, b - high * low_size] + halves[j, 1, high]
             partial[o] = acc
-        scale = scales[s, start:stop]
-        for o in range(n):
-            total[o] += scale[o] * partial[o]
-    out, shift = y[start:stop], bias[start:stop]
-    for o in range(n):
-        out[o] = total[o] + shift[o]
+        add_scaled(total, scales[s, start:stop], partial)
+    add_bias(y[start:stop], total, bias[start:stop])
 
 
 @_compiled
@@ -191,11 +187,22 @@ def lookup(
             for o in range(n):
                 partial[o] += t[c[o]]
             j += 1
-        scale = scales[s, start:stop]
-        for o in range(n):
-            total[o] += scale[o] * partial[o]
-    out, shift = y[start:stop], bias[start:stop]
-    for o in range(n):
+        add_scaled(total, scales[s, start:stop], partial)
+    add_bias(y[start:stop], total, bias[start:stop])
+
+
+# No fastmath in these two: every output is rounded alike, whichever share it falls in.
+@numba.njit(nogil=True, error_model="numpy")
+def add_scaled(total: Any, scale: Any, partial: Any) -> None:
+    """``total += scale * partial``, output by output: a span's sum times its scale."""
+    for o in range(total.shape[0]):
+        total[o] += scale[o] * partial[o]
+
+
+@numba.njit(nogil=True, error_model="numpy")
+def add_bias(out: Any, total: Any, shift: Any) -> None:
+    """``out = total + shift``: the outputs with their bias."""
+    for o in range(out.shape[0]):
         out[o] = total[o] + shift[o]
 
 
@@ -342,9 +349,7 @@ def xnor(
             scale = scales[s, start:stop]
             for o in range(n):
                 total[o] += scale[o] * np.float32(inputs - 2 * count[o])
-        out, shift = y[r, start:stop], bias[start:stop]
-        for o in range(n):
-            out[o] = total[o] + shift[o]
+        add_bias(y[r, start:stop], total, bias[start:stop])
 
 
 # No fastmath: the comparisons must see NaN as it is (a NaN settles nothing).
