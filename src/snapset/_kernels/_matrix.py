@@ -10,10 +10,14 @@ so that every kernel runs over the outputs in SIMD lanes.
   fills a table per byte position, ``T[j, b] = sum_i x[g j + i] * values[digit_i(b)]`` for all
   ``k^g`` bytes ``b`` (256 sums, built by doubling in about 256 additions), and then each output
   is ``y[o] = sum_j T[j, W[o, j]]``: one load and one addition per ``g`` weights, reading the
-  weights at 1/32 (sign) of float32's bytes.
-* **Float inputs, many rows** (``decode_rows``): a table lookup per row costs more than a float
-  multiply-add amortised over many rows, so ``W.T`` is decoded a block of inputs at a time into
-  a float buffer and the caller accumulates ``x[:, block] @ W.T[block]`` with BLAS.
+  weights at 1/32 (sign) of float32's bytes. On CPUs with AVX-512 the tables are split into
+  two *half tables* of at most 32 entries, which register permutes read 16 outputs at a time
+  (``_simd``); there lookups beat BLAS on wide layers at any number of rows
+  (``lookup_max_rows``).
+* **Float inputs, many rows** (``decode_rows``): where a table lookup per row costs more than
+  a float multiply-add amortised over many rows (narrow layers, or no permutes), ``W.T`` is
+  decoded a block of inputs at a time into a float buffer and the caller accumulates
+  ``x[:, block] @ W.T[block]`` with BLAS.
 * **Inputs in {-1, +1} with sign weights** (``small_matmul``, any number of rows): the
   input's sign bits are XORed with the weight bytes and counted: ``y = n - 2 popcount(x ^ w)``.
 * **Scaled sets** (``w = alpha * v``): the lookups and XNOR sum each output's code values as
@@ -21,12 +25,15 @@ so that every kernel runs over the outputs in SIMD lanes.
   multiply that sum by its scale: one product an output, or an output and a group of inputs.
   The decoded tiles hold ``alpha * v`` in float32, the entries of the scaled float layer.
 
-The kernels are compiled by numba on the first packed call, all at once under a lock, and kept
-in numba's on-disk cache, so the first call in a fresh environment takes a few seconds and later
-processes load the machine code. Without a writable cache directory, or with damaged cache
-files, they compile uncached (with a warning). Where numba is missing or fails, or
-``SNAPSET_KERNELS=numpy`` is set, vectorised numpy versions compute the same thing.
-``backend(explain=True)`` says which kernels run and why.
+Each product splits its outputs into shares that the calling thread and the pool's threads
+take in turn (``_threads``); each output is computed as one thread computes it, so results do
+not depend on the number of threads. The kernels are compiled by numba on the first packed
+call, all at once under a lock, and kept in numba's on-disk cache, so the first call in a
+fresh environment takes a few seconds and later processes load the machine code. Without a
+writable cache directory, or with damaged cache files, they compile uncached (with a
+warning). Where numba is missing or fails, or ``SNAPSET_KERNELS=numpy`` is set, vectorised
+numpy versions compute the same thing. ``backend(explain=True)`` says which kernels run and
+why.
 """
 
 from __future__ import annotations
@@ -209,8 +216,8 @@ def small_matmul(
 
     Returns the backend that ran (``"numba"`` or ``"numpy"``), then ``("xnor", y)`` when ``W``
     and every input are in {-1, +1}, ``("lookup", y)`` for at most ``max_rows`` rows (any
-    number for None), and
-    ``("tiles", None)`` otherwise (the caller then uses ``decode_rows`` and BLAS). Each span's
+    number for None), and ``("tiles", None)`` otherwise (the caller then uses ``decode_rows``
+    and BLAS). Each span's
     sum of code values is accumulated as unscaled, then multiplied by its scale. The compiled
     kernels split the outputs between ``threads`` threads; each output is summed as one thread
     sums it, so ``y`` is the same for any number.

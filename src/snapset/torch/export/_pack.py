@@ -89,10 +89,9 @@ def packed_matmul(
 
     Returns the result, the kernel that ran: ``"xnor"`` (XNOR-popcount, when ``W`` and every
     input are in {-1, +1}), ``"lookup"`` (table lookups, up to ``lookup_max_rows`` rows, any
-    number for None) or
-    ``"tiles"`` (``W.T`` decoded a block at a time, times BLAS), and the backend that ran it
-    (``"numba"`` or ``"numpy"``). ``bias`` is float32 (zeros for a layer without one); ``x``
-    has passed ``check_input``.
+    number for None) or ``"tiles"`` (``W.T`` decoded a block at a time, times BLAS), and the
+    backend that ran it (``"numba"`` or ``"numpy"``). ``bias`` is float32 (zeros for a layer
+    without one); ``x`` has passed ``check_input``.
     """
     rows = x.detach()
     if rows.dtype != torch.float32 or not rows.is_contiguous():
@@ -272,7 +271,7 @@ class _PackedProduct(nn.Module):
         self.last_backend = ""
         self._int8: _Int8Path | None = None
         #: Which kernels run the layer's activations, and why, as ``plan_kernels`` last
-        #: decided (with ``lookup_max_rows`` as it was then).
+        #: decided (for the input quantizer the layer had then).
         self.kernel_plan = ""
         self.plan_kernels()
 
