@@ -145,3 +145,26 @@ def test_an_error_in_a_share_reaches_the_caller_after_every_share_is_done() -> N
     with pytest.raises(ValueError, match="first share"):
         _threads.run_shares(work, _threads.spans(40, 4, 1), 2)
     assert sorted(done) == [10, 20, 30]
+
+
+def test_products_called_from_several_threads_at_once_each_get_their_own_result(
+    shares: list[int],
+) -> None:
+    """A server calls one packed layer from several threads: their shares mix in the pool,
+    and every call still gets its own bits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = matrix(snapset.Ternary(), "channel", 57, 130)
+    bias = np.zeros(130, dtype=np.float32)
+    inputs = [
+        np.random.default_rng(i).standard_normal((2, 57)).astype(np.float32) for i in range(8)
+    ]
+    alone = [_kernels.small_matmul(x, m, bias, 8, threads=1)[2] for x in inputs]
+
+    def call(i: int) -> Any:
+        return _kernels.small_matmul(inputs[i % 8], m, bias, 8, threads=2)[2]
+
+    with ThreadPoolExecutor(4) as callers:
+        together = list(callers.map(call, range(64)))
+    for i, y in enumerate(together):
+        assert np.array_equal(y, alone[i % 8])
