@@ -265,7 +265,8 @@ def end_to_end(size: int, rounds: int, default_threads: int) -> list[list[str]]:
     and at one thread: cold (twin and packed alternate call by call) and warm (blocks of 20
     calls, the first of each not timed)."""
     twin, packed = binary_mlp(size)
-    sign_layers = [m for m in packed if isinstance(m, st.PackedLinear)]
+    assert isinstance(packed[0], st.SignChain), "pack did not fold the stack into a SignChain"
+    sign_layers = [m for m in packed.modules() if isinstance(m, st.PackedLinear)]
     rows = []
     for threads in (default_threads, 1):
         torch.set_num_threads(threads)
@@ -423,11 +424,12 @@ with the layer's `lookup_max_rows`), and the kernel the layer's default picks:
 A binary MLP end to end: three {args.size}x{args.size} layers and a 10-way head, sign weights,
 a sign input quantizer before every layer (the first included), a BatchNorm after each hidden
 layer. Its float twin is the same model hardened, in float32; `pack` folds each BatchNorm and
-the sign after it into thresholds, so every packed layer takes -1/+1 inputs and runs
-XNOR-popcount. Outputs are identical (checked before timing). Medians over {args.rounds}
-rounds; "cold": twin and packed alternate call by call (the twin's 200 MiB of weights push the
-packed codes out of every cache), "warm": blocks of 20 calls, the first of each not timed (on
-this machine a packed call after the twin's takes several calls to reach its steady speed).
+the sign after it into thresholds, and the stack into one `SignChain`: every layer runs
+XNOR-popcount on the bits the one before wrote, no float tensor in between. Outputs are
+identical (checked before timing). Medians over {args.rounds} rounds; "cold": twin and packed
+alternate call by call (the twin's 200 MiB of weights push the packed codes out of every
+cache), "warm": blocks of 20 calls, the first of each not timed (on this machine a packed call
+after the twin's takes several calls to reach its steady speed).
 
 {table(["threads", "batch", "calls", "float twin ms", "packed ms", "speed-up", "goal"], binary)}
 

@@ -157,7 +157,9 @@ def measure(kind: str, hidden: int, rounds: int) -> dict[str, Any]:
     with torch.no_grad():
         for b in BATCHES:  # also compiles the kernels and warms the models up
             got = packed(on_torch[b]).numpy()
-            kernels[b] = "/".join(m.last_kernel for m in packed if isinstance(m, st.PackedLinear))
+            kernels[b] = "/".join(
+                m.last_kernel for m in packed.modules() if isinstance(m, st.PackedLinear)
+            )
             check_outputs(got, trained[b], "the Keras model as trained")
             check_outputs(got, call(b), "the hardened Keras model")
     contenders: dict[str, Callable[[int], object]] = {

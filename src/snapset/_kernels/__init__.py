@@ -21,7 +21,9 @@ from ._matrix import PackedMatrix as PackedMatrix
 from ._matrix import backend as backend
 from ._matrix import decode_rows as decode_rows
 from ._matrix import lookup_max_rows as lookup_max_rows
+from ._matrix import sign_bits as sign_bits
 from ._matrix import small_matmul as small_matmul
+from ._matrix import xnor_bits as xnor_bits
 
 __all__ = [
     "LOOKUP_MAX_ROWS",
@@ -37,5 +39,7 @@ __all__ = [
     "lookup_max_rows",
     "plane_shape",
     "recode",
+    "sign_bits",
     "small_matmul",
+    "xnor_bits",
 ]

@@ -56,7 +56,9 @@ __all__ = [
     "backend",
     "decode_rows",
     "lookup_max_rows",
+    "sign_bits",
     "small_matmul",
+    "xnor_bits",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -274,6 +276,42 @@ _ALIGN = 64
 _HALF = 32
 
 
+def sign_bits(x: F32) -> U8 | None:
+    """Rows of -1/+1 (``(rows, n)`` float32) as bits, 8 inputs a byte (bit set for +1, the
+    padding 0); None where an entry is neither or numba is not there."""
+    kernels = _KERNELS.module()
+    out = np.empty((x.shape[0], -(-x.shape[1] // 8)), dtype=np.uint8)
+    return out if kernels is not None and kernels.sign_bytes(x, out) else None
+
+
+def xnor_bits(
+    x_bytes: U8,
+    m: PackedMatrix,
+    bias: F32,
+    step: tuple[F32, U8, U8] | None,
+    threads: int = 1,
+) -> tuple[F32, U8 | None]:
+    """One layer of a binary network on bits: ``y = x @ W.T + bias`` for rows of sign bits
+    ``x_bytes`` and sign weights (XNOR-popcount), and, where ``step`` is ``(threshold, high,
+    low)``, the sign bits of ``high if y >= threshold else low`` (per output; 1 for +1) for
+    the next layer. ``y`` is computed as ``small_matmul`` computes it, so each bit is the one
+    a comparison of its output gives. Needs the compiled kernels (``compiled()``)."""
+    kernels = _KERNELS.module()
+    assert kernels is not None and m.signs and m.width == m.n_in
+    rows = x_bytes.shape[0]
+    y = np.empty((rows, m.out), dtype=np.float32)
+    bits = None if step is None else np.empty((rows, -(-m.out // 8)), dtype=np.uint8)
+
+    def share(start: int, stop: int) -> None:
+        kernels.xnor(x_bytes, m.codes, m.scales, m.span, m.n_in, bias, y, start, stop)
+        if step is not None:
+            kernels.threshold_bits(y, *step, bits, start, stop)
+
+    least = _XNOR_SHARE // (rows * m.groups)
+    run_shares(share, spans(m.out, _SHARES * threads, least, _ALIGN), threads)
+    return y, bits
+
+
 def _run_small(
     kernels: ModuleType, x: F32, m: PackedMatrix, bias: F32, max_rows: int | None, threads: int
 ) -> tuple[str, F32 | None]:
@@ -399,6 +437,8 @@ def _warm_up(kernels: ModuleType) -> None:
         _run_small(kernels, x, m, bias, 1, 1)  # XNOR for sign weights
         _run_small(kernels, 0.5 * x, m, bias, 1, 1)  # lookups
         _run_decode(kernels, m, 0, 1, np.empty((m.group, 1), dtype=np.float32))
+    flags = np.ones(1, np.uint8)
+    kernels.threshold_bits(x, x[0], flags, flags, np.empty((1, 1), np.uint8), 0, 1)
     edges = np.array([-np.inf, -np.inf, -0.5, 0.5, np.inf, np.inf], np.float32)
     integers = np.array([-1, 0, 1], np.int8)
     kernels.grid_integers(edges[2:4], edges, integers, np.empty(2, np.int8), 0, 2)

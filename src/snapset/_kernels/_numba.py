@@ -191,6 +191,24 @@ def lookup(
     add_bias(y[start:stop], total, bias[start:stop])
 
 
+@_compiled
+def threshold_bits(
+    y: Any, threshold: Any, high: Any, low: Any, out: Any, start: int, stop: int
+) -> None:
+    """Sign bits of outputs ``start:stop`` (``start`` a multiple of 8) of every row of ``y``:
+    bit ``o`` of ``out[r]`` is ``high[o]`` where ``y[r, o] >= threshold[o]``, else ``low[o]``
+    (1 for +1, 0 for -1), eight outputs a byte as ``sign_bytes`` packs inputs."""
+    for r in range(y.shape[0]):
+        row = y[r]
+        for byte in range(start // 8, (stop + 7) // 8):
+            bits = np.uint8(0)
+            for i in range(min(8, stop - 8 * byte)):
+                o = 8 * byte + i
+                plus = high[o] if row[o] >= threshold[o] else low[o]
+                bits |= np.uint8(plus) << np.uint8(i)
+            out[r, byte] = bits
+
+
 # No fastmath in these two: every output is rounded alike, whichever share it falls in.
 @numba.njit(nogil=True, error_model="numpy")
 def add_scaled(total: Any, scale: Any, partial: Any) -> None:

@@ -42,6 +42,7 @@ from .export import PackedConv as PackedConv
 from .export import PackedGF2Linear as PackedGF2Linear
 from .export import PackedLinear as PackedLinear
 from .export import PackingReport as PackingReport
+from .export import SignChain as SignChain
 from .export import SignThresholds as SignThresholds
 from .export import SnapsetFileError as SnapsetFileError
 from .export import export_onnx as export_onnx
@@ -74,6 +75,7 @@ __all__ = [
     "ParamGroups",
     "Quantize",
     "Scale",
+    "SignChain",
     "SignThresholds",
     "SnapsetFileError",
     "StochasticRounding",

@@ -217,26 +217,29 @@ def test_a_binary_mlp_runs_on_xnor_end_to_end_with_the_unpacked_outputs(
     x = digits()
     model = with_statistics(binary_mlp(scale), x, seed=1)
     packed = st.pack(model)
-    assert [type(layer).__name__ for layer in packed] == [
+    assert [type(layer).__name__ for layer in packed] == ["SignChain", "BatchNorm1d"]
+    chain = packed[0]
+    assert [type(layer).__name__ for layer in chain.layers] == [
         "PackedLinear",
         "SignThresholds",
         "PackedLinear",
         "SignThresholds",
         "PackedLinear",
-        "BatchNorm1d",
     ]
-    assert list(packed.packing_report.folded) == ["1", "3"]
-    assert [name for name, _ in input_quantizers(packed)] == ["0"]  # the others get signs
+    assert list(packed.packing_report.folded) == ["1", "3", "0..4"]
+    assert [name for name, _ in input_quantizers(packed)] == ["0.layers.0"]  # the others: signs
+    one_by_one = nn.Sequential(*chain.layers)  # the same modules, each on its own
     for rows in (x[:1], x[:5], x):
         with torch.no_grad():
             for i in (1, 3):  # every sign the hidden layers pass on is the unpacked model's
                 signs = model[i + 1].input_quantizer(model[: i + 1](rows))
-                assert torch.equal(packed[: i + 1](rows), signs)
+                assert torch.equal(one_by_one[: i + 1](rows), signs)
+            assert torch.equal(chain(rows), one_by_one(rows))  # bits between layers, same signs
             if scale is None:  # integer sums plus the bias, as the float layer computes them
                 assert torch.equal(packed(rows), model(rows))
             else:  # count * alpha rounded once, where the float layer adds +-alpha in turn
                 torch.testing.assert_close(packed(rows), model(rows), rtol=1e-6, atol=1e-6)
-        assert [packed[i].last_kernel for i in (0, 2, 4)] == ["xnor"] * 3
+        assert [chain.layers[i].last_kernel for i in (0, 2, 4)] == ["xnor"] * 3
 
 
 def test_thresholds_take_the_unpacked_decision_at_exact_ties() -> None:
@@ -328,3 +331,26 @@ def test_sign_thresholds_decide_as_batchnorm_and_the_sign_on_every_side_of_them(
     assert torch.equal(folded(y), sign(bn(y)))
     assert torch.equal(folded.low[:4], folded.high[:4])  # gamma 0: one sign, always
     assert bool((folded.low[4:] == -torch.sign(bn.weight[4:])).all())
+
+
+def test_a_chain_that_ends_with_thresholds_passes_signs_to_the_next_layer(kernels: str) -> None:
+    """The last layer cannot join the chain (groups of 6 inputs pad its bytes): the chain
+    ends with the thresholds and hands their signs, as floats, to the layer after it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.BatchNorm1d(48), nn.Linear(48, 10))
+    st.constrain(model[0], "weight", snapset.Sign())
+    st.constrain(model[2], "weight", snapset.Sign(), scale=6)
+    model = quantize_inputs_(model, Quantize(snapset.Sign()))
+    x = digits()
+    model = with_statistics(model, x, seed=2)
+    packed = st.pack(model)
+    assert [type(layer).__name__ for layer in packed] == ["SignChain", "PackedLinear"]
+    assert [type(layer).__name__ for layer in packed[0].layers] == [
+        "PackedLinear",
+        "SignThresholds",
+    ]
+    with torch.no_grad():
+        signs = packed[0](x)
+        assert set(signs.unique().tolist()) <= {-1.0, 1.0}
+        assert torch.equal(signs, nn.Sequential(*packed[0].layers)(x))
+        torch.testing.assert_close(packed(x), model(x), rtol=1e-5, atol=1e-5)

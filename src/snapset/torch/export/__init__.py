@@ -19,6 +19,7 @@ from ._pack import LUT_MAX_ROWS as LUT_MAX_ROWS
 from ._pack import PackedConv as PackedConv
 from ._pack import PackedLinear as PackedLinear
 from ._pack import PackingReport as PackingReport
+from ._pack import SignChain as SignChain
 from ._pack import SignThresholds as SignThresholds
 from ._pack import kernel_backend as kernel_backend
 from ._pack import pack as pack
@@ -31,6 +32,7 @@ __all__ = [
     "PackedGF2Linear",
     "PackedLinear",
     "PackingReport",
+    "SignChain",
     "SignThresholds",
     "SnapsetFileError",
     "export_onnx",

@@ -24,7 +24,9 @@ from ..._kernels import (
     int8_weight,
     integer_grid,
     lookup_max_rows,
+    sign_bits,
     small_matmul,
+    xnor_bits,
 )
 from ..._kernels._int8 import IntegerGrid
 from ..._scales import bad_scale_message
@@ -48,6 +50,7 @@ __all__ = [
     "PackedConv",
     "PackedLinear",
     "PackingReport",
+    "SignChain",
     "SignThresholds",
     "kernel_backend",
     "pack",
@@ -653,6 +656,15 @@ class SignThresholds(nn.Module):
         threshold = torch.where(low == high, torch.inf, _unordered(high_key))
         return cls(threshold, low, high)
 
+    def flags(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The thresholds as ``snapset._kernels.xnor_bits`` takes them: float32 thresholds,
+        and 1 where ``high`` (``low``) is +1, else 0."""
+        return (
+            self.threshold.numpy(),
+            (self.high > 0).to(torch.uint8).numpy(),
+            (self.low > 0).to(torch.uint8).numpy(),
+        )
+
     def forward(self, y: Tensor) -> Tensor:
         shape = [1] * y.dim()
         shape[1 if y.dim() > 1 else 0] = -1
@@ -676,6 +688,95 @@ def _unordered(keys: Tensor) -> Tensor:
     """The float32 values of ``_ordered`` keys."""
     bits = torch.where(keys < 0, (-(keys + 1)) | -0x80000000, keys)
     return bits.int().view(torch.float32)
+
+
+class SignChain(nn.Module):
+    """A run of a binary network that passes bits from layer to layer: ``PackedLinear`` layers
+    with sign weights, each but the first after a ``SignThresholds``, as ``pack`` folds them.
+
+    The first layer's sign input quantizer turns the input into bits once; then each layer
+    counts XNOR-popcount on the bits and compares each output with its threshold, writing the
+    next layer's bits (``snapset._kernels.xnor_bits``); the last layer's outputs (or, for a run
+    that ends with a ``SignThresholds``, its signs) come out as floats. No float tensor passes
+    between the layers, and every sign is the one the layers compute one by one (the same
+    float32 sums and comparisons; tested bit for bit). The layers stay inside (``layers``)
+    and still work alone; without numba the chain calls them one by one.
+
+    Examples:
+        >>> import torch, snapset, snapset.torch as st
+        >>> from snapset.torch import Quantize, quantize_inputs_
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32),
+        ...                             torch.nn.Linear(32, 10))
+        >>> model = quantize_inputs_(st.constrain_(model, snapset.Sign()),
+        ...                          Quantize(snapset.Sign())).eval()
+        >>> packed = st.pack(model)
+        >>> [type(layer).__name__ for layer in packed[0].layers]
+        ['PackedLinear', 'SignThresholds', 'PackedLinear']
+        >>> x = torch.randn(5, 64)
+        >>> torch.equal(packed(x), model(x))
+        True
+    """
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        #: The run's modules, in order: packed layers and the thresholds between them.
+        self.layers = nn.ModuleList(layers)
+
+    @staticmethod
+    def starts(layer: nn.Module) -> bool:
+        """Whether ``layer`` can start a chain: a sign ``PackedLinear`` with an unscaled sign
+        input quantizer (``_sign_quantizer``) and no padding between groups of inputs."""
+        return _chainable(layer) and _sign_quantizer(layer) is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        first = cast(PackedLinear, self.layers[0])
+        check_input(x)
+        signs = cast(Quantize, input_quantizer_of(first))(x)
+        rows = signs.detach().reshape(-1, first.in_features).to(torch.float32).contiguous()
+        bits = sign_bits(rows.numpy()) if backend() == "numba" else None
+        if bits is None:  # the layers one by one
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        threads = torch.get_num_threads()
+        y: Tensor | None = None
+        layers = list(self.layers)
+        for index, layer in enumerate(layers):
+            if isinstance(layer, SignThresholds):
+                continue
+            packed = cast(PackedLinear, layer)
+            after = layers[index + 1] if index + 1 < len(layers) else None
+            step = None if after is None else cast(SignThresholds, after).flags()
+            values, bits_after = xnor_bits(
+                bits, packed.matrix, packed._shift.numpy(), step, threads
+            )
+            packed.__dict__.update(last_kernel="xnor", last_backend="numba")
+            if bits_after is None:
+                y = torch.from_numpy(values)
+            else:
+                bits = bits_after
+        if y is None:  # the run ends with thresholds: their signs, as floats
+            last = cast(SignThresholds, layers[-1])
+            y = torch.from_numpy(_signs_of(bits, last.threshold.numel()))
+        out = y.reshape(*x.shape[:-1], y.shape[-1])
+        return out.to(signs.dtype)
+
+
+def _signs_of(bits: np.ndarray, n: int) -> np.ndarray:
+    """-1/+1 float32 rows of ``n`` from sign bits, 8 a byte (bit set for +1)."""
+    unpacked = np.unpackbits(bits, axis=1, count=n, bitorder="little")
+    signs: np.ndarray = unpacked.astype(np.float32) * 2 - 1
+    return signs
+
+
+def _chainable(layer: nn.Module | None) -> bool:
+    """A ``PackedLinear`` of sign weights whose inputs fill whole bytes of each scale's span
+    (the XNOR kernel's layout)."""
+    return (
+        isinstance(layer, PackedLinear)
+        and layer.matrix.signs
+        and (layer.matrix.width == layer.matrix.n_in)
+    )
 
 
 #: The packed layer's constructor for each layer type that ``pack`` packs.
@@ -779,9 +880,10 @@ def pack(model: nn.Module, *, activations: str | None = None) -> nn.Module:
     (``quantize_inputs_``), and a ``BatchNorm`` between a packed layer and a layer whose input
     quantizer is ``Quantize(snapset.Sign())`` (in an ``nn.Sequential``; the layer before it
     may be a float ``Linear`` or convolution too) becomes a ``SignThresholds``, which passes
-    signs on: a binary network (sign weights, sign
-    activations) runs end to end on the XNOR-popcount kernel, each layer's decisions those of
-    the unpacked model.
+    signs on: a binary network (sign weights, sign activations) runs end to end on the
+    XNOR-popcount kernel, each layer's decisions those of the unpacked model. A run of sign
+    ``PackedLinear`` layers and thresholds that starts with a sign input quantizer becomes one
+    ``SignChain``, which passes bits between its layers.
 
     Every constrained tensor must hold members of its set: a flip parameter that something
     other than a flip optimizer moved off the set raises ``snapset.OutsideSetError``, with
@@ -844,10 +946,10 @@ def pack(model: nn.Module, *, activations: str | None = None) -> nn.Module:
         >>> model = quantize_inputs_(st.constrain_(model, snapset.Sign()),
         ...                          Quantize(snapset.Sign())).eval()
         >>> packed = st.pack(model)
-        >>> [type(layer).__name__ for layer in packed]
+        >>> [type(layer).__name__ for layer in packed[0].layers]  # one SignChain
         ['PackedLinear', 'SignThresholds', 'PackedLinear']
         >>> x = torch.randn(5, 64)
-        >>> torch.equal(packed(x), model(x)), packed[2].last_kernel
+        >>> torch.equal(packed(x), model(x)), packed[0].layers[2].last_kernel
         (True, 'xnor')
     """
     if activations not in ACTIVATIONS:
@@ -893,6 +995,7 @@ def pack(model: nn.Module, *, activations: str | None = None) -> nn.Module:
             parent, _, child = owner.rpartition(".")
             setattr(packed.get_submodule(parent), child, replacement)
     _fold_sign_thresholds(packed, report)
+    _fold_sign_chains(packed, report)
     for owner, replacement in replacements.items():  # as decided after the folding
         if isinstance(replacement, _PackedProduct):
             name = f"{owner}.weight" if owner else "weight"
@@ -968,6 +1071,41 @@ def _fold_sign_thresholds(model: nn.Module, report: PackingReport) -> None:
                 f"{type(norm).__name__} and the sign input quantizer of '{where}{last}' "
                 "into SignThresholds"
             )
+
+
+def _fold_sign_chains(model: nn.Module, report: PackingReport) -> None:
+    """In each ``nn.Sequential`` of ``model``: a run that starts with a sign ``PackedLinear``
+    with a sign input quantizer and goes on with ``SignThresholds`` and sign ``PackedLinear``
+    layers (perhaps ending with ``SignThresholds``) becomes one ``SignChain``, under the name
+    of its first module."""
+    for prefix, sequence in list(model.named_modules()):
+        if not isinstance(sequence, nn.Sequential):
+            continue
+        items = list(sequence._modules.items())
+        kept: list[tuple[str, nn.Module | None]] = []  # the Sequential's entries, some folded
+        index = 0
+        while index < len(items):
+            name, module = items[index]
+            end = index + 1
+            if module is not None and SignChain.starts(module):
+                # thresholds and the sign layer after them join; thresholds before a layer
+                # that cannot join end the run, handing it their signs
+                while end < len(items) and isinstance(items[end][1], SignThresholds):
+                    end += 2 if end + 1 < len(items) and _chainable(items[end + 1][1]) else 1
+                    if not _chainable(items[end - 1][1]):
+                        break
+            if end - index > 1:
+                run = [module for _, module in items[index:end]]
+                kept.append((name, SignChain(run)))
+                where = f"{prefix}." if prefix else ""
+                layers = sum(isinstance(module, PackedLinear) for module in run)
+                report.folded[f"{where}{name}..{items[end - 1][0]}"] = (
+                    f"{layers} sign layers into a SignChain (bits between them)"
+                )
+            else:
+                kept.append((name, module))
+            index = end
+        sequence._modules = dict(kept)  # type: ignore[arg-type]  # as torch types it
 
 
 def _out_channels(layer: nn.Module | None) -> int | None:
