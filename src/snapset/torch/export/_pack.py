@@ -704,17 +704,17 @@ class SignChain(nn.Module):
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
-        >>> from snapset.torch import Quantize, quantize_inputs_
-        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32),
-        ...                             torch.nn.Linear(32, 10))
-        >>> model = quantize_inputs_(st.constrain_(model, snapset.Sign()),
-        ...                          Quantize(snapset.Sign())).eval()
-        >>> packed = st.pack(model)
-        >>> [type(layer).__name__ for layer in packed[0].layers]
-        ['PackedLinear', 'SignThresholds', 'PackedLinear']
-        >>> x = torch.randn(5, 64)
-        >>> torch.equal(packed(x), model(x))
-        True
+        >>> nn = torch.nn
+        >>> stack = nn.Sequential(nn.Linear(64, 48), nn.BatchNorm1d(48), nn.Linear(48, 32),
+        ...                       nn.BatchNorm1d(32), nn.Linear(32, 10))
+        >>> stack = st.quantize_inputs_(st.constrain_(stack, snapset.Sign()),
+        ...                             st.Quantize(snapset.Sign())).eval()
+        >>> chain = st.pack(stack)[0]
+        >>> type(chain).__name__, len(chain.layers)  # three layers, two thresholds
+        ('SignChain', 5)
+        >>> x = torch.randn(4, 64)
+        >>> torch.equal(chain(x), stack(x)), torch.equal(chain(x), nn.Sequential(*chain.layers)(x))
+        (True, True)
     """
 
     def __init__(self, layers: list[nn.Module]) -> None:
