@@ -750,7 +750,7 @@ class SignChain(nn.Module):
             values, bits_after = xnor_bits(
                 bits, packed.matrix, packed._shift.numpy(), step, threads
             )
-            packed.__dict__.update(last_kernel="xnor", last_backend="numba")
+            packed.last_kernel, packed.last_backend = "xnor", "numba"
             if bits_after is None:
                 y = torch.from_numpy(values)
             else:
