@@ -68,13 +68,26 @@ def test_every_kernel_gives_the_same_bits_on_one_and_on_several_threads(
     assert max(shares) >= 4  # the products and the decoding were split into shares
 
 
-def test_small_products_stay_on_one_thread() -> None:
-    """Handing work to a thread costs tens of microseconds: a small product does not."""
-    m = matrix(snapset.Ternary(), "none", 64, 16)
+def test_small_products_stay_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handing work to a thread costs tens of microseconds: a small product is not split,
+    however many threads it may use; a large one is."""
+    counts: list[int] = []
+    run = _matrix.run_shares
+
+    def counted(work: Any, spans: list[tuple[int, int]], threads: int) -> Any:
+        counts.append(len(spans))
+        return run(work, spans, threads)
+
+    monkeypatch.setattr(_matrix, "run_shares", counted)
+    small = matrix(snapset.Ternary(), "none", 64, 16)
     x = np.ones((1, 64), dtype=np.float32) / 3
-    spans = _matrix.spans(m.out, 8, _matrix._LOOKUP_SHARE // m.groups)
-    assert len(spans) == 1
-    assert _kernels.small_matmul(x, m, np.zeros(16, np.float32), 8, threads=8)[1] == "lookup"
+    assert _kernels.small_matmul(x, small, np.zeros(16, np.float32), 8, threads=8)[1] == "lookup"
+    assert counts and max(counts) == 1
+    counts.clear()
+    large = matrix(snapset.Ternary(), "none", 4096, 2048)  # about 300 us of lookups
+    x = np.ones((1, 4096), dtype=np.float32) / 3
+    _kernels.small_matmul(x, large, np.zeros(2048, np.float32), 8, threads=8)
+    assert max(counts) > 1
 
 
 def test_the_division_by_a_multiply_splits_every_byte_exactly() -> None:

@@ -180,8 +180,10 @@ LOOKUP_MAX_ROWS = 8
 (``benchmarks/inference.py``, gathers from whole tables on a 4096x4096 layer)."""
 #: With register permutes, lookups beat decoded tiles and BLAS at any number of rows once
 #: codes a byte times outputs reaches this: lookups cost a table a row (fixed) and a permute
-#: a byte and 16 outputs, tiles a multiply-add a weight and row (``benchmarks/inference.py``:
-#: from 1024 outputs for sign weights, about 2048 for four values).
+#: a byte and 16 outputs, tiles a multiply-add a weight and row. Measured once at batch 256
+#: on 1024-input layers of 256, 1024 and 4096 outputs (one thread): lookups won from 1024
+#: outputs for sign weights, at 4096 for ternary and four values; ``benchmarks/inference.py``
+#: checks the 4096-output case by batch.
 LOOKUPS_AT_ANY_BATCH = 8192
 
 

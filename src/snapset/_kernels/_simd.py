@@ -6,8 +6,9 @@ four-value weights, 27 and 9 for ternary. With an input row's two *half tables* 
 position (``halves[j, 0, lo]``: the low inputs' sum for digits ``lo``; ``halves[j, 1, hi]``
 likewise), the code's contribution is ``halves[j, 0, lo] + halves[j, 1, hi]``. Each half table
 fits in two 16-float registers, so ``VPERMI2PS`` (``VPERMPS`` for 16 entries) looks up 16
-outputs at once where a gather from memory takes one a cycle: as T-MAC and bitnet.cpp do with
-byte shuffles, but on float32 tables, so the sums stay those of float inputs.
+outputs at once where a gather from memory reads one entry at a time: as T-MAC and
+bitnet.cpp do with byte shuffles, but on float32 tables, so the sums stay those of float
+inputs.
 
 ``half_sums`` writes numba's LLVM IR for the loop over byte positions of 64 outputs (a cache
 line of codes): four accumulators of 16 lanes, each adding ``lo + hi`` in byte-position order,
