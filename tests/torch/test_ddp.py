@@ -193,3 +193,33 @@ def test_fully_shard_trains_latent_methods() -> None:
         for weight in report["weights"]:
             assert torch.isin(torch.tensor(weight), torch.tensor([-1.0, 0.0, 1.0])).all()
         assert all(report["moved"])
+
+
+def train_bitnet_fully_sharded(rank: int, port: int, results: Any) -> None:
+    """FSDP2 on a model that bitnet_ converted: absmean scales of the gathered weights."""
+    from torch.distributed.fsdp import fully_shard
+
+    with process_group(rank, port):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+        model = st.bitnet_(model.append(nn.Linear(16, 2)), exclude=())
+        fully_shard(model)
+        adam = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        torch.manual_seed(1000 + rank)
+        for _ in range(STEPS):
+            x, y = torch.randn(32, 8), torch.randn(32, 2)
+            nn.functional.mse_loss(model(x), y).backward()
+            adam.step()
+            adam.zero_grad()
+        model.eval()
+        model.unshard()
+        members = [(layer.weight / layer.weight.abs().max()).tolist() for layer in model[::2]]
+        model.reshard()
+        results.put({"members": members})
+
+
+def test_fully_shard_trains_a_bitnet_model() -> None:
+    reports = run(train_bitnet_fully_sharded)
+    assert reports[0]["members"] == reports[1]["members"]
+    for members in reports[0]["members"]:
+        assert set(torch.tensor(members).unique().tolist()) == {-1.0, 0.0, 1.0}

@@ -13,6 +13,8 @@ from .._summary import Summary as Summary
 from .._summary import SummaryRow as SummaryRow
 from . import export as export
 from . import optim as optim
+from ._bitnet import bitnet_ as bitnet_
+from ._bitnet import set_blend as set_blend
 from ._constrain import LINEAR_AND_CONV as LINEAR_AND_CONV
 from ._constrain import check_values as check_values
 from ._constrain import constrain as constrain
@@ -81,6 +83,7 @@ __all__ = [
     "StochasticRounding",
     "Summary",
     "SummaryRow",
+    "bitnet_",
     "check_values",
     "constrain",
     "constrain_",
@@ -99,6 +102,7 @@ __all__ = [
     "quantize_inputs_",
     "remove_input_quantizers_",
     "save",
+    "set_blend",
     "set_temperature",
     "summary",
 ]

@@ -229,6 +229,10 @@ class Constraint(NamedMethod, nn.Module):
     midpoints: Tensor
     #: The scale of a scaled set (``w = alpha * v``), or None for the exact set itself.
     scale: Scale | None
+    #: The share of the exact values in the training forward of a weight whose scale is a
+    #: statistic (the rest is the float weight it stores): 1 (exact) unless ``set_blend``
+    #: warms a float model up.
+    blend: float = 1.0
 
     def __init__(self, values: ValueSet, like: Tensor) -> None:
         super().__init__()
@@ -267,7 +271,10 @@ class Constraint(NamedMethod, nn.Module):
         if self.scale is None:
             return self.show(stored)
         alpha = self.scale.scales(stored)
-        return self.scale.expand(self.show(self._reads(stored, alpha)), alpha)
+        shown = self.scale.expand(self.show(self._reads(stored, alpha)), alpha)
+        if self.training and self.blend < 1:  # set_blend's warm-up: stored is the float weight
+            return F.blend(stored, shown, self.blend)
+        return shown
 
     def hard(self, stored: Tensor) -> Tensor:
         """The deterministic exact members ``v`` of the set (unscaled)."""

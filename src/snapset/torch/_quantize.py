@@ -23,6 +23,7 @@ from .._scales import STATISTIC_FLOOR, ActivationScaling, ScaleLayout, bad_scale
 from .._sets import ValueSet
 from .._spec import method_options
 from ._constrain import FilterFn, constrained_tensors
+from ._functional import blend
 from ._methods import METHODS, STE, StochasticRounding, _key
 
 __all__ = [
@@ -108,6 +109,9 @@ class Quantize(nn.Module):
     start: Tensor | None
     log_gain: nn.Parameter | None
     initialized: Tensor
+    #: The share of the quantized input in the training forward (the rest is the float
+    #: input): 1 unless ``set_blend`` warms a float model up.
+    blend: float = 1.0
 
     def __init__(
         self,
@@ -174,7 +178,10 @@ class Quantize(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``alpha * v``, with ``v`` the method's exact members for ``x / alpha``."""
         members, alpha = self.members_and_scale(x)
-        return members if alpha is None else members * alpha
+        y = members if alpha is None else members * alpha
+        if self.training and self.blend < 1:  # set_blend's warm-up from the float input
+            return blend(x.to(y.dtype), y, self.blend)
+        return y
 
     def members_and_scale(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The two factors of ``forward``: ``v``, exact members of the set in this quantizer's

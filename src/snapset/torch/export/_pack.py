@@ -32,6 +32,7 @@ from ..._kernels._int8 import IntegerGrid
 from ..._scales import bad_scale_message
 from ..._sets import Sign, ValueSet
 from ..._spec import outside_set_error
+from .._bitnet import carry_input_norm
 from .._constrain import harden_, hardened_scales, hardened_values, mark_hardened, scaled_members
 from .._layers import GF2Linear
 from .._methods import Scale
@@ -1026,7 +1027,9 @@ def _add_int8_quantizer(layer: nn.Module) -> None:
 
 
 def _with_input_quantizer(replacement: nn.Module, layer: nn.Module) -> nn.Module:
-    """``replacement`` with a copy of the input quantizer that ``layer`` has, if any."""
+    """``replacement`` with a copy of the input quantizer that ``layer`` has, if any, and of
+    its own RMSNorm (``bitnet_(..., rms_norm=True)``), which runs first."""
+    carry_input_norm(replacement, layer)
     for name, quantizer in input_quantizers(layer):
         if name == "":
             quantize_inputs_(replacement, quantizer, modules=(type(replacement),))
