@@ -207,9 +207,38 @@ def write_file(
 
 
 def _replace(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a new file through ``write`` under a temporary name, check that ``Reader`` reads
-    its header, and rename it to ``target``; on any failure remove it and leave ``target`` as it
-    was."""
+    """Write a new file through ``write`` as ``write_atomically`` does, and check that
+    ``Reader`` reads its header before it takes ``target``'s name."""
+
+    def write_and_check(temporary: Path) -> None:
+        write(temporary)
+        with temporary.open("rb") as handle:
+            Reader(target, handle)  # never leave a file that load refuses (caps, dims)
+
+    try:
+        write_atomically(target, write_and_check)
+    except SnapsetFileError as error:
+        raise ValueError(f"snapset cannot save this model: {error}") from None
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a new file through ``write`` under a temporary name beside ``target``, then rename
+    it to ``target``; on any failure remove it and leave ``target`` as it was. Every file that
+    snapset writes (its own, ONNX, GGUF) goes through here.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "f.bin"
+        >>> write_atomically(target, lambda path: path.write_bytes(b"new"))
+        >>> def fails(path):
+        ...     path.write_bytes(b"half")
+        ...     raise OSError("disk full")
+        >>> write_atomically(target, fails)
+        Traceback (most recent call last):
+        OSError: disk full
+        >>> target.read_bytes(), [p.name for p in target.parent.iterdir()]
+        (b'new', ['f.bin'])
+    """
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
     # Created with 0o666, which the kernel narrows by the umask as for any new file: its mode
     # is the umask's answer, read without os.umask's process-wide set-and-restore (a race with
@@ -219,12 +248,7 @@ def _replace(target: Path, write: Callable[[Path], None]) -> None:
         mode = stat.S_IMODE(temporary.stat().st_mode)
         write(temporary)
         os.chmod(temporary, mode)
-        with temporary.open("rb") as handle:
-            Reader(target, handle)  # never leave a file that load refuses (caps, dims)
         os.replace(temporary, target)
-    except SnapsetFileError as error:
-        temporary.unlink(missing_ok=True)
-        raise ValueError(f"snapset cannot save this model: {error}") from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

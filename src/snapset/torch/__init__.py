@@ -47,7 +47,9 @@ from .export import PackingReport as PackingReport
 from .export import SignChain as SignChain
 from .export import SignThresholds as SignThresholds
 from .export import SnapsetFileError as SnapsetFileError
+from .export import export_gguf as export_gguf
 from .export import export_onnx as export_onnx
+from .export import export_transformers as export_transformers
 from .export import load as load
 from .export import pack as pack
 from .export import save as save
@@ -89,7 +91,9 @@ __all__ = [
     "constrain_",
     "estimator_grad",
     "export",
+    "export_gguf",
     "export_onnx",
+    "export_transformers",
     "harden_",
     "input_quantizers",
     "load",

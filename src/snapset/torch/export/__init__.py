@@ -1,5 +1,5 @@
-"""Leaving training: packed files (``save``/``load``), packed inference layers (``pack``) and
-ONNX export.
+"""Leaving training: packed files (``save``/``load``), packed inference layers (``pack``), and
+the runtimes' formats: ONNX, GGUF for llama.cpp and the transformers BitNet layout.
 
 Examples:
     >>> import os, tempfile, torch, snapset, snapset.torch as st
@@ -14,6 +14,7 @@ Examples:
 from ._file import SnapsetFileError as SnapsetFileError
 from ._file import load as load
 from ._file import save as save
+from ._gguf import export_gguf as export_gguf
 from ._onnx import export_onnx as export_onnx
 from ._pack import LUT_MAX_ROWS as LUT_MAX_ROWS
 from ._pack import PackedConv as PackedConv
@@ -25,6 +26,7 @@ from ._pack import kernel_backend as kernel_backend
 from ._pack import pack as pack
 from ._pack import unpackable as unpackable
 from ._pack_gf2 import PackedGF2Linear as PackedGF2Linear
+from ._transformers import export_transformers as export_transformers
 
 __all__ = [
     "LUT_MAX_ROWS",
@@ -35,7 +37,9 @@ __all__ = [
     "SignChain",
     "SignThresholds",
     "SnapsetFileError",
+    "export_gguf",
     "export_onnx",
+    "export_transformers",
     "kernel_backend",
     "load",
     "pack",
