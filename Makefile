@@ -11,7 +11,7 @@ TORCH := torch==2.13.0
 DEMO_STAMP := $(VENV)/.installed-demo
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-fast test-wheel lint typecheck docs docs-serve bench clean
+.PHONY: demo test test-fast test-runtimes test-wheel lint typecheck docs docs-serve bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,10 @@ docs-serve: $(DEV_STAMP)
 KERAS_BACKENDS := tensorflow torch jax
 KERAS_PATHS := src/snapset/keras tests/keras
 
+# tests/runtimes needs llama.cpp, which `make test-runtimes` builds.
 test: lint typecheck docs
-	$(BIN)/python -m pytest --doctest-modules src tests $(KERAS_PATHS:%=--ignore=%)
+	$(BIN)/python -m pytest --doctest-modules src tests $(KERAS_PATHS:%=--ignore=%) \
+		--ignore=tests/runtimes
 	for backend in $(KERAS_BACKENDS); do \
 		KERAS_BACKEND=$$backend $(BIN)/python -m pytest --doctest-modules $(KERAS_PATHS) || exit 1; \
 	done
@@ -58,8 +60,17 @@ test: lint typecheck docs
 
 # The unit tests alone, without the slow training runs.
 test-fast: $(DEV_STAMP)
-	$(BIN)/python -m pytest --doctest-modules -m "not slow" src tests $(KERAS_PATHS:%=--ignore=%)
+	$(BIN)/python -m pytest --doctest-modules -m "not slow" src tests $(KERAS_PATHS:%=--ignore=%) \
+		--ignore=tests/runtimes
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest --doctest-modules -m "not slow" $(KERAS_PATHS)
+
+# llama.cpp itself: llama-cpp-python built from source with this machine's compiler (about
+# 35 minutes on two cores, once: it stays in .venv), then the checks that GGUF files load and
+# compute what snapset computes.
+LLAMA_CPP := llama-cpp-python==0.3.36
+test-runtimes: $(DEV_STAMP)
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/python -m pip install "$(LLAMA_CPP)"
+	$(BIN)/python -m pytest -m runtimes tests/runtimes
 
 # The wheel as users get it: built, checked by twine, installed (not editable) into a fresh
 # environment with the demo's extras, and run from outside the checkout.
@@ -90,6 +101,8 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/scales.py
 	$(BIN)/python benchmarks/binary_net.py
+	$(BIN)/python benchmarks/ternary_lm.py
+	$(BIN)/python benchmarks/lm_generation.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis
