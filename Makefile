@@ -69,8 +69,9 @@ test-fast: $(DEV_STAMP)
 # compute what snapset computes.
 LLAMA_CPP := llama-cpp-python==0.3.36
 test-runtimes: $(DEV_STAMP)
-	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/python -m pip install "$(LLAMA_CPP)"
-	$(BIN)/python -m pytest -m runtimes tests/runtimes
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
+		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install "$(LLAMA_CPP)"
+	$(BIN)/python -m pytest -s -m runtimes tests/runtimes
 
 # The wheel as users get it: built, checked by twine, installed (not editable) into a fresh
 # environment with the demo's extras, and run from outside the checkout.

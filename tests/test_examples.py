@@ -13,12 +13,13 @@ TESTED = {
     "multiplier.py": "test_multiplier_example_matches_the_planted_values",
     "ddp_torchrun.py": "test_ddp_example_keeps_replicas_identical",
     "keras_multiplier.py": "keras/test_examples.py",
+    "ternary_lm.py": "test_ternary_lm_example_trains_packs_and_exports",
 }
 
 
-def run(name):
+def run(name, *args):
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
         check=False,
@@ -44,6 +45,18 @@ def test_multiplier_example_matches_the_planted_values():
 def test_ddp_example_keeps_replicas_identical():
     out = run("ddp_torchrun.py").splitlines()
     assert out[-2:] == ["values in their sets: True", "replicas identical: True"]
+
+
+@pytest.mark.slow
+def test_ternary_lm_example_trains_packs_and_exports(tmp_path):
+    out = run("ternary_lm.py", "--steps", "4", "--train-bytes", "100000", "--out", str(tmp_path))
+    lines = out.splitlines()
+    assert lines[0].startswith("trained 8,192 tokens")
+    assert "packed model writes what the trained model writes: 64 of 64 bytes" in lines
+    assert (tmp_path / "model-tq2_0.gguf").is_file()
+    assert (tmp_path / "transformers" / "config.json").is_file()
+    same = float(lines[-1].split("same next byte at ")[1].split("%")[0])
+    assert same >= 95.0
 
 
 def test_every_example_is_run_by_a_test():

@@ -39,6 +39,15 @@ from ._forum import SignAnswer as SignAnswer
 from ._forum import fit_adam as fit_adam
 from ._forum import planted_binary_matrix as planted_binary_matrix
 from ._forum import planted_multiplier as planted_multiplier
+from ._lm import LLAMA as LLAMA
+from ._lm import LMRecipe as LMRecipe
+from ._lm import LMRun as LMRun
+from ._lm import TextCorpus as TextCorpus
+from ._lm import bits_per_byte as bits_per_byte
+from ._lm import generate as generate
+from ._lm import llama as llama
+from ._lm import stdlib_corpus as stdlib_corpus
+from ._lm import train_lm as train_lm
 from ._machine import cpu_name as cpu_name
 from ._machine import machine_line as machine_line
 from ._models import ARCHITECTURES as ARCHITECTURES
@@ -69,10 +78,13 @@ __all__ = [
     "ARCHITECTURES",
     "CONFIGS",
     "FOUR_VALUES",
+    "LLAMA",
     "PAPER_FLOAT",
     "SETS",
     "SET_LABELS",
     "Center",
+    "LMRecipe",
+    "LMRun",
     "PlusMinus",
     "Recipe",
     "ReluSigmoidAnswer",
@@ -81,8 +93,10 @@ __all__ = [
     "SigmoidAnswer",
     "SignAnswer",
     "Split",
+    "TextCorpus",
     "accuracy",
     "accuracy_plan",
+    "bits_per_byte",
     "build",
     "cnn",
     "cpu_name",
@@ -90,6 +104,8 @@ __all__ = [
     "digits",
     "fit_adam",
     "fit_bop",
+    "generate",
+    "llama",
     "machine_line",
     "markdown",
     "matrix_report",
@@ -107,5 +123,7 @@ __all__ = [
     "size_text",
     "sizes_report",
     "snapset_rows",
+    "stdlib_corpus",
     "train",
+    "train_lm",
 ]
