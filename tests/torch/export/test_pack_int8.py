@@ -388,3 +388,27 @@ def test_uneven_boundaries_that_one_correction_cannot_settle_fall_back() -> None
     boundaries = np.array([-1.5, 0.5, 1.5], np.float32)
     assert _kernels.grid_integers(np.array([-2.9, 2.0], np.float32), boundaries, grid) is not None
     assert _kernels.grid_integers(np.array([np.nan], np.float32), boundaries, grid) is None
+
+
+def test_the_8_bit_path_is_planned_only_where_int_mm_is_fast(monkeypatch) -> None:
+    layer = hardened(nn.Linear(16, 4), snapset.Ternary())
+    x = torch.randn(12, 16)
+    expected = with_quantizer(copy.deepcopy(layer), Quantize(INT8, scale="token"))(x)
+    monkeypatch.delenv("SNAPSET_INT8_MATMUL", raising=False)
+    for capability, planned in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        packed = st.pack(layer, activations="int8")
+        torch.testing.assert_close(packed(x), expected, rtol=1e-5, atol=1e-5)
+        if planned:
+            assert packed.kernel_plan == INT8_PLAN and packed.last_kernel == "int8"
+        else:
+            assert packed.kernel_plan == (
+                "8-bit activations rounded in one compiled pass, multiplied on the float "
+                f"kernels: torch._int_mm has no fast int8 kernel on this CPU ({capability})"
+            )
+            assert packed.last_kernel == "tiles" and packed.int8_bytes == 0
+    monkeypatch.setenv("SNAPSET_INT8_MATMUL", "1")  # forced on an AVX2 CPU
+    assert st.pack(layer, activations="int8").kernel_plan == INT8_PLAN
+    monkeypatch.setenv("SNAPSET_INT8_MATMUL", "0")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert st.pack(layer, activations="int8").kernel_plan.endswith("SNAPSET_INT8_MATMUL=0")

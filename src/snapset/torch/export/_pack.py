@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -171,12 +172,15 @@ _INT32_MAX = 2**31 - 1
 class _Int8Path:
     """What the 8-bit path of a packed layer needs: the quantizer it was planned for, the
     integer grids of the activations' and the weights' sets, and each packed matrix's ``W.T``
-    as int8 (``(width, out)``, decoded once)."""
+    as int8 (``(width, out)``, decoded once); none where ``torch._int_mm`` is slow on this
+    CPU (``float_products`` says why): the activations are then rounded here and multiplied
+    by the float kernels."""
 
     quantizer: Quantize
     grid: IntegerGrid
     weight_step: float
     weights: tuple[Tensor, ...]
+    float_products: str | None = None
 
     def members_and_scale(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The quantizer's ``members_and_scale(x)``, with the latents rounded in one compiled
@@ -213,6 +217,25 @@ class _Int8Path:
         return y.mul_(factor).add_(bias)
 
 
+def slow_int8_matmul() -> str | None:
+    """Why ``torch._int_mm`` would be slower than the float kernels on this CPU, or None.
+
+    Its int8 products are fast where oneDNN has integer kernels for the CPU: AVX-512 (with
+    VNNI since Cascade Lake and Zen 4) or AMX, which torch reports as an ``AVX512``
+    capability. Elsewhere (an AVX2-only CPU) it falls back to a loop that measured 10 to 80
+    times slower than float32 BLAS (``benchmarks/results/lm_generation_large.md``), so the
+    8-bit path is not planned there. ``SNAPSET_INT8_MATMUL=1`` (or ``0``) overrides the
+    choice, as the tests do to check the path on any CPU.
+    """
+    forced = os.environ.get("SNAPSET_INT8_MATMUL")
+    if forced in ("0", "1"):
+        return None if forced == "1" else "SNAPSET_INT8_MATMUL=0"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512"):
+        return None
+    return f"torch._int_mm has no fast int8 kernel on this CPU ({capability})"
+
+
 def _int8_path(
     quantizer: Quantize | None, matrices: tuple[PackedMatrix, ...], token_scales: bool
 ) -> _Int8Path | str:
@@ -244,8 +267,13 @@ def _int8_path(
             f"float activations: int32 sums of {inputs} products up to "
             f"{grid.largest * weight_grid.largest} could overflow"
         )
-    weights = tuple(torch.from_numpy(int8_weight(m, weight_grid)) for m in matrices)
-    return _Int8Path(quantizer, grid, weight_grid.step, weights)
+    slow = slow_int8_matmul()
+    weights = (
+        ()
+        if slow is not None  # the rounding still runs compiled; the products in float
+        else tuple(torch.from_numpy(int8_weight(m, weight_grid)) for m in matrices)
+    )
+    return _Int8Path(quantizer, grid, weight_grid.step, weights, slow)
 
 
 class _PackedProduct(nn.Module):
@@ -306,10 +334,15 @@ class _PackedProduct(nn.Module):
         """
         path = _int8_path(input_quantizer_of(self), self.matrices, self.token_scales)
         self._int8 = None if isinstance(path, str) else path
-        above = f"above {LUT_MAX_ROWS} rows"
-        self.kernel_plan = (
-            path if isinstance(path, str) else f"8-bit activations on torch._int_mm {above}"
-        )
+        if isinstance(path, str):
+            self.kernel_plan = path
+        elif path.float_products is not None:
+            self.kernel_plan = (
+                "8-bit activations rounded in one compiled pass, multiplied on the float "
+                f"kernels: {path.float_products}"
+            )
+        else:
+            self.kernel_plan = f"8-bit activations on torch._int_mm above {LUT_MAX_ROWS} rows"
         return self.kernel_plan
 
     @property
@@ -344,7 +377,7 @@ class _PackedProduct(nn.Module):
         """``(alpha * rows) @ W.T + bias`` for matrix ``index``, on the 8-bit path for more
         than ``LUT_MAX_ROWS`` rows where it applies, else on the float kernels."""
         matrix = self.matrices[index]
-        if path is not None and rows.shape[0] > LUT_MAX_ROWS:
+        if path is not None and path.weights and rows.shape[0] > LUT_MAX_ROWS:
             self.last_kernel, self.last_backend = "int8", "torch"
             return path.matmul(rows, alpha, matrix, index, bias)
         if alpha is not None:  # the quantizer's output, bit for bit
