@@ -12,6 +12,9 @@ multiplier section uses Keras when ``snapset.keras`` imports.
 - real data (``mnist1d``, ``digits``, ``Split``), the models (``cnn``,
   ``mlp``, ``build``) and one training loop (``Recipe``, ``train``,
   ``Run``);
+- a language model on real text: the standard library's source as bytes
+  (``stdlib_corpus``), a transformers Llama (``llama``, ``LLAMA``), one training loop
+  (``LMRecipe``, ``train_lm``, ``LMRun``), ``bits_per_byte`` and ``generate``;
 - the demo's report (``run_demo``) and snapset's rows of the accuracy table
   (``run_accuracy``, ``snapset_rows``, ``markdown``).
 

@@ -106,7 +106,9 @@ def llama(seed: int = 0, **overrides: Any) -> nn.Module:
     import transformers
 
     torch.manual_seed(seed)
-    model: nn.Module = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA, **overrides))
+    model: nn.Module = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**{**LLAMA, **overrides})
+    )
     return model
 
 

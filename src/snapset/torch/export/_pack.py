@@ -940,7 +940,9 @@ def pack(model: nn.Module, *, activations: str | None = None) -> nn.Module:
     ternary, ... set), with a scale that is the same along the features of a row, and whose
     weight's set lies on such a grid too, multiplies more than ``LUT_MAX_ROWS`` rows in
     integers: ``torch._int_mm`` (int8 times int8 into int32, exact), then the scales, so
-    the outputs are the unpacked model's to float32 rounding. It holds its weight decoded
+    the outputs are the unpacked model's to float32 rounding. It does so where torch reports
+    AVX-512 (``slow_int8_matmul``); elsewhere ``torch._int_mm`` is slower than float32, and
+    the activations, rounded in the same compiled pass, go to the float kernels. It holds its weight decoded
     as int8 besides the codes (``int8_bytes``). ``activations="int8"`` gives every packed
     ``PackedLinear`` without an input quantizer BitNet's per-token 8-bit quantizer, and
     every ``PackedConv`` without one a per-tensor one: the copy then computes what the
