@@ -19,7 +19,7 @@ Bits per byte on the held-out files (lower is better). Writes
 ``results/ternary_lm.md`` and the loss plot ``docs/guides/ternary-lm-loss.png``
 (``--quick``: a few steps, prints only).
 
-    .venv/bin/python benchmarks/ternary_lm.py [--quick] [--seeds 2] [--steps 200] [--tune 100]
+    .venv/bin/python benchmarks/ternary_lm.py [--quick] [--seeds 2] [--steps 150] [--tune 76]
         [--threads N] [--float-only-at LR]
 """
 
@@ -166,8 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--tune", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--tune", type=int, default=76)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
         "--float-only-at",
@@ -205,9 +205,10 @@ def main() -> None:
         f"{len(corpus.train):,} bytes from {corpus.train_files} files to train on, "
         f"{len(corpus.held_out):,} bytes from {corpus.held_out_files} other files held out "
         f"(the first {EVAL_BYTES:,} scored). "
-        f"{args.seeds} seeds, {minutes:.0f} minutes in all at {torch.get_num_threads()} "
-        f"threads. Learning rates: float {FLOAT_LR}, ternary {TERNARY_LR}, fine-tuning "
-        f"{TUNE_LR}.\n\n{body}\n\n## Samples (seed 0, after `def `, temperature 0.7)\n\n"
+        f"{args.seeds} seeds, {minutes:.0f} minutes in all, torch threads: "
+        f"{torch.get_num_threads()}. Learning rates: float {FLOAT_LR}, ternary {TERNARY_LR}, "
+        f"fine-tuning {TUNE_LR}.\n\n{body}\n\n"
+        "## Samples (seed 0, after `def `, temperature 0.7)\n\n"
         f"{sample_text}\n",
     )
     plot(results[0], PLOT)
