@@ -942,11 +942,11 @@ def pack(model: nn.Module, *, activations: str | None = None) -> nn.Module:
     integers: ``torch._int_mm`` (int8 times int8 into int32, exact), then the scales, so
     the outputs are the unpacked model's to float32 rounding. It does so where torch reports
     AVX-512 (``slow_int8_matmul``); elsewhere ``torch._int_mm`` is slower than float32, and
-    the activations, rounded in the same compiled pass, go to the float kernels. It holds its weight decoded
-    as int8 besides the codes (``int8_bytes``). ``activations="int8"`` gives every packed
-    ``PackedLinear`` without an input quantizer BitNet's per-token 8-bit quantizer, and
-    every ``PackedConv`` without one a per-tensor one: the copy then computes what the
-    model with those quantizers (``quantize_inputs_``) computes. Layers keep a quantizer
+    the activations, rounded in the same compiled pass, go to the float kernels. It holds its
+    weight decoded as int8 besides the codes (``int8_bytes``). ``activations="int8"`` gives
+    every packed ``PackedLinear`` without an input quantizer BitNet's per-token 8-bit
+    quantizer, and every ``PackedConv`` without one a per-tensor one: the copy then computes
+    what the model with those quantizers (``quantize_inputs_``) computes. Layers keep a quantizer
     they have. Any other value raises ``ValueError`` before anything is copied. The report
     says which kernels run each packed layer's activations, and why (``plan_kernels``).
 
