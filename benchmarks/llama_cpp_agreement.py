@@ -84,7 +84,7 @@ def main() -> None:
             "# llama.cpp agreement",
             "",
             f"{machine_line()}, llama-cpp-python {llama_cpp.__version__}. Model: "
-            f"{t.CONFIG}, converted by bitnet_ and trained "
+            f"`snapset.demo.LLAMA` with {t.CONFIG}, converted by bitnet_ and trained "
             f"{t.STEPS} steps on difflib.py; {np.prod(exact.shape[:2])} next-byte predictions "
             "on textwrap.py. llama.cpp: KV cache in float32, no flash attention, 2 threads.",
             "",

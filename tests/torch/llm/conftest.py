@@ -7,28 +7,23 @@ import pytest
 import torch
 
 import snapset.torch as st
+from snapset import demo
 
 transformers = pytest.importorskip("transformers")
 
-#: Rows of 256 inputs: GGUF's ternary blocks (TQ1_0, TQ2_0) hold 256 weights each.
+#: The changes to ``snapset.demo.LLAMA`` (rows of 256 inputs: GGUF's ternary blocks, TQ1_0
+#: and TQ2_0, hold 256 weights each): two layers, grouped-query attention.
 TINY = dict(
-    vocab_size=256,
-    hidden_size=256,
     intermediate_size=512,
     num_hidden_layers=2,
-    num_attention_heads=4,
     num_key_value_heads=2,
     max_position_embeddings=128,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=False,
 )
 
 
 def build_llama(seed: int = 0, **overrides: object) -> torch.nn.Module:
     """A float ``LlamaForCausalLM`` of the tiny config (``overrides`` change it), seeded."""
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(**{**TINY, **overrides})
-    return transformers.LlamaForCausalLM(config).eval()
+    return demo.llama(seed, **{**TINY, **overrides}).eval()
 
 
 @pytest.fixture
