@@ -154,6 +154,16 @@ def test_ddp_replicas_stay_identical_and_in_their_sets() -> None:
         assert report["flips"][name] > 0, f"{name} never changed value"
 
 
+def fit_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
+    """STEPS steps of regression on this rank's own random data (8 inputs, 2 outputs)."""
+    torch.manual_seed(1000 + rank)
+    for _ in range(STEPS):
+        x, y = torch.randn(32, 8), torch.randn(32, 2)
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def train_fully_sharded(rank: int, port: int, results: Any) -> None:
     """FSDP2: latent methods train with Adam on shards."""
     from torch.distributed.fsdp import fully_shard
@@ -166,13 +176,7 @@ def train_fully_sharded(rank: int, port: int, results: Any) -> None:
             st.constrain(layer, "weight", snapset.Ternary(), method)
         fully_shard(model)
         start = [p.full_tensor() for p in model.parameters()]
-        adam = torch.optim.Adam(model.parameters(), lr=1e-2)
-        torch.manual_seed(1000 + rank)
-        for _ in range(STEPS):
-            x, y = torch.randn(32, 8), torch.randn(32, 2)
-            nn.functional.mse_loss(model(x), y).backward()
-            adam.step()
-            adam.zero_grad()
+        fit_sharded(model, torch.optim.Adam(model.parameters(), lr=1e-2), rank)
         model.eval()
         model.unshard()  # the whole tensors, to read the constrained values
         weights = [layer.weight.tolist() for layer in model[::2]]
@@ -204,13 +208,7 @@ def train_bitnet_fully_sharded(rank: int, port: int, results: Any) -> None:
         model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
         model = st.bitnet_(model.append(nn.Linear(16, 2)), exclude=())
         fully_shard(model)
-        adam = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        torch.manual_seed(1000 + rank)
-        for _ in range(STEPS):
-            x, y = torch.randn(32, 8), torch.randn(32, 2)
-            nn.functional.mse_loss(model(x), y).backward()
-            adam.step()
-            adam.zero_grad()
+        fit_sharded(model, torch.optim.AdamW(model.parameters(), lr=1e-2), rank)
         model.eval()
         model.unshard()
         members = [(layer.weight / layer.weight.abs().max()).tolist() for layer in model[::2]]
