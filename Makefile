@@ -48,13 +48,17 @@ docs-serve: $(DEV_STAMP)
 # Keras 3 picks its backend once per process, so the Keras tests run once per backend.
 KERAS_BACKENDS := tensorflow torch jax
 KERAS_PATHS := src/snapset/keras tests/keras
+# TensorFlow computes channels-first convolutions on the CPU only through oneDNN, which it
+# switches on by itself on AVX-512 CPUs and not on AVX2-only ones.
+KERAS_ENV := TF_ENABLE_ONEDNN_OPTS=1
 
 # tests/runtimes needs llama.cpp, which `make test-runtimes` builds.
 test: lint typecheck docs
 	$(BIN)/python -m pytest --doctest-modules src tests $(KERAS_PATHS:%=--ignore=%) \
 		--ignore=tests/runtimes
 	for backend in $(KERAS_BACKENDS); do \
-		KERAS_BACKEND=$$backend $(BIN)/python -m pytest --doctest-modules $(KERAS_PATHS) || exit 1; \
+		$(KERAS_ENV) KERAS_BACKEND=$$backend $(BIN)/python -m pytest --doctest-modules \
+			$(KERAS_PATHS) || exit 1; \
 	done
 	$(MAKE) test-wheel
 
@@ -62,7 +66,8 @@ test: lint typecheck docs
 test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest --doctest-modules -m "not slow" src tests $(KERAS_PATHS:%=--ignore=%) \
 		--ignore=tests/runtimes
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest --doctest-modules -m "not slow" $(KERAS_PATHS)
+	$(KERAS_ENV) KERAS_BACKEND=tensorflow $(BIN)/python -m pytest --doctest-modules -m "not slow" \
+		$(KERAS_PATHS)
 
 # llama.cpp itself: llama-cpp-python built from source with this machine's compiler (about
 # 35 minutes on two cores, once: it stays in .venv), then the checks that GGUF files load and
