@@ -13,7 +13,8 @@ What each name means:
   ``clip``, ``identity``);
 * an **init** says how a freshly initialised tensor becomes the starting point (``spread``,
   ``nearest``);
-* **Bop's options** (``threshold``, ``gamma``, ``threshold_mode``, ``momentum_reset``).
+* **Bop's options** (``threshold``, ``gamma``, ``threshold_mode``, ``momentum_reset``);
+* **BatchNorm re-estimation**'s ``batches``, what a batch's input is, and its refusals.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 __all__ = [
     "BOP2_DEFAULTS",
@@ -35,9 +36,14 @@ __all__ = [
     "MOMENTUM_RESETS",
     "NOT_BY_FLIP_OPTIMIZER",
     "THRESHOLD_MODES",
+    "BatchInputs",
+    "BatchNormRefusal",
     "MethodSpec",
     "NamedMethod",
     "OutsideSetError",
+    "batch_inputs",
+    "batchnorm_refused",
+    "check_batches",
     "check_bop_options",
     "check_init",
     "check_temperature",
@@ -376,3 +382,91 @@ def nonfinite_stored_message(where: str, count: int, stores: str) -> str:
         f"{where} holds {count} non-finite (NaN or inf) {stores} entries, which would stay so "
         "for good."
     )
+
+
+# ----- BatchNorm re-estimation ----------------------------------------------------------------
+
+
+def check_batches(batches: Any) -> None:
+    """Refuse a number of batches for ``reestimate_batchnorm`` that is not None or an int > 0.
+
+    Examples:
+        >>> check_batches(0)
+        Traceback (most recent call last):
+        ValueError: Invalid batches: 0 (must be an int > 0, or None for every batch of data)
+    """
+    if batches is None:
+        return
+    if isinstance(batches, bool) or not isinstance(batches, int):
+        raise TypeError(f"Invalid batches: {batches!r} (must be an int, or None)")
+    if batches <= 0:
+        raise ValueError(
+            f"Invalid batches: {batches} (must be an int > 0, or None for every batch of data)"
+        )
+
+
+@dataclass(frozen=True)
+class BatchInputs:
+    """What a model is called with for one batch of ``reestimate_batchnorm``'s data: the input,
+    and whether it is a mapping (keyword arguments in PyTorch, named inputs in Keras)."""
+
+    inputs: Any
+    named: bool
+
+
+def batch_inputs(batch: Any) -> BatchInputs:
+    """The input of one batch: a tuple or list is ``(inputs, targets, ...)`` as data loaders
+    yield it, and its first element is the input; anything else is the input itself.
+
+    Examples:
+        >>> batch_inputs(("x", "y"))
+        BatchInputs(inputs='x', named=False)
+        >>> batch_inputs({"input_ids": "x"}).named
+        True
+        >>> batch_inputs(())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: reestimate_batchnorm got an empty tuple as a batch: a tuple or list batch ...
+    """
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError(
+                f"reestimate_batchnorm got an empty {type(batch).__name__} as a batch: a tuple "
+                "or list batch is (inputs, targets, ...), and its first element is the "
+                "model's input; nothing was changed."
+            )
+        batch = batch[0]
+    return BatchInputs(batch, isinstance(batch, Mapping))
+
+
+BatchNormRefusal = Literal["none", "untracked", "unbuilt", "renorm", "masked", "empty"]
+
+
+def batchnorm_refused(why: BatchNormRefusal, where: str = "") -> ValueError:
+    """The error both fronts raise when ``reestimate_batchnorm`` refuses, the model unchanged.
+
+    ``why``: ``"none"`` (no BatchNorm layer in the model), ``"untracked"`` (a layer keeps no
+    running statistics), ``"unbuilt"`` (a layer has no statistics yet), ``"renorm"`` (Keras's
+    batch renormalization), ``"masked"`` (a Keras layer called with a mask), ``"empty"`` (the
+    data gave no batch); ``where`` names the model or the layer.
+
+    Examples:
+        >>> raise batchnorm_refused("none", "model 'Sequential'")
+        Traceback (most recent call last):
+        ValueError: reestimate_batchnorm found no BatchNorm layer in model 'Sequential': it \
+has no running statistics to re-estimate; nothing was changed.
+    """
+    reasons = {
+        "none": f"found no BatchNorm layer in {where}: it has no running statistics to re-estimate",
+        "untracked": f"cannot re-estimate {where}: it keeps no running statistics "
+        "(track_running_stats=False), so it normalizes with each batch's own statistics in "
+        "eval too; give it running statistics or leave BatchNorm re-estimation out",
+        "unbuilt": f"cannot re-estimate {where}: it is not built yet and has no running "
+        "statistics; run the model on one batch first",
+        "renorm": f"cannot re-estimate {where}: batch renormalization (renorm=True) keeps "
+        "statistics of its own, which this call does not re-estimate",
+        "masked": f"cannot re-estimate {where} from a masked input: it averages every entry "
+        "of a batch",
+        "empty": "got no batch from data: pass an iterable of input batches (a DataLoader, a "
+        "list of tensors or arrays) with at least one batch",
+    }
+    return ValueError(f"reestimate_batchnorm {reasons[why]}; nothing was changed.")

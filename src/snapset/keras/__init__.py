@@ -31,6 +31,7 @@ from .._summary import Summary as Summary
 from .._summary import SummaryRow as SummaryRow
 from . import export as export
 from . import optim as optim
+from ._batchnorm import reestimate_batchnorm as reestimate_batchnorm
 from ._callbacks import FlipRatio as FlipRatio
 from ._constrain import constrain as constrain
 from ._constrain import exact_weights as exact_weights
@@ -89,6 +90,7 @@ __all__ = [
     "load",
     "optim",
     "quantize",
+    "reestimate_batchnorm",
     "save",
     "scaled_parts",
     "set_temperature",

@@ -13,6 +13,7 @@ from .._summary import Summary as Summary
 from .._summary import SummaryRow as SummaryRow
 from . import export as export
 from . import optim as optim
+from ._batchnorm import reestimate_batchnorm as reestimate_batchnorm
 from ._bitnet import bitnet_ as bitnet_
 from ._bitnet import set_blend as set_blend
 from ._constrain import LINEAR_AND_CONV as LINEAR_AND_CONV
@@ -104,6 +105,7 @@ __all__ = [
     "plot_training",
     "quantize",
     "quantize_inputs_",
+    "reestimate_batchnorm",
     "remove_input_quantizers_",
     "save",
     "set_blend",
