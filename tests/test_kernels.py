@@ -1,6 +1,7 @@
 """The packed kernels and gf2's load once, whatever the install: no writable cache directory,
 damaged cache files, threads racing the first call. Each case runs in a fresh process (the
-kernels load once a process), without torch: the kernels are framework-free."""
+kernels load once a process), without torch: the kernels are framework-free. And the flip
+tracker's compiled sweep counts flips and oscillations as the core's definition does."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 
 import snapset
 from snapset import _kernels
+from snapset._kernels import _flip
+from snapset._oscillation import changes
 
 SOURCE = Path(snapset.__file__).parent
 
@@ -209,3 +214,36 @@ def test_kernels_that_do_not_compile_even_uncached_leave_numpy_to_run() -> None:
     )
     assert "after its cache failed: its files in" in explain
     assert caught == repr([f"some kernels: {explain}"])
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_the_compiled_sweep_counts_flips_and_oscillations_as_the_core_does(
+    k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``recode``'s thermometer planes and its two planes of directions against the core's
+    ``changes`` on bools (whose definition the torch tests check by hand): the same codes,
+    histogram, flips, oscillations and last directions, update after update; 203 entries
+    (a partial last byte) in three shares between threads."""
+    monkeypatch.setattr(_flip, "_SHARE", 64)  # shares of at least 8 bytes: 26 bytes in 3
+    rng = np.random.default_rng(k)
+    n, boundaries = 203, np.arange(k - 1, dtype=np.float32) + 0.5
+
+    def latents() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        codes = rng.integers(0, k, n)
+        return (codes + rng.uniform(-0.4, 0.4, n)).astype(np.float32), codes
+
+    previous = np.zeros(_kernels.plane_shape(n, k), np.uint8)
+    directions, histogram = np.zeros(_kernels.plane_shape(n, 3), np.uint8), np.zeros(k, np.int64)
+    went = directions[0], directions[1]  # the compiled sweep's last directions, in bits
+    read, codes = latents()
+    assert _kernels.recode(read, boundaries, previous, previous, went, histogram, 3) == (0, 0)
+    planes, last = np.empty_like(previous), (np.zeros(n, bool), np.zeros(n, bool))
+    for _ in range(12):
+        read, new = latents()
+        counts = _kernels.recode(read, boundaries, previous, planes, went, histogram, 3)
+        assert counts == tuple(np.count_nonzero(c) for c in changes(codes, new, last))
+        assert np.array_equal(_kernels.codes_of_planes(planes, n), new)
+        assert np.array_equal(_flip.bits_of_planes(directions, n), np.stack(last))
+        assert np.array_equal(histogram, np.bincount(new, minlength=k))
+        previous, planes, codes = planes, previous, new
+    assert last[0].any() and last[1].any()  # both directions were seen

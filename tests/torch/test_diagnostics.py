@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch import nn
 
 import snapset
 import snapset.torch as st
+from snapset.demo import planted_binary_matrix
 
 
 def test_summary_numbers_by_hand(small_mixed_model: nn.Sequential) -> None:
@@ -113,16 +115,19 @@ def test_flip_ratio_and_histograms_by_hand_for_every_method(
 
 
 def test_tracker_keeps_bits_not_float_copies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bit planes for the compiled sweep (one bit an entry and boundary), a byte or a bool an
-    entry for torch's operations."""
+    """Bit planes for the compiled sweep (one bit an entry and boundary, and two for the
+    direction of the last change), a byte or a bool an entry, and two bools, for torch's
+    operations."""
     layer = st.constrain(nn.Linear(64, 64), "weight", snapset.Ternary(), method="ste")
-    previous = st.FlipTracker(layer)._tracked[0].previous
-    assert previous.dtype == torch.uint8 and previous.shape == (2, 64 * 64 // 8)
+    tracked = st.FlipTracker(layer)._tracked[0]
+    assert tracked.previous.dtype == torch.uint8 and tracked.previous.shape == (2, 64 * 64 // 8)
+    assert [(went.dtype, went.shape) for went in tracked.last] == [(torch.uint8, (512,))] * 2
     binary = st.constrain(nn.Linear(8, 8), "weight", snapset.Sign(), "flip")
     assert st.FlipTracker(binary)._tracked[0].previous.shape == (1, 8)
     monkeypatch.setenv("SNAPSET_KERNELS", "numpy")
-    previous = st.FlipTracker(layer)._tracked[0].previous
-    assert previous.element_size() == 1 and previous.numel() == 64 * 64
+    tracked = st.FlipTracker(layer)._tracked[0]
+    assert tracked.previous.element_size() == 1 and tracked.previous.numel() == 64 * 64
+    assert [(went.dtype, went.shape) for went in tracked.last] == [(torch.bool, (64, 64))] * 2
     assert st.FlipTracker(binary)._tracked[0].previous.dtype == torch.bool
 
 
@@ -150,9 +155,10 @@ def test_tracker_goes_on_with_torch_operations_when_the_sweep_stops_applying(
 def test_the_compiled_tracker_and_torch_operations_record_the_same(
     values: snapset.ValueSet, method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One compiled sweep (CPU, numba) or torch's comparisons: the same flips and histograms."""
+    """One compiled sweep (CPU, numba) or torch's comparisons: the same flips, oscillations
+    and histograms."""
 
-    def run() -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    def run() -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, np.ndarray]]:
         torch.manual_seed(0)
         layer = st.constrain(nn.Linear(32, 16), "weight", values, method=method, scale=None)
         tracker = st.FlipTracker(layer)
@@ -168,13 +174,14 @@ def test_the_compiled_tracker_and_torch_operations_record_the_same(
             for optimizer in optimizers:
                 optimizer.step()
             tracker.update()
-        return tracker.flip_ratios(), tracker.histograms()
+        return tracker.flip_ratios(), tracker.oscillation_ratios(), tracker.histograms()
 
-    ratios, histograms = run()
+    ratios, oscillations, histograms = run()
     assert sum(ratios["weight"]) > 0  # entries did change
     monkeypatch.setenv("SNAPSET_KERNELS", "numpy")
-    torch_ratios, torch_histograms = run()
+    torch_ratios, torch_oscillations, torch_histograms = run()
     assert ratios == torch_ratios
+    assert oscillations == torch_oscillations
     assert np.array_equal(histograms["weight"], torch_histograms["weight"])
 
 
@@ -240,7 +247,7 @@ def _stored(model: nn.Module, name: str) -> torch.Tensor:
 def test_the_compiled_tracker_splits_a_large_tensor_between_threads_alike(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def run(threads: int) -> tuple[list[float], np.ndarray]:
+    def run(threads: int) -> tuple[list[float], list[float], np.ndarray]:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -252,14 +259,118 @@ def test_the_compiled_tracker_splits_a_large_tensor_between_threads_alike(
                 layer.parametrizations.weight.original.grad = 1e-2 * torch.randn((1 << 21) + 5)
                 opt.step()
                 tracker.update()
-            return tracker.flip_ratios()["weight"], tracker.histograms()["weight"]
+            ratios, oscillations = tracker.flip_ratios(), tracker.oscillation_ratios()
+            return ratios["weight"], oscillations["weight"], tracker.histograms()["weight"]
         finally:
             torch.set_num_threads(before)
 
-    ratios, histograms = run(2)
+    ratios, oscillations, histograms = run(2)
     assert 0 < ratios[0] < 1
+    assert 0 < oscillations[-1] < ratios[-1]
     one_thread = run(1)
     monkeypatch.setenv("SNAPSET_KERNELS", "numpy")  # torch's operations
     for other in (one_thread, run(2)):
         assert other[0] == ratios
-        assert np.array_equal(other[1], histograms)
+        assert other[1] == oscillations
+        assert np.array_equal(other[2], histograms)
+
+
+# ----- oscillation ------------------------------------------------------------------------
+
+
+def oscillations_by_hand(history: list[list[int]]) -> list[int]:
+    """The definition, entry by entry (Nagel et al., 2022): a change of code oscillates when
+    it goes against the direction of that entry's previous change; a first change never does.
+    One count per step of ``history`` (a list of code lists)."""
+    last = [0] * len(history[0])  # +1: last change went up, -1: down, 0: none yet
+    counts = []
+    for before, after in itertools.pairwise(history):
+        count = 0
+        for entry, (old, new) in enumerate(zip(before, after, strict=True)):
+            if new != old:
+                direction = 1 if new > old else -1
+                count += direction == -last[entry]
+                last[entry] = direction
+        counts.append(count)
+    return counts
+
+
+def tracked_codes(
+    history: list[list[int]], k: int, switch_at: int | None, device: str | None = None
+) -> st.FlipTracker:
+    """A tracker of a flip Multiplier over ``{0, ..., k - 1}`` whose codes go through
+    ``history``: by the compiled sweep until update ``switch_at`` (None: never), by torch's
+    operations after it (numba switched off there, or the layer moved to ``device``)."""
+    layer = st.Multiplier(len(history[0]), snapset.ValueSet(range(k)), method="flip")
+    stored = layer.parametrizations.weight.original
+    layer.weight = torch.tensor(history[0], dtype=torch.float32)
+    tracker = st.FlipTracker(layer)
+    with pytest.MonkeyPatch.context() as patch:
+        for update, codes in enumerate(history[1:]):
+            if update == switch_at and device is None:
+                patch.setattr("snapset.torch._diagnostics.compiled", lambda: False)
+            elif update == switch_at:
+                layer.to(device)
+            layer.weight = torch.tensor(codes, dtype=torch.float32, device=stored.device)
+            tracker.update()
+    return tracker
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_every_path_counts_oscillations_as_the_definition_does(k: int) -> None:
+    """Compiled sweep, torch's operations, and the compiled sweep handing over to torch's in
+    the middle: the same numbers as the definition written by hand (37 entries: a partial
+    last byte of bit planes)."""
+    rng = np.random.default_rng(k)
+    history = rng.integers(0, k, (16, 37)).tolist()
+    expected = [count / 37 for count in oscillations_by_hand(history)]
+    assert sum(expected) > 0
+    for switch_at in (None, 0, 7):
+        tracker = tracked_codes(history, k, switch_at)
+        assert tracker._tracked[0].planes == (switch_at is None)
+        assert tracker.oscillation_ratios() == {"weight": expected}
+        flips = [np.count_nonzero(np.diff(history, axis=0)[i]) / 37 for i in range(15)]
+        assert tracker.flip_ratios() == {"weight": flips}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_tracker_takes_the_directions_along_when_its_model_moves_to_the_gpu() -> None:
+    history = np.random.default_rng(0).integers(0, 3, (12, 37)).tolist()
+    tracker = tracked_codes(history, 3, 5, device="cuda")
+    assert tracker._tracked[0].last[0].is_cuda and not tracker._tracked[0].planes
+    expected = [count / 37 for count in oscillations_by_hand(history)]
+    assert tracker.oscillation_ratios() == {"weight": expected}
+
+
+def test_flips_that_keep_their_direction_and_updates_without_flips_do_not_oscillate() -> None:
+    history = [[0] * 8, [1] * 4 + [0] * 4, [2] * 4 + [1] * 4, [2] * 4 + [1] * 4, [2] * 8]
+    tracker = tracked_codes([*history, [1] * 8], 3, None)  # all down at last: 8 after ups
+    assert tracker.flip_ratios()["weight"] == [0.5, 1.0, 0.0, 0.5, 1.0]
+    assert tracker.oscillation_ratios()["weight"] == [0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_a_latent_trained_at_a_constant_high_rate_ends_up_oscillating() -> None:
+    """Adam at a constant learning rate on the planted {0, 1} matrix: early flips go where
+    the gradient sends them; late, nearly every flip is an entry going back (the latents of
+    entries already right random-walk across the threshold). An update without a step neither
+    flips nor oscillates."""
+    torch.manual_seed(0)
+    planted, x, y = planted_binary_matrix()
+    layer = st.constrain(nn.Linear(32, 64, bias=False), "weight", snapset.Binary(), "ste")
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.05)
+    tracker = st.FlipTracker(layer)
+    for _ in range(200):
+        batch = torch.randint(0, len(x), (64,))
+        optimizer.zero_grad()
+        nn.functional.mse_loss(layer(x[batch]), y[batch]).backward()
+        optimizer.step()
+        tracker.update()
+    tracker.update()  # no step since the last update
+    flips = np.array(tracker.flip_ratios()["weight"])
+    oscillations = np.array(tracker.oscillation_ratios()["weight"])
+    assert (layer.weight == planted).float().mean() > 0.95
+    assert oscillations[0] == 0 < flips[0]  # first changes never oscillate
+    assert oscillations[:20].sum() < 0.5 * flips[:20].sum()
+    assert oscillations[150:200].sum() > 0.9 * flips[150:200].sum() > 0
+    assert flips[-1] == oscillations[-1] == 0
+    assert np.all(oscillations <= flips)

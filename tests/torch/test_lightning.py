@@ -132,11 +132,18 @@ def test_flip_monitor_logs_what_the_weights_did() -> None:
     # monitor saw at its i-th log.
     states = snapshots.weights[::EVERY]
     assert len(states) == len(logged) + 1
+    last = {name: torch.zeros_like(states[0][name]) for name in sets}  # last change: -1, 0, 1
     for before, after, metrics in zip(states[:-1], states[1:], logged, strict=True):
         changed = total = 0
         for name, values in sets.items():
             flips = int((before[name] != after[name]).sum())
             assert metrics[f"flip_ratio/{name}"] == pytest.approx(flips / after[name].numel())
+            # values order as codes do: an oscillation is a change against the last one
+            direction = (after[name] - before[name]).sign()
+            back = int(((direction != 0) & (direction == -last[name])).sum())
+            last[name] = torch.where(direction != 0, direction, last[name])
+            ratio = metrics[f"oscillation_ratio/{name}"]
+            assert ratio == pytest.approx(back / after[name].numel())
             for value in values.values:
                 share = float((after[name] == value).float().mean())
                 assert metrics[f"values/{name}/{value:g}"] == pytest.approx(share)

@@ -32,7 +32,7 @@ def tracked_flips(flips: list[int]) -> st.FlipTracker:
 def test_updates_without_a_flip_are_drawn_at_zero() -> None:
     figure = training_figure(tracked_flips([2, 0, 1, 0, 0, 4]))
     top = figure.axes[0]
-    [line] = top.get_lines()
+    line, _ = top.get_lines()
     assert line.get_xdata().tolist() == [1, 2, 3, 4, 5, 6]
     assert line.get_ydata().tolist() == [0.25, 0.0, 0.125, 0.0, 0.0, 0.5]
     assert top.get_yscale() == "symlog"
@@ -58,3 +58,32 @@ def test_a_training_without_any_flip_is_a_flat_line_at_zero() -> None:
     top = training_figure(tracked_flips([0, 0])).axes[0]
     assert top.get_lines()[0].get_ydata().tolist() == [0.0, 0.0]
     assert top.get_ylim()[0] == 0
+
+
+def test_oscillations_are_a_dashed_line_of_the_tensors_colour_beside_its_flips() -> None:
+    """Entry 0 goes down, up, down: its second and third changes oscillate, and so does
+    entry 1's second change (down, then up)."""
+    tracker = tracked_flips([2, 1, 0, 3])
+    top = training_figure(tracker).axes[0]
+    flips, oscillations = top.get_lines()
+    assert oscillations.get_linestyle() == "--" and flips.get_linestyle() == "-"
+    assert oscillations.get_color() == flips.get_color()
+    assert oscillations.get_xdata().tolist() == [1, 2, 3, 4]
+    assert oscillations.get_ydata().tolist() == [0.0, 0.125, 0.0, 0.25]
+    assert oscillations.get_ydata().tolist() == tracker.oscillation_ratios()["weight"]
+    assert [t.get_text() for t in top.get_legend().get_texts()] == ["weight"]
+
+
+def test_an_oscillation_smaller_than_every_flip_ratio_still_lies_on_the_log_part() -> None:
+    layer = st.constrain(torch.nn.Linear(8, 8), "weight", snapset.Sign(), "flip")
+    layer.weight = torch.ones(8, 8)
+    tracker = st.FlipTracker(layer)
+    for down, up in ((range(4), []), (range(4, 11), [0])):  # then 1 of 8 flips goes back
+        weight = layer.weight.detach().clone().flatten()
+        weight[list(down)], weight[up] = -1.0, 1.0
+        layer.weight = weight.reshape(8, 8)
+        tracker.update()
+    assert tracker.flip_ratios()["weight"] == [4 / 64, 8 / 64]
+    assert tracker.oscillation_ratios()["weight"] == [0.0, 1 / 64]
+    top = training_figure(tracker).axes[0]
+    assert top.yaxis.get_transform().linthresh == 1 / 64

@@ -21,7 +21,7 @@ from .._spec import MOMENTUM_RESETS
 from ._loader import KernelLoader
 from ._threads import run_shares, spans
 
-__all__ = ["codes_of_planes", "compiled", "flip_step", "plane_shape", "recode"]
+__all__ = ["bits_of_planes", "codes_of_planes", "compiled", "flip_step", "plane_shape", "recode"]
 
 Floats = npt.NDArray[np.floating[Any]]
 
@@ -84,15 +84,20 @@ def recode(
     boundaries: Floats,
     previous: npt.NDArray[np.uint8],
     planes: npt.NDArray[np.uint8],
+    last: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]],
     histogram: npt.NDArray[np.int64],
     threads: int = 1,
-) -> int | None:
+) -> tuple[int, int] | None:
     """Fill ``planes`` with the codes of the flat ``read`` against the sorted ``boundaries``,
     as thermometer bit planes (``plane_shape``: bit ``i`` of ``planes[j, b]`` says whether
     entry ``8 b + i`` reaches boundary ``j``), and ``histogram`` with how many entries have
-    each code; return how many codes differ from ``previous`` (planes of the same shape). One
-    compiled sweep, split between ``threads``. None, having changed nothing, where numba is not
-    there.
+    each code; return how many codes differ from ``previous`` (planes of the same shape) and
+    how many of those oscillated (``snapset._oscillation``: their code moved against the
+    direction of their previous change). ``last``, two planes ``(went_up, went_down)`` of
+    the size of one of ``planes``, holds each entry's last direction: bit ``i`` of
+    ``went_up[b]`` is set where entry ``8 b + i`` last went up, of ``went_down[b]`` where it
+    last went down (both 0 at the start); it is updated. One compiled sweep, split between
+    ``threads``. None, having changed nothing, where numba is not there.
 
     Examples:
         >>> import numpy as np
@@ -100,25 +105,32 @@ def recode(
         >>> bounds = np.array([-0.5, 0.5], np.float32)
         >>> previous = np.zeros(plane_shape(4, 3), np.uint8)  # every code 0
         >>> planes, histogram = np.empty_like(previous), np.empty(3, np.int64)
-        >>> changed = recode(read, bounds, previous, planes, histogram)
-        >>> changed, planes.tolist(), histogram.tolist()  # with numba installed
-        (3, [[14], [12]], [1, 1, 2])
+        >>> last = np.zeros(1, np.uint8), np.zeros(1, np.uint8)  # no change yet
+        >>> recode(read, bounds, previous, planes, last, histogram)  # with numba
+        (3, 0)
+        >>> planes.tolist(), histogram.tolist(), [went.tolist() for went in last]  # 3 went up
+        ([[14], [12]], [1, 1, 2], [[14], [0]])
         >>> codes_of_planes(planes, 4).tolist()
         [0, 1, 2, 2]
+        >>> back = np.array([-1.0, 0.0, 0.0, 1.0], np.float32)  # entry 2 goes back down
+        >>> recode(back, bounds, planes, previous, last, histogram)
+        (1, 1)
     """
     kernels = _KERNELS.module()
     if kernels is None:
         return None
     bounds = boundaries.astype(read.dtype, copy=False)
 
-    def share(start: int, stop: int) -> tuple[int, npt.NDArray[np.int64]]:
+    def share(start: int, stop: int) -> tuple[int, int, npt.NDArray[np.int64]]:
         counts = np.zeros_like(histogram)
-        changed = kernels.recode(read, bounds, previous, planes, counts, start, stop)
-        return int(changed), counts
+        changed, oscillated = kernels.recode(
+            read, bounds, previous, planes, *last, counts, start, stop
+        )
+        return int(changed), int(oscillated), counts
 
     results = run_shares(share, spans(planes.shape[1], threads, _SHARE // 8), threads)
-    histogram[:] = np.sum([counts for _, counts in results], axis=0)
-    return sum(changed for changed, _ in results)
+    histogram[:] = np.sum([counts for _, _, counts in results], axis=0)
+    return sum(r[0] for r in results), sum(r[1] for r in results)
 
 
 def plane_shape(n: int, k: int) -> tuple[int, int]:
@@ -129,9 +141,15 @@ def plane_shape(n: int, k: int) -> tuple[int, int]:
 def codes_of_planes(planes: npt.NDArray[np.uint8], n: int) -> npt.NDArray[np.uint8]:
     """The ``n`` codes that thermometer bit ``planes`` hold (how many of an entry's bits are
     set)."""
-    bits = np.unpackbits(planes, axis=1, count=8 * planes.shape[1], bitorder="little")
-    codes: npt.NDArray[np.uint8] = bits[:, :n].sum(axis=0, dtype=np.uint8)
+    codes: npt.NDArray[np.uint8] = bits_of_planes(planes, n).sum(axis=0, dtype=np.uint8)
     return codes
+
+
+def bits_of_planes(planes: npt.NDArray[np.uint8], n: int) -> npt.NDArray[np.bool_]:
+    """The bits of ``n`` entries that bit ``planes`` hold, a bool each, one row a plane (for
+    ``recode``'s ``last``, turned into the ``last`` of ``snapset._oscillation.changes``)."""
+    bits = np.unpackbits(planes, axis=1, count=8 * planes.shape[1], bitorder="little")
+    return bits[:, :n].astype(bool)
 
 
 def compiled() -> bool:
@@ -154,8 +172,9 @@ def _warm_up(kernels: ModuleType) -> None:
         for second in (values[:0], ones.copy()):
             scalars = [real(x) for x in (0.5, 0.5, 0.5, 1.0, 0.5, 1.0)]
             kernels.step(values, ones.copy(), ones, second, *scalars, table, midpoints, 0, 0, 1)
-        planes = np.zeros(plane_shape(1, 3), np.uint8)
-        kernels.recode(values, midpoints, planes, planes.copy(), np.zeros(3, np.int64), 0, 1)
+        planes, went = np.zeros(plane_shape(1, 3), np.uint8), np.zeros(1, np.uint8)
+        histogram = np.zeros(3, np.int64)
+        kernels.recode(values, midpoints, planes, planes.copy(), went, went.copy(), histogram, 0, 1)
 
 
 _KERNELS = KernelLoader("snapset's flip-optimizer step", "snapset._kernels._flip_numba", _warm_up)

@@ -108,21 +108,34 @@ def step(
 
 @numba.njit(nogil=True, error_model="numpy")
 def recode(
-    read: Any, boundaries: Any, previous: Any, planes: Any, histogram: Any, start: int, stop: int
-) -> int:
+    read: Any,
+    boundaries: Any,
+    previous: Any,
+    planes: Any,
+    went_up: Any,
+    went_down: Any,
+    histogram: Any,
+    start: int,
+    stop: int,
+) -> tuple[int, int]:
     """The codes of ``read[8 * start : 8 * stop]`` as thermometer bit planes, their histogram,
-    and how many differ from ``previous``'s.
+    how many differ from ``previous``'s and how many of those oscillated (``went_up`` and
+    ``went_down`` updated).
 
     Bit ``i`` of ``planes[j, b]`` says whether ``read[8 b + i] >= boundaries[j]``; an entry's
     code is how many boundaries it reaches, the number of its bits set. So ``histogram[j]``
-    follows from how many entries reach each boundary, and a code changed where any of its
-    planes did: an eighth of a byte a plane and entry to write and read again, and loops that
-    LLVM vectorises (no scatter into the histogram).
+    follows from how many entries reach each boundary, and, the codes being thermometer codes,
+    a code went up where one of its planes went from 0 to 1 and down where one went from 1 to
+    0. ``went_up`` and ``went_down`` hold, a bit an entry, whether its last change went up or
+    down (``snapset._oscillation``): it oscillates where it goes against them. An
+    eighth of a byte a plane and entry to write and read again, and loops that LLVM vectorises
+    (no scatter into the histogram).
     """
     n = read.shape[0]
     full = min(stop, n // 8)  # bytes whose eight entries all exist
     below = min(n, 8 * stop) - 8 * start
-    differ = np.zeros(stop - start, np.uint8)
+    ups = np.zeros(stop - start, np.uint8)
+    downs = np.zeros(stop - start, np.uint8)
     for j in range(boundaries.shape[0]):
         boundary = boundaries[j]
         # Rows, then views from 0: loops over them vectorise (2-D indexing and loops from
@@ -142,11 +155,21 @@ def recode(
         reached = 0
         for b in range(stop - start):
             reached += popcount(plane[b])
-            differ[b] |= plane[b] ^ old[b]
+            differ = plane[b] ^ old[b]
+            ups[b] |= differ & plane[b]
+            downs[b] |= differ & old[b]
         histogram[j] = below - reached
         below = reached
     histogram[boundaries.shape[0]] = below
-    changed = 0
-    for b in range(stop - start):
-        changed += popcount(differ[b])
-    return changed
+    went_up, went_down = went_up[start:stop], went_down[start:stop]
+    for b in range(stop - start):  # then ups: who moved, downs: who oscillated
+        up, down = ups[b], downs[b]
+        ups[b] = up | down
+        downs[b] = (up & went_down[b]) | (down & went_up[b])
+        went_up[b] = (went_up[b] & ~down) | up
+        went_down[b] = (went_down[b] & ~up) | down
+    changed = oscillated = 0
+    for b in range(stop - start):  # popcounts of array bytes: a loop LLVM vectorises
+        changed += popcount(ups[b])
+        oscillated += popcount(downs[b])
+    return changed, oscillated

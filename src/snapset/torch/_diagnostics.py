@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from .._files import HARDENED
 from .._kernels import codes_of_planes, compiled, plane_shape, recode
+from .._kernels._flip import bits_of_planes
+from .._oscillation import changes
 from .._sets import ValueSet
 from .._summary import PLAIN, Summary, SummaryRow, with_scale
 from ._constrain import (
@@ -40,27 +42,34 @@ def _histogram(codes: Tensor, k: int) -> Tensor:
 
 @dataclass
 class _Tracked:
-    """One tracked tensor: the codes of the last update, as bit planes (``planes``: the
-    compiled sweep's) or as torch's codes, a spare buffer of the same kind, and the records."""
+    """One tracked tensor: the codes of the last update and the direction of each entry's
+    last change (``last``, as ``snapset._oscillation`` keeps it), as bit planes (``planes``:
+    the compiled sweep's) or as torch's codes and bools, a spare buffer of the codes' kind,
+    and the records."""
 
     tensor: ConstrainedTensor
     previous: Tensor
     planes: bool
+    last: tuple[Tensor, Tensor]
     spare: Tensor | None = None
     flips: list[Tensor] = field(default_factory=list)
+    oscillations: list[Tensor] = field(default_factory=list)
     histograms: list[Tensor] = field(default_factory=list)
 
     @classmethod
     def of(cls, tensor: ConstrainedTensor) -> _Tracked:
-        entry = cls(tensor, torch.empty(0, dtype=torch.uint8), planes=True)
+        nothing = torch.empty(0, dtype=torch.uint8)
+        entry = cls(tensor, nothing, planes=True, last=(nothing, nothing))
         swept = entry.swept()
         if swept is None:
             codes = tensor.constraint.codes(tensor.stored)
-            entry = cls(tensor, codes, planes=False)
+            # zeros_like: a sharded tensor's directions are sharded alike
+            went_up, went_down = (torch.zeros_like(codes, dtype=torch.bool) for _ in range(2))
+            entry = cls(tensor, codes, planes=False, last=(went_up, went_down))
             entry.histograms.append(_histogram(codes, len(tensor.constraint.values)))
         else:
             entry.previous = swept[0]
-            entry.histograms.append(swept[2])
+            entry.histograms.append(swept[3])
         return entry
 
     @property
@@ -71,11 +80,12 @@ class _Tracked:
     def codes(self, out: Tensor | None = None) -> Tensor:
         return self.tensor.constraint.codes(self.tensor.stored, out)
 
-    def swept(self) -> tuple[Tensor, Tensor, Tensor] | None:
-        """New bit planes, how many codes differ from ``previous`` and the histogram, in one
-        compiled sweep (``snapset._kernels.recode``); None where it does not apply (more than
-        8 values, another device or dtype, sharded tensors, ``gumbel``, no numba), and then
-        nothing is changed. Against itself where there are no planes yet."""
+    def swept(self) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """New bit planes, how many codes differ from ``previous``, how many of those
+        oscillated, and the histogram, in one compiled sweep (``snapset._kernels.recode``,
+        which updates ``last``); None where it does not apply (more than 8 values, another
+        device or dtype, sharded tensors, ``gumbel``, no numba), and then nothing is changed.
+        Against itself, from no direction, where there are no planes yet."""
         coded = self.tensor.constraint.coded(self.tensor.stored)
         if coded is None or not self.planes or not compiled():
             return None
@@ -91,46 +101,61 @@ class _Tracked:
         shape = plane_shape(read.numel(), boundaries.numel() + 1)
         planes = self.spare if self.spare is not None else torch.empty(shape, dtype=torch.uint8)
         previous = self.previous if self.previous.numel() else planes
+        last = self.last
+        if not last[0].numel():  # the first sweep: no direction yet
+            never = torch.zeros(plane_shape(read.numel(), 3), dtype=torch.uint8)
+            last = never[0], never[1]
         histogram = torch.empty(boundaries.numel() + 1, dtype=torch.int64)
-        changed = recode(
+        counts = recode(
             read.detach().view(-1).numpy(),
             boundaries.cpu().numpy(),
             previous.numpy(),
             planes.numpy(),
+            (last[0].numpy(), last[1].numpy()),
             histogram.numpy(),
             threads=torch.get_num_threads(),
         )
-        return None if changed is None else (planes, torch.tensor(changed), histogram)
+        if counts is None:
+            return None
+        self.last = last
+        return planes, torch.tensor(counts[0]), torch.tensor(counts[1]), histogram
 
-    def recoded(self) -> tuple[Tensor, Tensor, Tensor]:
-        """New codes, how many differ from ``previous`` and the histogram, by torch's
-        operations; the previous codes, once compared, are overwritten by the comparison."""
+    def recoded(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """New codes, how many differ from ``previous``, how many of those oscillated, and
+        the histogram, by torch's operations (``snapset._oscillation.changes``, which
+        updates ``last``)."""
         if self.planes:  # the sweep no longer applies (a device move): from planes to codes
             codes = self.codes()
             unpacked = torch.from_numpy(codes_of_planes(self.previous.numpy(), self.count))
             self.previous = unpacked.to(codes.device, codes.dtype).view(codes.shape)
+            bits = torch.from_numpy(bits_of_planes(torch.stack(self.last).numpy(), self.count))
+            went_up, went_down = bits.to(codes.device).view(2, *codes.shape)
+            self.last = went_up, went_down
             self.planes, self.spare = False, None
         else:
             codes = self.codes(self.spare)
-        if codes.dtype == torch.bool:
-            flips = torch.count_nonzero(self.previous.logical_xor_(codes))
-        else:  # nonzero exactly where the codes differ
-            flips = torch.count_nonzero(self.previous.sub_(codes))
-        return codes, flips, _histogram(codes, len(self.tensor.constraint.values))
+        flipped, oscillating = changes(self.previous, codes, self.last)
+        flips, oscillations = torch.count_nonzero(flipped), torch.count_nonzero(oscillating)
+        return codes, flips, oscillations, _histogram(codes, len(self.tensor.constraint.values))
 
 
 class FlipTracker:
-    """Flip ratio and value histogram of every constrained tensor of a model, over training.
+    """Flip ratio, oscillation ratio and value histogram of every constrained tensor of a
+    model, over training.
 
     Call ``update`` after each optimizer step (or every ``n`` steps). For each tensor
     constrained by snapset, whatever its method (a flip parameter or a latent one), it
     records the fraction of entries whose exact value changed since the previous update (the
-    flip ratio, as larq's ``FlipRatio`` metric) and how many entries hold each value of the set.
-    Between updates it keeps only the entries' value indices, never a float copy: on the CPU
-    with numba, as bit planes (one bit an entry and boundary between two values: one bit an
-    entry for two-value sets) that one compiled sweep compares and counts; elsewhere one byte
-    each (a bool for two-value sets), compared by torch's operations. The counts stay on the
-    tensors' device until read.
+    flip ratio, as larq's ``FlipRatio`` metric), the fraction that changed against the
+    direction of their previous change (the oscillation ratio, as Nagel et al., 2022, define
+    oscillation: a latent weight whose gradient is only noise, near the end of training, goes
+    back and forth across a threshold) and how many entries hold each value of the set.
+    Between updates it keeps only the entries' value indices and the direction of their last
+    change, never a float copy: on the CPU with numba, as bit planes (one bit an entry and
+    boundary between two values, two bits an entry for the direction: three bits an entry for
+    two-value sets) that one compiled sweep compares and counts; elsewhere one byte each (a
+    bool for two-value sets) and two bools for the direction, compared by torch's operations.
+    The counts stay on the tensors' device until read.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -143,6 +168,10 @@ class FlipTracker:
         {'weight': [0.25]}
         >>> tracker.histograms()["weight"].tolist()   # rows: updates (and the start)
         [[4, 4], [6, 2]]
+        >>> layer.weight = torch.tensor([[1.0, -1, -1, -1], [1, -1, 1, 1]])  # 1 back, 1 new
+        >>> tracker.update()
+        >>> tracker.oscillation_ratios()  # the entry that went back oscillated
+        {'weight': [0.0, 0.125]}
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -164,19 +193,67 @@ class FlipTracker:
         return {entry.tensor.name: entry.tensor.constraint.values for entry in self._tracked}
 
     def update(self) -> None:
-        """Record the flips since the last update and the current histograms."""
+        """Record the flips and oscillations since the last update and the current
+        histograms."""
         for entry in self._tracked:
             # Two code buffers take turns, so an update allocates nothing of the tensor's size.
-            codes, flips, histogram = entry.swept() or entry.recoded()
+            codes, flips, oscillations, histogram = entry.swept() or entry.recoded()
             entry.flips.append(flips)
+            entry.oscillations.append(oscillations)
             entry.histograms.append(histogram)
             entry.previous, entry.spare = codes, entry.previous
 
+    def forget(self) -> None:
+        """Drop the recorded counts, keeping what the next update compares against (each
+        entry's value and the direction of its last change): the ratios start afresh, the
+        oscillations go on being counted, and memory stays bounded over a long run. The
+        histograms keep the last one as their row 0.
+
+        Examples:
+            >>> import torch, snapset, snapset.torch as st
+            >>> layer = st.constrain(torch.nn.Linear(2, 1), "weight", snapset.Sign(), "flip")
+            >>> layer.weight = torch.tensor([[1.0, 1.0]])
+            >>> tracker = st.FlipTracker(layer)
+            >>> layer.weight = torch.tensor([[-1.0, 1.0]])
+            >>> tracker.update()
+            >>> tracker.forget()
+            >>> layer.weight = torch.tensor([[1.0, 1.0]])  # back the way it came
+            >>> tracker.update()
+            >>> tracker.flip_ratios(), tracker.oscillation_ratios()
+            ({'weight': [0.5]}, {'weight': [0.5]})
+        """
+        for entry in self._tracked:
+            entry.flips.clear()
+            entry.oscillations.clear()
+            del entry.histograms[:-1]
+
     def flip_ratios(self) -> dict[str, list[float]]:
         """Fraction of entries whose value changed, per tensor, one number per update."""
+        return {entry.tensor.name: _ratios(entry.flips, entry.count) for entry in self._tracked}
+
+    def oscillation_ratios(self) -> dict[str, list[float]]:
+        """Fraction of entries that oscillated, per tensor, one number per update.
+
+        An entry oscillates at an update when its value changes against the direction of its
+        previous change (to a smaller value after it last grew, or to a larger one after it
+        last fell; its first change never does). For a two-value set, it went back to the
+        value it had before its last change. Flips that keep going one way (a latent weight
+        the gradient drives) are not counted; a share of oscillations that grows late in
+        training says entries move by noise, back and forth across a threshold.
+
+        Examples:
+            >>> import torch, snapset, snapset.torch as st
+            >>> layer = st.constrain(torch.nn.Linear(2, 1), "weight", snapset.Binary(), "flip")
+            >>> layer.weight = torch.tensor([[0.0, 0.0]])
+            >>> tracker = st.FlipTracker(layer)
+            >>> for weight in ([[1.0, 0.0]], [[0.0, 0.0]], [[0.0, 1.0]]):  # there and back
+            ...     layer.weight = torch.tensor(weight)
+            ...     tracker.update()
+            >>> tracker.flip_ratios(), tracker.oscillation_ratios()
+            ({'weight': [0.5, 0.5, 0.5]}, {'weight': [0.0, 0.5, 0.0]})
+        """
         return {
-            entry.tensor.name: [int(f) / entry.count for f in entry.flips]
-            for entry in self._tracked
+            entry.tensor.name: _ratios(entry.oscillations, entry.count) for entry in self._tracked
         }
 
     def histograms(self) -> dict[str, npt.NDArray[np.int64]]:
@@ -197,6 +274,11 @@ class FlipTracker:
         from ._plot import plot_training
 
         return plot_training(self, path, max_tensors=max_tensors)
+
+
+def _ratios(counts: list[Tensor], entries: int) -> list[float]:
+    """Counts of entries, one per update, as fractions of the tensor's ``entries``."""
+    return [int(count) / entries for count in counts]
 
 
 # ----- summary ----------------------------------------------------------------------------

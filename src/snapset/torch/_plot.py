@@ -12,12 +12,17 @@ if TYPE_CHECKING:
 
 
 def plot_training(tracker: FlipTracker, path: str | Path, max_tensors: int = 8) -> Path:
-    """Draw a ``FlipTracker``'s flip ratios and value shares over training to a PNG.
+    """Draw a ``FlipTracker``'s flip and oscillation ratios and value shares over training to
+    a PNG.
 
-    The top panel shows each tensor's flip ratio per update on a symmetric log scale: linear
-    from 0 up to the smallest ratio that occurred, logarithmic above, so an update without a
-    flip sits at 0 (a log scale would have to hide it or draw it as a small flip) and every
-    flip that happened stays on the log part. Below, one panel per tensor (the first
+    The top panel shows each tensor's flip ratio per update (a solid line) and its
+    oscillation ratio (a dashed line of the same colour: the entries that went back against
+    their previous change, see
+    [`oscillation_ratios`][snapset.torch.FlipTracker.oscillation_ratios]) on a symmetric log
+    scale: linear from 0 up to the smallest ratio that occurred, logarithmic above, so an
+    update without a flip sits at 0 (a log scale would have to hide it or draw it as a small
+    flip) and every flip that happened stays on the log part. Where the dashed line meets the
+    solid one, every flip was an entry going back. Below, one panel per tensor (the first
     ``max_tensors``) shows the share of entries holding each value of its set, stacked, from
     the start to the last update. Update numbers are whole; legends sit right of the data.
     Needs matplotlib (``pip install snapset[plot]``); it draws off screen and changes no global
@@ -62,21 +67,26 @@ def training_figure(tracker: FlipTracker, max_tensors: int = 8) -> Any:
 
     if max_tensors < 1:
         raise ValueError(f"Invalid max_tensors: {max_tensors} (must be >= 1)")
-    ratios = tracker.flip_ratios()
+    ratios, oscillations = tracker.flip_ratios(), tracker.oscillation_ratios()
     histograms = tracker.histograms()
     names = tracker.names[:max_tensors]
     figure = Figure(figsize=(9, 2.2 * (1 + len(names))), layout="constrained")
     axes: list[Any] = list(figure.subplots(1 + len(names), 1, squeeze=False)[:, 0])
     top = axes[0]
     for name in tracker.names:
-        series = np.asarray(ratios[name], dtype=np.float64)
-        top.plot(np.arange(1, len(series) + 1), series, marker=".", label=name)
-    smallest = min([r for series in ratios.values() for r in series if r > 0], default=1.0)
-    top.set_yscale("symlog", linthresh=smallest, linscale=0.5)
+        updates = np.arange(1, len(ratios[name]) + 1)
+        [line] = top.plot(updates, ratios[name], marker=".", label=name)
+        # one legend entry a tensor: the title says what the dashed line is
+        top.plot(updates, oscillations[name], linestyle="--", color=line.get_color(), label="_")
+    every = [r for series in (*ratios.values(), *oscillations.values()) for r in series]
+    top.set_yscale("symlog", linthresh=min([r for r in every if r > 0], default=1.0), linscale=0.5)
     top.set_ylim(bottom=0)
     top.set_xlabel("update")
-    top.set_ylabel("flip ratio")
-    top.set_title("Share of entries whose value changed (0: no flip)")
+    top.set_ylabel("flip / oscillation ratio")
+    top.set_title(
+        "Share of entries whose value changed (solid; 0: no flip) and went back (dashed: "
+        "oscillation)"
+    )
     if len(tracker.names) <= 12:
         top.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     for axis, name in zip(axes[1:], names, strict=True):

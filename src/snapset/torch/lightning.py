@@ -30,6 +30,8 @@ class FlipMonitor(pl.Callback):
 
     * ``flip_ratio/<name>``: the share of entries whose exact value changed since the previous
       log (larq's ``FlipRatio``), and ``flip_ratio/all`` over all constrained entries;
+    * ``oscillation_ratio/<name>``: the share of entries whose value changed back the way it
+      came (see [`FlipTracker.oscillation_ratios`][snapset.torch.FlipTracker.oscillation_ratios]);
     * ``values/<name>/<value>``: the share of entries that hold each value of the set (the
       value histogram), when ``histograms`` is true.
 
@@ -87,20 +89,22 @@ class FlipMonitor(pl.Callback):
         # once, at this step (self.log would repeat it at the following steps).
         for logger in trainer.loggers:
             logger.log_metrics(self.last_metrics, step=trainer.global_step)
-        # A fresh tracker starts from the values just logged: memory stays bounded over a long
-        # fit (a tracker keeps every update's counts).
-        self._tracker = FlipTracker(pl_module)
+        # Memory stays bounded over a long fit (a tracker keeps every update's counts); the
+        # values and directions stay, so that oscillations across logs are counted.
+        self._tracker.forget()
 
 
 def _read(tracker: FlipTracker, histograms: bool) -> dict[str, float]:
     """The flip ratios and value shares of ``tracker``'s last update, as metric names."""
     ratios, counts_by_name = tracker.flip_ratios(), tracker.histograms()
+    oscillations = tracker.oscillation_ratios()
     metrics: dict[str, float] = {}
     changed = total = 0.0
     for name, values in tracker.value_sets.items():
         counts = counts_by_name[name][-1]
         entries = float(counts.sum())
         metrics[f"flip_ratio/{name}"] = ratios[name][-1]
+        metrics[f"oscillation_ratio/{name}"] = oscillations[name][-1]
         changed += ratios[name][-1] * entries
         total += entries
         if histograms:
