@@ -10,8 +10,14 @@ from snapset._spec import BOP_DEFAULTS, METHODS, check_bop_options, check_init, 
 
 def test_every_method_states_what_it_stores_and_its_options_with_defaults():
     assert {name: (spec.stores, dict(spec.options)) for name, spec in METHODS.items()} == {
-        "ste": ("latent", {"estimator": "inward", "latent_range": 0.1}),
-        "stochastic": ("latent", {"estimator": "inward", "latent_range": 0.1, "seed": None}),
+        "ste": (
+            "latent",
+            {"estimator": "inward", "latent_range": 0.1, "dither": 0.0, "seed": None},
+        ),
+        "stochastic": (
+            "latent",
+            {"estimator": "inward", "latent_range": 0.1, "dither": 1.0, "seed": None},
+        ),
         "gumbel": ("logits", {"temperature": 1.0, "latent_range": 0.1, "seed": None}),
         "flip": ("values", {}),
     }
@@ -29,8 +35,8 @@ def test_options_are_filled_with_defaults_and_given_ones_win():
 
 def test_a_front_without_an_option_neither_fills_nor_accepts_it():
     options = method_options("stochastic", {}, front="f", unsupported=("seed",))
-    assert options == {"estimator": "inward", "latent_range": 0.1}
-    with pytest.raises(ValueError, match=r"its options are 'estimator', 'latent_range'$"):
+    assert options == {"estimator": "inward", "latent_range": 0.1, "dither": 1.0}
+    with pytest.raises(ValueError, match=r"its options are 'estimator', 'latent_range', 'dither'$"):
         method_options("stochastic", {"seed": 3}, front="f", unsupported=("seed",))
 
 

@@ -45,8 +45,10 @@ __all__ = [
     "batchnorm_refused",
     "check_batches",
     "check_bop_options",
+    "check_dither",
     "check_init",
     "check_temperature",
+    "draws_at_random",
     "flip_step_refused",
     "gumbel_logit_scale",
     "method_options",
@@ -104,11 +106,15 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
     {
         spec.name: spec
         for spec in (
-            MethodSpec("ste", "latent", {"estimator": "inward", "latent_range": LATENT_RANGE}),
+            MethodSpec(
+                "ste",
+                "latent",
+                {"estimator": "inward", "latent_range": LATENT_RANGE, "dither": 0.0, "seed": None},
+            ),
             MethodSpec(
                 "stochastic",
                 "latent",
-                {"estimator": "inward", "latent_range": LATENT_RANGE, "seed": None},
+                {"estimator": "inward", "latent_range": LATENT_RANGE, "dither": 1.0, "seed": None},
             ),
             MethodSpec(
                 "gumbel",
@@ -121,7 +127,45 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
 )
 """Every method of snapset, by name. A front that lacks one or an option (``seed`` exists only
 where a framework's random numbers need one: Keras, not PyTorch) says so when it calls
-``method_options``."""
+``method_options``.
+
+``dither`` is the share of the gap between two neighbouring values, centred on the threshold
+between them, in which a training forward of a latent method draws either value at random, the
+nearer one the likelier (linearly, from 0 at one edge of the band to 1 at the other; each
+front's ``stochastic_round``): ``stochastic`` is ``ste`` with
+``dither=1``, stochastic rounding across the whole gap. Near a threshold the loss then sees
+both values, so it holds a latent on the side it prefers, where ``ste``'s latent (``dither=0``)
+drifts across at random once its gradient is only noise (oscillation)."""
+
+
+def draws_at_random(method: str, options: Mapping[str, Any]) -> bool:
+    """Whether ``method`` with ``options`` draws at random while training (and so needs a seed
+    where a framework asks for one): ``gumbel`` always, a latent method when its ``dither`` is
+    above 0 (``stochastic`` by default).
+
+    Examples:
+        >>> draws_at_random("ste", {"dither": 0.0}), draws_at_random("ste", {"dither": 0.25})
+        (False, True)
+    """
+    return method == "gumbel" or options.get("dither", 0) > 0
+
+
+def check_dither(dither: Any) -> None:
+    """Refuse a ``dither`` that is not a float in [0, 1].
+
+    Examples:
+        >>> check_dither(1.5)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: Invalid dither: 1.5 (must be in [0, 1]: the share of the gap between ...
+    """
+    if isinstance(dither, bool) or not isinstance(dither, (int, float)):
+        raise TypeError(f"Invalid dither: {dither!r} (must be a float in [0, 1])")
+    if not 0 <= dither <= 1:
+        raise ValueError(
+            f"Invalid dither: {dither} (must be in [0, 1]: the share of the gap between two "
+            "values, centred on their threshold, in which training draws at random)"
+        )
+
 
 GUMBEL_SHARPNESS = 0.5
 """``gumbel`` stores an assigned value ``w`` as the logits ``-GUMBEL_SHARPNESS * ((w - v_j) /
@@ -159,7 +203,10 @@ def method_options(
 
     Examples:
         >>> method_options("ste", {"estimator": "clip"}, front="snapset.torch")
-        {'estimator': 'clip', 'latent_range': 0.1}
+        {'estimator': 'clip', 'latent_range': 0.1, 'dither': 0.0, 'seed': None}
+        >>> method_options("ste", {"seed": 1}, front="snapset.keras")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: Option 'seed' does not apply to method 'ste' with dither=0: it draws ...
         >>> method_options("flip", {"estimator": "clip"}, front="snapset.torch")
         Traceback (most recent call last):
         ValueError: Option 'estimator' does not apply to method 'flip'; its options are none
@@ -181,6 +228,11 @@ def method_options(
             )
         _OPTION_CHECKS[name](value)
         options[name] = value
+    if given.get("seed") is not None and not draws_at_random(method, options):
+        raise ValueError(
+            f"Option 'seed' does not apply to method {method!r} with dither=0: it draws nothing "
+            "at random (give dither > 0 for random rounding near each threshold)"
+        )
     return options
 
 
@@ -227,6 +279,7 @@ _OPTION_CHECKS: Mapping[str, Callable[[Any], None]] = {
     "latent_range": _positive("latent_range"),
     "temperature": check_temperature,
     "seed": _check_seed,
+    "dither": check_dither,
 }
 
 

@@ -19,6 +19,31 @@ def test_planted_binary_matrix_is_recovered_entry_for_entry(method):
     assert torch.equal(layer.weight, planted)
 
 
+@pytest.mark.parametrize(
+    ("method", "options", "anneal"),
+    [
+        ("ste", {}, True),
+        ("ste", {"dither": 0.25}, False),
+        ("stochastic", {}, True),
+        ("stochastic", {}, False),
+        ("gumbel", {}, True),
+        ("gumbel", {}, False),
+    ],
+)
+def test_planted_binary_matrix_at_adams_usual_rate(method, options, anneal):
+    # lr 1e-2: a step is a tenth of the latent range. Without a schedule, latents whose
+    # gradient is only noise keep crossing thresholds to the end (plain ste ends 0 to 4
+    # entries wrong of 2048); random draws near a threshold (stochastic, gumbel, ste's dither)
+    # let the loss hold them on the right side.
+    planted, x, y = demo.planted_binary_matrix(3)
+    torch.manual_seed(3)
+    layer = st.constrain(
+        nn.Linear(32, 64, bias=False), "weight", snapset.Binary(), method, **options
+    )
+    demo.fit_adam(layer, x, y, epochs=10, lr=1e-2, seed=3, anneal=anneal)
+    assert torch.equal(layer.eval().weight, planted)
+
+
 def test_the_relu_sigmoid_answer_cannot_reach_one_on_the_same_data():
     planted, x, y = demo.planted_binary_matrix()
     torch.manual_seed(1)

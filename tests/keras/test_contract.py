@@ -62,8 +62,16 @@ CASES = {
         lambda: keras_options("flip", estimator="clip"),
     ),
     "seed of a method without randomness": (
-        lambda: sk.STE(snapset.Sign(), "float32", "kernel", seed=1),
-        lambda: keras_options("ste", seed=1),
+        lambda: sk.Dense(2, [0, 1], "flip", seed=1),
+        lambda: keras_options("flip", seed=1),
+    ),
+    "dither of a method without latents": (
+        lambda: sk.Dense(2, [0, 1], "gumbel", dither=0.5),
+        lambda: keras_options("gumbel", dither=0.5),
+    ),
+    "dither out of range": (
+        lambda: sk.Dense(2, [0, 1], "ste", dither=1.5),
+        lambda: keras_options("ste", dither=1.5),
     ),
     "seed of the wrong type": (
         lambda: sk.Multiplier([0, 1], "stochastic", seed="1"),

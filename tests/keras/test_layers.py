@@ -199,11 +199,11 @@ def test_a_subclassed_model_builds_its_layers_inside_fit(method):
 @pytest.mark.parametrize(
     ("method", "given", "options"),
     [
-        ("ste", {}, {"estimator": "inward", "latent_range": 0.1}),
+        ("ste", {}, {"estimator": "inward", "latent_range": 0.1, "dither": 0.0, "seed": None}),
         (
             "stochastic",
             {"estimator": "clip", "seed": 4},
-            {"estimator": "clip", "latent_range": 0.1, "seed": 4},
+            {"estimator": "clip", "latent_range": 0.1, "dither": 1.0, "seed": 4},
         ),
         ("flip", {}, {}),
         (None, {}, {}),
@@ -217,7 +217,8 @@ def test_the_config_holds_the_method_and_its_options_with_their_defaults(method,
         "method": method,
         "init": "nearest",
     }
-    assert {k: config[k] for k in ("estimator", "latent_range", "seed") if k in config} == options
+    keys = ("estimator", "latent_range", "dither", "seed")
+    assert {k: config[k] for k in keys if k in config} == options
     assert layer.options == options
 
 

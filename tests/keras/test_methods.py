@@ -90,9 +90,10 @@ def test_the_tables_are_in_the_variables_dtype_and_refuse_one_that_merges_values
 
 def test_options_are_checked_and_completed_and_shown():
     ste = sk.STE(snapset.Sign(), "float32", "kernel", estimator="clip")
-    assert ste.options == {"estimator": "clip", "latent_range": 0.1}
+    assert ste.options == {"estimator": "clip", "latent_range": 0.1, "dither": 0.0, "seed": None}
     assert repr(ste) == (
-        "STE(ValueSet([-1, 1]), 'float32', 'kernel', estimator='clip', latent_range=0.1)"
+        "STE(ValueSet([-1, 1]), 'float32', 'kernel', estimator='clip', latent_range=0.1, "
+        "dither=0.0, seed=None)"
     )
     with pytest.raises(ValueError, match="Option 'seed' does not apply to method 'ste'"):
         sk.STE(snapset.Sign(), "float32", "kernel", seed=1)
@@ -126,3 +127,27 @@ def test_each_variable_of_a_layer_records_its_method_and_hardening_removes_it(me
     assert sk.flip_values(kernel) is None
     with pytest.raises(ValueError, match=r"Weight 'kernel' of layer '\w+' has no constraint"):
         layer.set_value_set("kernel")
+
+
+@pytest.mark.parametrize("method", ["ste", "stochastic"])
+def test_dither_draws_only_within_its_band_around_each_threshold(method):
+    """As in PyTorch: values [-1, 0, 2], dither 0.5, a quarter of each gap on either side of
+    a threshold draws at random, linearly; inference takes the nearest value."""
+    rounding = sk.METHODS[method](snapset.ValueSet([-1, 0, 2]), "float32", "kernel", dither=0.5)
+    point = np.array([-0.8, -0.625, 1.0, 1.6, 1.25, -0.2], np.float32)
+    latent = rounding.right_inverse(ops.convert_to_tensor(np.repeat(point[None], 20000, 0)))
+    draws = ops.convert_to_numpy(rounding.value(latent, True, keras.random.SeedGenerator(0)))
+    up = [(draws[:, i] == high).mean() for i, high in enumerate([0, 0, 2, 2, 2, 0])]
+    assert up[0] == 0 and up[3] == 1 and up[5] == 1  # outside the bands: the nearest value
+    assert up[1] == pytest.approx(0.25, abs=0.02)
+    assert up[2] == pytest.approx(0.5, abs=0.02)
+    assert up[4] == pytest.approx(0.75, abs=0.02)
+    nearest = ops.convert_to_numpy(rounding.value(latent, False, None))[0]
+    assert nearest.tolist() == [-1.0, -1.0, 2.0, 2.0, 2.0, 0.0]
+
+
+def test_a_layer_draws_from_a_generator_only_where_its_method_draws():
+    assert sk.Dense(2, snapset.Sign()).seed_generator is None
+    assert sk.Dense(2, snapset.Sign(), dither=0.25, seed=1).seed_generator is not None
+    assert sk.Dense(2, snapset.Sign(), "stochastic").seed_generator is not None
+    assert sk.Dense(2, snapset.Sign(), "stochastic", dither=0.0).seed_generator is None

@@ -77,6 +77,55 @@ def test_stochastic_rounding_is_unbiased_and_picks_neighbours():
     assert module.weight.tolist() == [0.0, 0.0, 2.0, 2.0]
 
 
+@pytest.mark.parametrize("method", ["ste", "stochastic"])
+def test_dither_draws_only_within_its_band_around_each_threshold(method):
+    """Values [-1, 0, 2]: thresholds at -0.5 and 1; with dither 0.5 a latent draws at random
+    only within a quarter of its gap on either side of a threshold, linearly."""
+    torch.manual_seed(0)
+    module = constrained_vector([-1, 0, 2], method, n=6, dither=0.5)
+    latent = module.parametrizations.weight.original
+    # on the value scale: outside every band, inside the first band (a quarter of the way
+    # up it: p = 0.25), on a threshold (p = 0.5), just above a band, and in the second band
+    point = torch.tensor([-0.8, -0.625, 1.0, 1.6, 1.25, -0.2])
+    with torch.no_grad():
+        latent.copy_(module.parametrizations.weight[0].right_inverse(point))
+    draws = torch.stack([module.weight.detach() for _ in range(20000)])
+    up = [(draws[:, i] == high).float().mean().item() for i, high in enumerate([0, 0, 2, 2, 2, 0])]
+    assert up[0] == 0 and up[3] == 1 and up[5] == 1  # outside the bands: the nearest value
+    assert up[1] == pytest.approx(0.25, abs=0.02)
+    assert up[2] == pytest.approx(0.5, abs=0.02)
+    assert up[4] == pytest.approx(0.75, abs=0.02)
+    module.eval()  # eval: the nearest value, always
+    assert module.weight.tolist() == [-1.0, -1.0, 2.0, 2.0, 2.0, 0.0]
+
+
+def test_dither_one_is_stochastic_rounding_bit_for_bit():
+    levels, table = torch.tensor([-0.1, 0.0, 0.1]), torch.tensor([-1.0, 0.0, 1.0])
+    latent = torch.linspace(-0.2, 0.2, 1001)
+    torch.manual_seed(3)
+    default = F.stochastic_round(latent, levels, table)
+    torch.manual_seed(3)
+    assert torch.equal(F.stochastic_round(latent, levels, table, dither=1.0), default)
+    torch.manual_seed(3)
+    narrow = F.stochastic_round(latent, levels, table, dither=0.2)
+    assert not torch.equal(narrow, default)
+
+
+@pytest.mark.parametrize("dither", [-0.1, 1.5, float("nan")])
+def test_a_dither_outside_zero_to_one_is_refused(dither):
+    layer = torch.nn.Linear(3, 2)
+    before = layer.weight.detach().clone()
+    with pytest.raises(ValueError, match="Invalid dither"):
+        st.constrain(layer, "weight", snapset.Sign(), dither=dither)
+    assert torch.equal(layer.weight, before) and not hasattr(layer, "parametrizations")
+
+
+def test_dither_does_not_apply_to_gumbel_or_flip():
+    for method in ("gumbel", "flip"):
+        with pytest.raises(ValueError, match="Option 'dither' does not apply"):
+            st.constrain(torch.nn.Linear(3, 2), "weight", snapset.Sign(), method, dither=0.5)
+
+
 def test_argmax_ties_go_to_the_larger_index():
     scores = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [5.0, 1.0, 1.0, 1.0]])
     assert F.argmax_ties_up(scores).tolist() == [2, 3, 0]

@@ -83,14 +83,18 @@ def lookup(table: Tensor, index: Tensor) -> Tensor:
 _SELECTS = 16
 
 
-def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor, seed: Any) -> Tensor:
+def stochastic_round(
+    latent: Tensor, levels: Tensor, table: Tensor, seed: Any, dither: float = 1.0
+) -> Tensor:
     """Round at random to one of the two neighbouring values, unbiased on the latent scale.
 
     ``levels`` are the values on the latent's scale. A latent between levels
-    ``l_j <= u < l_{j+1}`` becomes value ``j + 1`` with probability
-    ``(u - l_j) / (l_{j+1} - l_j)`` and value ``j`` otherwise; latents outside the range are
-    clipped first. ``seed`` is a ``keras.random.SeedGenerator`` (or an int). Gupta et al.,
-    2015, "Deep Learning with Limited Numerical Precision".
+    ``l_j <= u < l_{j+1}`` (gap ``g``) becomes value ``j + 1`` with probability
+    ``(u - l_j) / g`` and value ``j`` otherwise; latents outside the range are clipped first.
+    ``dither < 1`` narrows the random band to that share of the gap, centred on the
+    threshold: the probability ``(u - l_j - (1 - dither) g / 2) / (dither g)`` is 0 below the
+    band and 1 above it (as PyTorch's). ``seed`` is a ``keras.random.SeedGenerator`` (or an
+    int). Gupta et al., 2015, "Deep Learning with Limited Numerical Precision".
 
     Examples:
         >>> levels, table = ops.convert_to_tensor([-0.1, 0.1]), ops.convert_to_tensor([0.0, 1.0])
@@ -102,7 +106,8 @@ def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor, seed: Any) -
     clipped = ops.clip(latent, levels[0], levels[last])
     low = ops.clip(codes(clipped, levels) - 1, 0, last - 1)
     below, above = ops.take(levels, low), ops.take(levels, low + 1)
-    p_up = (clipped - below) / (above - below)
+    gap = above - below
+    p_up = (clipped - below - (1 - dither) / 2 * gap) / (dither * gap)
     draw = keras.random.uniform(ops.shape(latent), dtype=latent.dtype, seed=seed)
     up = ops.cast(ops.less(draw, p_up), "int32")
     return ops.take(table, low + up)

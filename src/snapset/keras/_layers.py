@@ -14,7 +14,7 @@ from keras import ops
 
 from .._scales import Scaling
 from .._sets import ValueSet
-from .._spec import check_init
+from .._spec import check_init, draws_at_random
 from ._functional import Tensor
 from ._methods import (
     METHODS,
@@ -95,6 +95,7 @@ class SetLayer(keras.Layer):
         estimator: str | None = None,
         latent_range: float | None = None,
         temperature: float | None = None,
+        dither: float | None = None,
         init: str = "spread",
         seed: int | None = None,
         scale: str | int | None = None,
@@ -107,6 +108,7 @@ class SetLayer(keras.Layer):
             "estimator": estimator,
             "latent_range": latent_range,
             "temperature": temperature,
+            "dither": dither,
             "seed": seed,
         }
         if method is None:
@@ -133,9 +135,8 @@ class SetLayer(keras.Layer):
         self.method = method
         self.init = init
         # keras.random draws from a generator the layer tracks (JAX needs its state).
-        self.seed_generator = (
-            keras.random.SeedGenerator(self.options["seed"]) if "seed" in self.options else None
-        )
+        draws = method is not None and draws_at_random(method, self.options)
+        self.seed_generator = keras.random.SeedGenerator(self.options["seed"]) if draws else None
         self._set_weights: dict[str, Any] = {}
         # weight name -> (start, log_gain, clamp count), for learned scales
         self._scale_variables: dict[str, tuple[Any, Any, Any]] = {}

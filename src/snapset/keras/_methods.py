@@ -384,8 +384,14 @@ class _Latent(Method):
         )
 
     def _round(self, latent: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
-        """The exact values of the forward pass, without gradient."""
-        raise NotImplementedError
+        """The exact values of the forward pass, without gradient: the nearest, or while
+        training a random neighbour within the ``dither`` band around each threshold (see
+        ``snapset._spec.METHODS``)."""
+        dither = self.options["dither"]
+        if not training or dither <= 0:
+            return self._hard(latent)
+        levels, table = self._tensor(self.tables.levels), self._tensor(self.tables.values)
+        return F.stochastic_round(latent, levels, table, seed_generator, dither)
 
     def _hard(self, stored: Tensor) -> Tensor:
         thresholds, table = self._tensor(self.tables.thresholds), self._tensor(self.tables.values)
@@ -410,12 +416,14 @@ class STE(_Latent):
     ``dq/du = half_range / latent_range`` inside the range, shaped outside by the estimator
     (``snapset.keras._estimators``). Courbariaux et al., 2016, "Binarized Neural Networks";
     Bengio et al., 2013, "Estimating or Propagating Gradients Through Stochastic Neurons".
+    ``dither`` > 0 (default 0): while training, a latent within that share of the gap around a
+    threshold takes either neighbouring value at random (see PyTorch's ``STE``).
 
     Examples:
         >>> import snapset
         >>> ste = STE(snapset.Binary(), "float32", "kernel")
-        >>> ste
-        STE(ValueSet([0, 1]), 'float32', 'kernel', estimator='inward', latent_range=0.1)
+        >>> ste  # doctest: +ELLIPSIS
+        STE(ValueSet([0, 1]), 'float32', 'kernel', estimator='inward', latent_range=0.1, ...)
         >>> ste.stored_name
         'kernel_latent'
         >>> u = ste.right_inverse(ops.convert_to_tensor([0.0, 0.4, 0.5, 1.0]))
@@ -425,9 +433,6 @@ class STE(_Latent):
 
     spec = SPECS["ste"]
 
-    def _round(self, latent: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
-        return self._hard(latent)
-
 
 class StochasticRounding(_Latent):
     """Random rounding to a neighbouring value while training, nearest value in inference.
@@ -436,7 +441,8 @@ class StochasticRounding(_Latent):
     rounds up with probability proportional to its distance from the lower one, so that
     ``E[q] = w`` inside the range (one draw per forward pass, from the layer's
     ``seed_generator``); the straight-through gradient is then the derivative of the
-    expectation. Gupta et al., 2015, "Deep Learning with Limited Numerical Precision".
+    expectation. Gupta et al., 2015, "Deep Learning with Limited Numerical Precision". It is
+    ``STE`` with ``dither=1``.
 
     Examples:
         >>> import keras, snapset
@@ -448,12 +454,6 @@ class StochasticRounding(_Latent):
     """
 
     spec = SPECS["stochastic"]
-
-    def _round(self, latent: Tensor, training: bool | None, seed_generator: Any) -> Tensor:
-        if not training:
-            return self._hard(latent)
-        levels, table = self._tensor(self.tables.levels), self._tensor(self.tables.values)
-        return F.stochastic_round(latent, levels, table, seed_generator)
 
 
 class GumbelSoftmax(Method):
@@ -569,7 +569,7 @@ def check_options(method: str, given: Mapping[str, Any]) -> dict[str, Any]:
 
     Examples:
         >>> check_options("stochastic", {"estimator": "clip"})
-        {'estimator': 'clip', 'latent_range': 0.1, 'seed': None}
+        {'estimator': 'clip', 'latent_range': 0.1, 'dither': 1.0, 'seed': None}
     """
     return method_options(method, given, front="snapset.keras", methods=tuple(METHODS))
 

@@ -43,7 +43,7 @@ from .._scales import (
     scale_unit,
 )
 from .._sets import ValueSet
-from .._spec import LATENT_RANGE, method_options
+from .._spec import LATENT_RANGE, draws_at_random, method_options
 from ._functional import Tensor
 from ._methods import METHODS, LogGainGuard, Method, learned_alpha
 
@@ -116,7 +116,8 @@ class Quantize(keras.Layer):
         self.seed = seed
         self.feature_axis = feature_axis
         # keras.random draws from a generator the layer tracks (JAX needs its state).
-        self.seed_generator = keras.random.SeedGenerator(seed) if "seed" in options else None
+        draws = draws_at_random(method, options)
+        self.seed_generator = keras.random.SeedGenerator(seed) if draws else None
         self.scale_start: Any = None
         self.scale_log_gain: Any = None
         self.scale_ready: Any = None

@@ -43,6 +43,7 @@ def constrain(
     estimator: str | None = None,
     temperature: float | None = None,
     latent_range: float | None = None,
+    dither: float | None = None,
     init: str = "spread",
     scale: str | int | None = None,
     scale_mode: str | None = None,
@@ -56,7 +57,9 @@ def constrain(
     * ``"ste"``: a float latent; nearest value forward, straight-through gradient
       (``estimator``: ``"inward"`` (default), ``"clip"``, ``"identity"``);
     * ``"stochastic"``: the same latent; random rounding to a neighbouring value while
-      training, nearest in eval;
+      training, nearest in eval (``ste`` with ``dither=1``; ``dither``, the share of the gap
+      around each threshold in which training draws at random, may be set for either: see
+      [`STE`][snapset.torch.STE]);
     * ``"gumbel"``: logits over the set for each entry; straight-through Gumbel-softmax with a
       ``temperature`` (default 1.0) that ``set_temperature`` anneals; argmax in eval.
 
@@ -93,7 +96,7 @@ def constrain(
     """
     scaling = Scaling.of(scale, scale_mode, method=method)
     estimator = estimator if scaling is None else scaling.estimator(estimator)
-    options = _options(method, init, estimator, temperature, latent_range)
+    options = _options(method, init, estimator, temperature, latent_range, dither)
     value_set = ValueSet(values)
     param = _constrainable_parameter(module, name)
     _refuse_tied(module, {(id(module), name): name}, "constrain")
@@ -112,6 +115,7 @@ def constrain_(
     estimator: str | None = None,
     temperature: float | None = None,
     latent_range: float | None = None,
+    dither: float | None = None,
     init: str = "spread",
     scale: str | int | None = None,
     scale_mode: str | None = None,
@@ -149,7 +153,7 @@ def constrain_(
     """
     scaling = Scaling.of(scale, scale_mode, method=method)
     estimator = estimator if scaling is None else scaling.estimator(estimator)
-    options = _options(method, init, estimator, temperature, latent_range)
+    options = _options(method, init, estimator, temperature, latent_range, dither)
     value_set = ValueSet(values)
     plan = []
     for qualified_name, module in model.named_modules():
@@ -722,9 +726,15 @@ def _options(
     estimator: str | None,
     temperature: float | None,
     latent_range: float | None,
+    dither: float | None,
 ) -> dict[str, Any]:
     """``method``'s options, checked and with defaults filled in, after checking ``init``."""
-    given = {"estimator": estimator, "temperature": temperature, "latent_range": latent_range}
+    given = {
+        "estimator": estimator,
+        "temperature": temperature,
+        "latent_range": latent_range,
+        "dither": dither,
+    }
     options = method_options(
         method, given, front="snapset.torch", methods=tuple(METHODS), unsupported=("seed",)
     )

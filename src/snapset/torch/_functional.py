@@ -121,18 +121,27 @@ def narrow(codes: Tensor, k: int) -> Tensor:
     return codes.to(torch.bool if k == 2 else torch.uint8 if k <= 256 else torch.int16)
 
 
-def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor) -> Tensor:
+def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor, dither: float = 1.0) -> Tensor:
     """Round at random to one of the two neighbouring values, unbiased on the latent scale.
 
-    ``levels`` are the values on the latent scale (``-1 .. 1``). A latent ``t`` between levels
-    ``l_j <= t < l_{j+1}`` becomes value ``j + 1`` with probability ``(t - l_j) / (l_{j+1} - l_j)``
-    and value ``j`` otherwise; latents outside ``[-1, 1]`` are clamped first.
+    ``levels`` are the values on the latent scale. A latent ``t`` between levels
+    ``l_j <= t < l_{j+1}`` (gap ``g``) becomes value ``j + 1`` with probability
+    ``(t - l_j) / g`` and value ``j`` otherwise; latents outside the range are clamped first.
+    ``dither < 1`` narrows the random band to that share of the gap, centred on the threshold:
+    the probability ``(t - l_j - (1 - dither) g / 2) / (dither g)``, clamped to [0, 1], is 0
+    below the band, 1 above it (``dither=1``: the formula above, bit for bit).
+
+    Examples:
+        >>> levels, table = torch.tensor([-0.1, 0.1]), torch.tensor([0.0, 1.0])
+        >>> stochastic_round(torch.tensor([-0.05, 0.05]), levels, table, dither=0.5).tolist()
+        [0.0, 1.0]
     """
     t = latent.clamp(levels[0], levels[-1])
     low = (torch.bucketize(t, levels, right=True) - 1).clamp_(0, levels.numel() - 2)
     below, above = levels[low], levels[low + 1]
-    p_up = (t - below) / (above - below)
-    up = torch.rand_like(t) < p_up
+    gap = above - below
+    p_up = (t - below - (1 - dither) / 2 * gap) / (dither * gap)
+    up = torch.rand_like(t) < p_up  # a probability above 1 or below 0 needs no clamp here
     return table[low + up]
 
 

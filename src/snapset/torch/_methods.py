@@ -464,9 +464,13 @@ class _LatentConstraint(_NonfiniteGradients, Constraint):
         like: Tensor,
         estimator: str = ESTIMATORS[0],
         latent_range: float = LATENT_RANGE,
+        dither: float | None = None,
     ) -> None:
         self.estimator = estimator
         self.latent_range = float(latent_range)
+        #: The share of the gap between two values, centred on their threshold, in which a
+        #: training forward draws either value at random (``snapset._spec.METHODS``).
+        self.dither = float(self.spec.options["dither"] if dither is None else dither)
         super().__init__(values, like)
 
     def _tables(self, dtype: torch.dtype) -> Tables:
@@ -503,8 +507,19 @@ class _LatentConstraint(_NonfiniteGradients, Constraint):
     def _latent_of(self, value: Tensor) -> Tensor:
         return self._right_inverse(value)
 
+    def show(self, latent: Tensor) -> Tensor:
+        if self.training and self.dither > 0:
+            hard = F.stochastic_round(latent, self.levels, self.table, self.dither)
+        else:
+            hard = self._hard(latent)
+        return F.straight_through(latent, hard, self.slope, self.latent_range, self.estimator)
+
     def extra_repr(self) -> str:
-        return f"{self.values!r}, estimator={self.estimator!r}, latent_range={self.latent_range}"
+        dither = "" if self.dither == self.spec.options["dither"] else f", dither={self.dither}"
+        return (
+            f"{self.values!r}, estimator={self.estimator!r}, latent_range={self.latent_range}"
+            + dither
+        )
 
 
 class STE(_LatentConstraint):
@@ -523,18 +538,24 @@ class STE(_LatentConstraint):
     "Binarized Neural Networks"; Bengio et al., 2013, "Estimating or Propagating Gradients Through
     Stochastic Neurons".
 
+    ``dither`` (default 0) > 0: while training, a latent within that share of the gap around a
+    threshold takes either neighbouring value at random, the nearer one the likelier, as
+    ``StochasticRounding`` does across the whole gap. With a learning rate that stays high to the
+    end (Adam at 1e-2 without a schedule), a latent whose gradient is only noise otherwise drifts
+    back and forth across a threshold and ends on a random side (oscillation); inside the band
+    the loss sees both values and holds the latent on the side it prefers. See the
+    [oscillation page](../concepts/oscillation.md).
+
     Examples:
         >>> import torch, snapset, snapset.torch as st
         >>> ste = st.STE(snapset.Sign(), torch.empty(0))
         >>> ste(torch.tensor([-0.3, 0.0, 0.02])).tolist()  # a tie goes to the larger value
         [-1.0, 1.0, 1.0]
+        >>> st.STE(snapset.Sign(), torch.empty(0), dither=0.25)
+        STE(ValueSet([-1, 1]), estimator='inward', latent_range=0.1, dither=0.25)
     """
 
     spec = SPECS["ste"]
-
-    def show(self, latent: Tensor) -> Tensor:
-        hard = self._hard(latent)
-        return F.straight_through(latent, hard, self.slope, self.latent_range, self.estimator)
 
 
 class StochasticRounding(_LatentConstraint):
@@ -544,6 +565,8 @@ class StochasticRounding(_LatentConstraint):
     rounds up with probability proportional to its distance from the lower one, so that
     ``E[q] = w`` inside the range: the straight-through gradient is then the derivative of the
     expectation. Gupta et al., 2015, "Deep Learning with Limited Numerical Precision".
+    It is ``STE`` with ``dither=1``; a smaller ``dither`` narrows the random band to that share
+    of the gap around each threshold.
 
     Examples:
         >>> import torch, snapset, snapset.torch as st
@@ -553,13 +576,6 @@ class StochasticRounding(_LatentConstraint):
     """
 
     spec = SPECS["stochastic"]
-
-    def show(self, latent: Tensor) -> Tensor:
-        if self.training:
-            hard = F.stochastic_round(latent, self.levels, self.table)
-        else:
-            hard = self._hard(latent)
-        return F.straight_through(latent, hard, self.slope, self.latent_range, self.estimator)
 
 
 class GumbelSoftmax(_NonfiniteGradients, Constraint):
