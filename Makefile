@@ -105,6 +105,8 @@ bench: $(DEV_STAMP)
 		KERAS_BACKEND=$$backend $(BIN)/python benchmarks/keras_packed.py || exit 1; \
 	done
 	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/plain_network.py
+	$(BIN)/python benchmarks/oscillation.py
 	$(BIN)/python benchmarks/scales.py
 	$(BIN)/python benchmarks/binary_net.py
 	$(BIN)/python benchmarks/ternary_lm.py

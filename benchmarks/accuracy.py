@@ -66,12 +66,15 @@ def save_splits(data: dict[str, demo.Split], path: Path) -> Path:
     return path
 
 
-def peer_rows(data_file: Path, seeds: list[int], recipe: demo.Recipe) -> list[demo.Row]:
-    """Every runner's rows, over all data sets, sets and methods it runs."""
+def peer_rows(
+    data_file: Path, seeds: list[int], recipe: demo.Recipe, plain: bool = False
+) -> list[demo.Row]:
+    """Every runner's rows, over all data sets, sets and methods it runs (``plain``: on the
+    plain MNIST-1D CNN)."""
     rows: list[demo.Row] = []
     for runner in sorted(PEERS.glob("*_run.py")):
         print(f"peer {runner.name.removesuffix('_run.py')}: running {runner}", flush=True)
-        rows += run_peer(runner, data_file, seeds, recipe)
+        rows += run_peer(runner, data_file, seeds, recipe, plain=plain)
     return rows
 
 
@@ -81,6 +84,7 @@ def run_peer(
     seeds: list[int],
     recipe: demo.Recipe,
     only: tuple[str, str, str] | None = None,
+    plain: bool = False,
 ) -> list[demo.Row]:
     """One runner's rows (``only``: the one row it names), or a row whose note says why none."""
     name = runner.name.removesuffix("_run.py")
@@ -91,6 +95,8 @@ def run_peer(
     command += ["--recipe", json.dumps(dataclasses.asdict(recipe))]
     if only is not None:
         command += ["--only", *only]
+    if plain:
+        command.append("--plain")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:

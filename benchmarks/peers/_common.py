@@ -18,6 +18,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--recipe", required=True, help="snapset's Recipe as JSON")
     parser.add_argument("--only", nargs=3, metavar=("DATA", "WEIGHTS", "METHOD"),
                         help="run this one row (the timing runs)")  # fmt: skip
+    parser.add_argument("--plain", action="store_true",
+                        help="the plain MNIST-1D CNN: no [x, -x] input, no centring")  # fmt: skip
     args = parser.parse_args()
     args.recipe = json.loads(args.recipe)
     return args

@@ -1,10 +1,10 @@
 """brevitas' binary and ternary weights on snapset's architectures, data and training loop.
 
-The snapset model's Conv1d and Linear layers are swapped for brevitas' ``QuantConv1d`` and
-``QuantLinear`` with ``SignedBinaryWeightPerTensorConst`` (weights in {-1, 1}) or
-``SignedTernaryWeightPerTensorConst``; everything else (PlusMinus, BatchNorm, ReLU, centring,
-Adam with the one-cycle schedule, epochs, batches, seeds) is snapset's own code, so the only
-difference is how the weights are quantised and their gradient estimated.
+The snapset model's (``--plain``: the plain CNN's) Conv1d and Linear layers are swapped for
+brevitas' ``QuantConv1d`` and ``QuantLinear`` with ``SignedBinaryWeightPerTensorConst`` (weights
+in {-1, 1}) or ``SignedTernaryWeightPerTensorConst``; everything else (PlusMinus, BatchNorm,
+ReLU, centring, Adam with the recipe's schedule, epochs, batches, seeds) is snapset's own code,
+so the only difference is how the weights are quantised and their gradient estimated.
 """
 
 import torch
@@ -14,10 +14,10 @@ from torch import nn
 from snapset import demo
 
 
-def brevitas_model(dataset: str, quant: object, seed: int) -> nn.Sequential:
+def brevitas_model(dataset: str, quant: object, seed: int, plain: bool) -> nn.Sequential:
     import brevitas.nn as qnn
 
-    model = demo.build(dataset, "float", seed=seed)
+    model = demo.build(dataset, "float", seed=seed, plain=plain)
     for index, layer in enumerate(model):
         if isinstance(layer, nn.Conv1d):
             model[index] = qnn.QuantConv1d(
@@ -56,7 +56,8 @@ def main() -> None:
                 continue
             accuracies, seconds = [], []
             for seed in args.seeds:
-                run = demo.train(brevitas_model(dataset, quant, seed), split, recipe, seed=seed)
+                model = brevitas_model(dataset, quant, seed, args.plain)
+                run = demo.train(model, split, recipe, seed=seed)
                 accuracies.append(run.accuracy)
                 seconds.append(run.seconds_per_epoch)
             emit(library, dataset, weights, "ste", accuracies, seconds)

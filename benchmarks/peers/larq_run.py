@@ -9,7 +9,8 @@ ReLU, centring over channels), written in Keras 2 with larq's ``QuantConv1D``/``
   ``CaseOptimizer`` with the recipe's first-moment Bop settings (``bop_threshold``,
   ``bop_gamma`` decaying linearly), Adam (one cycle) for BatchNorm.
 
-Only the weights are binary, as in snapset's rows (no input quantizer).
+Only the weights are binary, as in snapset's rows (no input quantizer). ``--plain``: the plain
+MNIST-1D CNN (no [x, -x], no centring), with the recipe's schedule (a cosine decay there).
 """
 
 import os
@@ -52,15 +53,16 @@ def main() -> None:
             make(),
             keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
             keras.layers.ReLU(),
-            keras.layers.Lambda(center),
         ]
+        layers += [] if args.plain else [keras.layers.Lambda(center)]
 
     def build(dataset, method):
         quant = {"kernel_quantizer": "ste_sign", "use_bias": False}
         if method == "ste":
             quant["kernel_constraint"] = "weight_clip"
         if dataset == "MNIST-1D":
-            layers = [keras.Input((40, 1)), keras.layers.Lambda(plus_minus)]
+            layers = [keras.Input((40, 1))]
+            layers += [] if args.plain else [keras.layers.Lambda(plus_minus)]
             for stride in (1, 2, 2):
                 block(layers, lambda s=stride: lq.layers.QuantConv1D(
                     64, 5, strides=s, padding="same", **quant))  # fmt: skip
@@ -80,7 +82,7 @@ def main() -> None:
         if x_train.ndim == 3:  # (N, 1, 40) in torch's layout -> (N, 40, 1) in Keras'
             x_train, x_test = x_train.transpose(0, 2, 1), x_test.transpose(0, 2, 1)
         steps = -(-len(x_train) // recipe["batch"]) * recipe["epochs"]
-        for method in ("ste", "flip"):
+        for method in ("ste",) if args.plain else ("ste", "flip"):
             if not wanted(args, dataset, "Sign {-1, 1}", method):
                 continue
             accuracies, seconds = [], []
@@ -88,7 +90,12 @@ def main() -> None:
                 keras.utils.set_random_seed(seed)
                 model = build(dataset, method)
                 # larq 0.13's CaseOptimizer and Bop are built on the legacy optimizer API.
-                adam = keras.optimizers.legacy.Adam(OneCycle(recipe["lr"], steps))
+                rate = (
+                    keras.optimizers.schedules.CosineDecay(recipe["lr"], steps)
+                    if recipe.get("schedule") == "cosine"
+                    else OneCycle(recipe["lr"], steps)
+                )
+                adam = keras.optimizers.legacy.Adam(rate)
                 if method == "flip":
                     gamma = LinearDecay(recipe["bop_gamma"], steps, recipe["gamma_floor"])
                     optimizer = lq.optimizers.CaseOptimizer(

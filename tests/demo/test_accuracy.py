@@ -1,7 +1,9 @@
 """snapset's rows of the accuracy table: the goal a seeded run reaches, and the quick run."""
 
 import pytest
+import torch
 
+import snapset.torch as st
 from snapset import demo
 from snapset.cli import main
 
@@ -30,3 +32,31 @@ def test_bench_accuracy_quick_writes_its_table(tmp_path, capsys):
     assert float(cells[5].rstrip("%")) > 50  # five times chance after two epochs
     assert cells[7] == "7.4 KiB"  # 48,000 weights at one bit, BatchNorm in float32
     assert "1 seed(s) [0]" in text and "1 thread," in text
+
+
+def test_the_plain_cnn_is_the_cnn_without_its_tricks():
+    plain = demo.build("MNIST-1D", "sign", plain=True)
+    kinds = {type(module) for module in plain.modules()}
+    assert demo.PlusMinus not in kinds and demo.Center not in kinds
+    assert plain[0].in_channels == 1  # the raw signal, not [x, -x]
+    assert plain(torch.zeros(2, 1, 40)).shape == (2, 10)
+    with pytest.raises(ValueError, match="plain=True is the MNIST-1D CNN"):
+        demo.build("digits", "sign", plain=True)
+
+
+def test_a_recipe_that_reestimates_batchnorm_leaves_the_statistics_of_the_exact_weights():
+    d = demo.digits()
+    small = demo.Split("digits", d.x_train[:256], d.y_train[:256], d.x_test, d.y_test)
+    model = demo.build("digits", "sign", "stochastic", seed=0)
+    recipe = demo.Recipe(epochs=1, schedule="cosine", reestimate_batchnorm=True)
+    run = demo.train(model, small, recipe)
+    trained = [m.running_mean.clone() for m in model.modules() if hasattr(m, "running_mean")]
+    st.reestimate_batchnorm(model, small.x_train.split(256))  # again, on the same data
+    again = [m.running_mean for m in model.modules() if hasattr(m, "running_mean")]
+    assert all(torch.equal(a, b) for a, b in zip(trained, again, strict=True))
+    assert run.accuracy == run.test_accuracies[-1] == demo.accuracy(model, d.x_test, d.y_test)
+
+
+def test_a_recipe_refuses_an_unknown_schedule():
+    with pytest.raises(ValueError, match="Invalid schedule for a Recipe: linear"):
+        demo.Recipe(schedule="linear")

@@ -27,11 +27,14 @@ Examples:
 
 from ._accuracy import CONFIGS as CONFIGS
 from ._accuracy import PAPER_FLOAT as PAPER_FLOAT
+from ._accuracy import PLAIN_CONFIGS as PLAIN_CONFIGS
+from ._accuracy import PLAIN_RECIPE as PLAIN_RECIPE
 from ._accuracy import Row as Row
 from ._accuracy import accuracy_plan as accuracy_plan
 from ._accuracy import markdown as markdown
 from ._accuracy import run_accuracy as run_accuracy
 from ._accuracy import snapset_rows as snapset_rows
+from ._accuracy import table as table
 from ._data import Split as Split
 from ._data import datasets as datasets
 from ._data import digits as digits
@@ -83,6 +86,8 @@ __all__ = [
     "FOUR_VALUES",
     "LLAMA",
     "PAPER_FLOAT",
+    "PLAIN_CONFIGS",
+    "PLAIN_RECIPE",
     "SETS",
     "SET_LABELS",
     "Center",
@@ -127,6 +132,7 @@ __all__ = [
     "sizes_report",
     "snapset_rows",
     "stdlib_corpus",
+    "table",
     "train",
     "train_lm",
 ]

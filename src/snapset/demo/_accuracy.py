@@ -29,6 +29,24 @@ CONFIGS = [("float", "-")] + [
 ]
 """(set, method) pairs of snapset's rows; ``"-"``: float, no method."""
 
+Config = tuple[str, str] | tuple[str, str, dict[str, Any]]
+"""A row to train: (set, method), or (set, method, options of ``constrain_``)."""
+
+PLAIN_CONFIGS: list[Config] = [
+    ("float", "-"),
+    *(
+        (name, method)
+        for name in ("sign", "binary", "ternary", "four")
+        for method in ("ste", "stochastic")
+    ),
+    *((name, "ste", {"dither": 0.25}) for name in ("sign", "ternary")),
+]
+"""The plain network's rows: every latent method with its defaults, and ``ste`` with the
+``dither`` that stops its oscillation on the planted problem."""
+
+PLAIN_RECIPE = Recipe(schedule="cosine")
+"""How the plain network trains: Adam at ``lr`` 0.01 with a cosine decay, as a user would."""
+
 TITLE = "# Accuracy: float against value-set weights"
 
 
@@ -98,8 +116,12 @@ def snapset_rows(
     seeds: Sequence[int],
     recipe: Recipe,
     progress: Callable[[str], Any] | None = None,
+    configs: Sequence[Config] = CONFIGS,
+    plain: bool = False,
 ) -> list[Row]:
-    """Train every (data set, set, method) of ``CONFIGS`` once per seed.
+    """Train every (data set, set, method) of ``configs`` once per seed (``plain``: the plain
+    MNIST-1D CNN, ``build(..., plain=True)``); a recipe that re-estimates BatchNorm says so in
+    the method's cell.
 
     Examples:
         >>> from snapset.demo import digits
@@ -110,17 +132,21 @@ def snapset_rows(
         [('float32', '-'), ('Sign {-1, 1}', 'ste'), ('Sign {-1, 1}', 'flip')]
     """
     rows = []
+    suffix = " + BN re-estimation" if recipe.reestimate_batchnorm else ""
     for dataset, split in data.items():
-        for set_name, method in CONFIGS:
-            row = Row("snapset", dataset, SET_LABELS[set_name], method)
+        for set_name, method, *given in configs:
+            options = given[0] if given else {}
+            label = ", ".join([method, *(f"{k} {v}" for k, v in options.items())]) + suffix
+            row = Row("snapset", dataset, SET_LABELS[set_name], label)
             for seed in seeds:
-                model = build(dataset, set_name, "ste" if method == "-" else method, seed)
+                chosen = "ste" if method == "-" else method
+                model = build(dataset, set_name, chosen, seed, plain, **options)
                 run = train(model, split, recipe, seed=seed)
                 row.accuracies.append(run.accuracy)
                 row.seconds_per_epoch.append(run.seconds_per_epoch)
                 row.packed_bytes = run.packed_bytes
                 if progress is not None:
-                    progress(f"{dataset} {row.weights} {method} seed {seed}: {run.accuracy:.1%}")
+                    progress(f"{dataset} {row.weights} {label} seed {seed}: {run.accuracy:.1%}")
             rows.append(row)
     return rows
 
@@ -146,8 +172,6 @@ def markdown(
         >>> text.index("## More") < text.index("## Recipe")
         True
     """
-    header = ["library", "data", "weights", "method", "test accuracy", "per seed", "s/epoch"]
-    header.append("packed")
     lines = [
         title,
         "",
@@ -158,10 +182,8 @@ def markdown(
         " set-valued weights packed at ceil(log2(k)) bits and everything else in float32"
         " (`snapset.torch.summary`).",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 4 + ["---:"] * 4) + "|",
+        *table(rows),
     ]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows if row.accuracies]
     for section in sections:
         lines += ["", section]
     lines += [
@@ -189,6 +211,19 @@ def markdown(
         " 8x8 digits, stratified 1437/360 split (random_state 0), pixels / 16.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def table(rows: Sequence[Row]) -> list[str]:
+    """The markdown table of the rows that ran, one line each.
+
+    Examples:
+        >>> table([Row("snapset", "digits", "Sign {-1, 1}", "ste", [0.9], [0.5], 2048)])[2]
+        '| snapset | digits | Sign {-1, 1} | ste | 90.0% ± 0.0% | 90.0% | 0.50 | 2.0 KiB |'
+    """
+    header = ["library", "data", "weights", "method", "test accuracy", "per seed", "s/epoch"]
+    header.append("packed")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * 4) + "|"]
+    return lines + ["| " + " | ".join(row.cells()) + " |" for row in rows if row.accuracies]
 
 
 def run_accuracy(

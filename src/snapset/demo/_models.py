@@ -8,12 +8,16 @@ before every constrained layer, which makes ``1^T h = 0``: a ``{0, 1}`` layer th
 ``{-1, 1}`` layer computes, up to a factor that BatchNorm absorbs. The input is fed as
 ``[x, -x]`` (``PlusMinus``) for the same reason. Neither adds a parameter, and every
 variant (float included) uses the same architecture.
+
+A user meets neither trick: the plain CNN (``cnn(tricks=False)``, ``build(..., plain=True)``)
+is the network on which snapset's defaults are judged.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -67,26 +71,31 @@ class PlusMinus(nn.Module):
         return torch.cat([x, -x], dim=1)
 
 
-def cnn(width: int = 64, kernel: int = 5, length: int = 40, classes: int = 10) -> nn.Sequential:
+def cnn(
+    width: int = 64, kernel: int = 5, length: int = 40, classes: int = 10, tricks: bool = True
+) -> nn.Sequential:
     """The MNIST-1D CNN: three convolutions (stride 1, 2, 2), BatchNorm, ReLU, a linear head.
 
     The MNIST-1D paper's CNN has 25 channels; this one is wider (``width``), normalised, and
-    has no biases (BatchNorm follows every weight).
+    has no biases (BatchNorm follows every weight). ``tricks=False``: the plain network a user
+    writes, without the ``[x, -x]`` input and the centring.
 
     Examples:
         >>> tuple(cnn()(torch.zeros(2, 1, 40)).shape)
         (2, 10)
+        >>> [type(m).__name__ for m in cnn(tricks=False)[:4]]
+        ['Conv1d', 'BatchNorm1d', 'ReLU', 'Conv1d']
     """
     pad = kernel // 2
-    layers: list[nn.Module] = [PlusMinus()]
-    channels = 2
+    layers: list[nn.Module] = [PlusMinus()] if tricks else []
+    channels = 2 if tricks else 1
     for stride in (1, 2, 2):
         layers += [
             nn.Conv1d(channels, width, kernel, stride=stride, padding=pad, bias=False),
             nn.BatchNorm1d(width),
             nn.ReLU(),
-            Center(),
         ]
+        layers += [Center()] if tricks else []
         channels = width
     out_length = math.ceil(math.ceil(length / 2) / 2)  # two stride-2 convolutions
     layers += [
@@ -122,11 +131,20 @@ ARCHITECTURES: dict[str, Callable[[], nn.Sequential]] = {"MNIST-1D": cnn, "digit
 """The architecture of each data set, by the data set's name."""
 
 
-def build(dataset: str, set_name: str, method: str = "ste", seed: int = 0) -> nn.Sequential:
+def build(
+    dataset: str,
+    set_name: str,
+    method: str = "ste",
+    seed: int = 0,
+    plain: bool = False,
+    **options: Any,
+) -> nn.Sequential:
     """The architecture for ``dataset``, every conv and linear weight constrained to a set.
 
     One [`constrain_`][snapset.torch.constrain_] call makes the float model binary; ``set_name`` is
-    a key of ``SETS`` (``"float"`` leaves it as it is).
+    a key of ``SETS`` (``"float"`` leaves it as it is). ``plain``: the MNIST-1D CNN without the
+    ``[x, -x]`` input and the centring (``cnn(tricks=False)``), as a user writes it.
+    ``options`` go to ``constrain_`` (``dither=0.25``).
 
     Examples:
         >>> model = build("digits", "sign")
@@ -137,9 +155,11 @@ def build(dataset: str, set_name: str, method: str = "ste", seed: int = 0) -> nn
         raise ValueError(f"Unknown dataset {dataset!r}; valid: {', '.join(ARCHITECTURES)}")
     if set_name not in SETS:
         raise ValueError(f"Unknown set {set_name!r}; valid: {', '.join(SETS)}")
+    if plain and dataset != "MNIST-1D":
+        raise ValueError(f"plain=True is the MNIST-1D CNN; {dataset!r} has no plain variant")
     torch.manual_seed(seed)
-    model = ARCHITECTURES[dataset]()
+    model = cnn(tricks=False) if plain else ARCHITECTURES[dataset]()
     values = SETS[set_name]
     if values is not None:
-        st.constrain_(model, values, method=method)
+        st.constrain_(model, values, method=method, **options)
     return model

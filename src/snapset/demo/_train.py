@@ -19,13 +19,16 @@ from ._data import Split
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a model trains: Adam with a one-cycle schedule for float and latent tensors, and
+    """How a model trains: Adam with a one-cycle schedule (``schedule="cosine"``: a cosine decay
+    from ``lr``, as a user would write it) for float and latent tensors, and
     [`Bop2ndOrder`][snapset.torch.Bop2ndOrder] with its defaults for flip tensors, whose rates
     ``gamma`` and ``sigma`` decay linearly to ``gamma_floor`` times their start over the run so
     that flips settle at the end (as the learning rate's decay does for the others).
     With ``flip_optimizer="Bop"`` the first-moment [`Bop`][snapset.torch.Bop] trains them
     instead, with ``bop_threshold`` and ``bop_gamma`` (also larq's Bop's in
-    ``benchmarks/accuracy.py``), its ``gamma`` decaying alike.
+    ``benchmarks/accuracy.py``), its ``gamma`` decaying alike. ``reestimate_batchnorm``: after
+    the last epoch, recompute BatchNorm's statistics on the training data with the exact
+    weights ([`reestimate_batchnorm`][snapset.torch.reestimate_batchnorm]).
 
     Examples:
         >>> Recipe(epochs=3).batch
@@ -45,6 +48,8 @@ class Recipe:
     flip_optimizer: str = "Bop2ndOrder"
     bop_threshold: float = 1e-6
     bop_gamma: float = 1e-3
+    schedule: str = "one-cycle"
+    reestimate_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -58,10 +63,18 @@ class Recipe:
             "bop_gamma": 0 < self.bop_gamma <= 1,
             "flip_optimizer": self.flip_optimizer in ("Bop2ndOrder", "Bop"),
             "gamma_floor": 0 <= self.gamma_floor <= 1,
+            "schedule": self.schedule in SCHEDULES,
         }
         for name, valid in checks.items():
             if not valid:
                 raise ValueError(f"Invalid {name} for a Recipe: {getattr(self, name)}")
+
+
+SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, float, int], Any]] = {
+    "one-cycle": lambda opt, lr, steps: torch.optim.lr_scheduler.OneCycleLR(opt, lr, steps),
+    "cosine": lambda opt, lr, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
+}
+"""The learning-rate schedules a ``Recipe`` names: each makes one from (Adam, peak, steps)."""
 
 
 @dataclass
@@ -164,7 +177,7 @@ def train(
     if gradient_params:
         adam = torch.optim.Adam(gradient_params, lr=recipe.lr)
         optimizers.append(adam)
-        schedules.append(torch.optim.lr_scheduler.OneCycleLR(adam, recipe.lr, total_steps=total))
+        schedules.append(SCHEDULES[recipe.schedule](adam, recipe.lr, total))
     if groups.flip:
         bop: st.Bop = st.Bop2ndOrder(groups.flip, recipe.threshold, recipe.gamma, recipe.sigma)
         rates = ["gamma", "sigma"]
@@ -196,6 +209,9 @@ def train(
         run.epoch_seconds.append(time.perf_counter() - start)
         run.losses.append(total_loss / len(data.x_train))
         run.test_accuracies.append(accuracy(model, data.x_test, data.y_test))
+    if recipe.reestimate_batchnorm:
+        st.reestimate_batchnorm(model, data.x_train.split(256))
+        run.test_accuracies[-1:] = [accuracy(model, data.x_test, data.y_test)]
     run.accuracy = (
         run.test_accuracies[-1]
         if run.test_accuracies
