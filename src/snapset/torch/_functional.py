@@ -128,8 +128,9 @@ def stochastic_round(latent: Tensor, levels: Tensor, table: Tensor, dither: floa
     ``l_j <= t < l_{j+1}`` (gap ``g``) becomes value ``j + 1`` with probability
     ``(t - l_j) / g`` and value ``j`` otherwise; latents outside the range are clamped first.
     ``dither < 1`` narrows the random band to that share of the gap, centred on the threshold:
-    the probability ``(t - l_j - (1 - dither) g / 2) / (dither g)``, clamped to [0, 1], is 0
-    below the band, 1 above it (``dither=1``: the formula above, bit for bit).
+    the probability ``(t - l_j - (1 - dither) g / 2) / (dither g)`` is below 0 under the band
+    and above 1 over it, so those latents round down or up for sure (``dither=1``: the formula
+    above, bit for bit). ``dither`` must be > 0 (0 is the nearest value: no draw at all).
 
     Examples:
         >>> levels, table = torch.tensor([-0.1, 0.1]), torch.tensor([0.0, 1.0])
