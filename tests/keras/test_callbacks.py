@@ -27,15 +27,23 @@ def test_flip_ratio_counts_changed_values_exactly():
     assert [h.tolist() for h in flips.histograms["m/kernel"]] == [[4, 4], [6, 2]]
 
 
-def test_flip_ratio_is_logged_by_fit_every_epoch_or_every_batch():
+def fit_with_flip_ratios(lr, epochs, batch_size):
+    """A ternary Dense fitted with Adam at ``lr``; its history and two FlipRatio callbacks,
+    one recording every epoch and one every batch."""
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).standard_normal((64, 6)).astype("float32")
     model = keras.Sequential([keras.Input((6,)), sk.Dense(3, [-1, 0, 1], name="d")])
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
     per_epoch, per_batch = sk.FlipRatio(), sk.FlipRatio(every="batch")
     history = model.fit(
-        x, -x[:, :3], epochs=3, batch_size=16, verbose=0, callbacks=[per_epoch, per_batch]
-    )
+        x, -x[:, :3], epochs=epochs, batch_size=batch_size, verbose=0,
+        callbacks=[per_epoch, per_batch],
+    )  # fmt: skip
+    return history, per_epoch, per_batch
+
+
+def test_flip_ratio_is_logged_by_fit_every_epoch_or_every_batch():
+    history, per_epoch, per_batch = fit_with_flip_ratios(0.05, epochs=3, batch_size=16)
     assert len(history.history["flip_ratio"]) == 3
     assert len(per_batch.flip_ratios["d/kernel"]) == 12
     assert sum(per_epoch.flip_ratios["d/kernel"]) > 0  # latents crossed boundaries
@@ -67,14 +75,7 @@ def test_oscillation_ratio_counts_values_going_back_against_their_last_change():
 
 
 def test_oscillation_ratio_is_logged_by_fit_and_never_exceeds_the_flip_ratio():
-    keras.utils.set_random_seed(0)
-    x = np.random.default_rng(0).standard_normal((64, 6)).astype("float32")
-    model = keras.Sequential([keras.Input((6,)), sk.Dense(3, [-1, 0, 1], name="d")])
-    model.compile(optimizer=keras.optimizers.Adam(0.2), loss="mse")
-    per_epoch, per_batch = sk.FlipRatio(), sk.FlipRatio(every="batch")
-    history = model.fit(
-        x, -x[:, :3], epochs=4, batch_size=8, verbose=0, callbacks=[per_epoch, per_batch]
-    )
+    history, per_epoch, per_batch = fit_with_flip_ratios(0.2, epochs=4, batch_size=8)
     assert history.history["oscillation_ratio"] == per_epoch.oscillation_ratios["d/kernel"]
     oscillations = np.array(per_batch.oscillation_ratios["d/kernel"])
     assert oscillations.shape == (32,) and oscillations.sum() > 0  # a high constant rate

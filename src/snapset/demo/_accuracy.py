@@ -159,10 +159,12 @@ def markdown(
     *,
     title: str = TITLE,
     sections: Sequence[str] = (),
+    recipe_section: str | None = None,
 ) -> str:
     """The results file: the table of the rows that ran, ``sections`` (markdown blocks), the
-    paper's float table, the recipe and the machine (``machine_line``, so call it where
-    the rows ran: on one thread).
+    paper's float table, the recipe (``recipe_section`` where the rows trained otherwise than
+    the tricks networks of ``build``) and the machine (``machine_line``, so call it where the
+    rows ran: on one thread).
 
     Examples:
         >>> row = Row("snapset", "digits", "Sign {-1, 1}", "ste", [0.9], [0.5], 2048)
@@ -194,6 +196,10 @@ def markdown(
         "|" + "|".join(["---:"] * len(PAPER_FLOAT)) + "|",
         "| " + " | ".join(f"{v:.0%}" for v in PAPER_FLOAT.values()) + " |",
         "",
+    ]
+    if recipe_section is not None:
+        return "\n".join([*lines, recipe_section.rstrip("\n")]) + "\n"
+    lines += [
         "## Recipe (the same for every library)",
         "",
         f"- {recipe.epochs} epochs, batch {recipe.batch}, cross-entropy; Adam with a one-cycle"
