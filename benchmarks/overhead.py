@@ -2,7 +2,12 @@
 
 Every contender runs in the same process, interleaved round by round so that the machine's
 noise hits all alike; each figure is the median over rounds, and each ratio is against
-float32 ``nn.Linear`` at the same batch size and mode. Writes ``results/overhead.md``.
+float32 ``nn.Linear`` at the same batch size, mode and thread count (torch's default and one).
+Goals (issue 18): eager at most 1.3x at batch 256 and 2x at batch 32; compiled at most 1.1x
+and no slower than brevitas' binary QuantLinear. The floor row is a float32 weight written
+afresh each forward in one pass (what any projected weight costs at least); the
+"torch's operations" row runs snapset with ``SNAPSET_KERNELS=numpy``, without the compiled
+projection. Writes ``results/overhead.md``.
 
 The last sections measure what keeping the values exact costs on the hot path (the optimizer
 guard, the flip check) and what a scale costs against the same set unscaled (goal: at most
@@ -15,13 +20,16 @@ alone and replace only that section of the results file.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import snapset
 import snapset.torch as st
@@ -31,16 +39,36 @@ SIZE = 1024
 BATCHES = (1, 32, 256)
 
 
-def contenders() -> dict[str, Callable[[], nn.Module]]:
+FLOOR = "floor: float32 weight copied each forward"
+TORCH_OPERATIONS = "snapset ste Sign, torch's operations"
+
+
+class Copied(nn.Module):
+    """A parametrization that writes the weight afresh, one pass forward and none backward."""
+
+    def forward(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored.clone()
+
+
+def copied() -> nn.Module:
+    layer = nn.Linear(SIZE, SIZE)
+    parametrize.register_parametrization(layer, "weight", Copied())
+    return layer
+
+
+def contenders(compiled: bool) -> dict[str, Callable[[], nn.Module]]:
     def constrained(values: snapset.ValueSet) -> Callable[[], nn.Module]:
         return lambda: st.constrain(nn.Linear(SIZE, SIZE), "weight", values)
 
     makers: dict[str, Callable[[], nn.Module]] = {
         "float32 nn.Linear": lambda: nn.Linear(SIZE, SIZE),
+        FLOOR: copied,
         "snapset ste Sign": constrained(snapset.Sign()),
         "snapset ste Ternary": constrained(snapset.Ternary()),
         "snapset ste [1, -1, 0.5, -0.5]": constrained(snapset.ValueSet([1, -1, 0.5, -0.5])),
     }
+    if not compiled:  # compiled, inductor fuses torch's operations and no kernel runs
+        makers[TORCH_OPERATIONS] = constrained(snapset.Sign())
     try:
         from brevitas.nn import QuantLinear
         from brevitas.quant import SignedBinaryWeightPerTensorConst
@@ -53,15 +81,26 @@ def contenders() -> dict[str, Callable[[], nn.Module]]:
     return makers
 
 
-def step_time(layer: nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
-    layer(x).sum().backward()
-    return time.perf_counter() - start
+def step_time(layer: nn.Module, x: torch.Tensor, torch_operations: bool = False) -> float:
+    with kernels_off() if torch_operations else contextlib.nullcontext():
+        start = time.perf_counter()
+        layer(x).sum().backward()
+        return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def kernels_off() -> Iterator[None]:
+    """snapset's torch operations instead of its compiled kernels (read on every call)."""
+    os.environ["SNAPSET_KERNELS"] = "numpy"
+    try:
+        yield
+    finally:
+        del os.environ["SNAPSET_KERNELS"]
 
 
 def measure(rounds: int, compiled: bool, input_grad: bool) -> dict[tuple[str, int], float]:
     torch.manual_seed(0)
-    layers = {name: make() for name, make in contenders().items()}
+    layers = {name: make() for name, make in contenders(compiled).items()}
     if compiled:
         # Fresh caches, and room for every contender at every batch size: past dynamo's
         # recompile limit a layer would silently run eager.
@@ -79,13 +118,14 @@ def interleaved(
     times: dict[tuple[str, int], list[float]] = {}
     for batch in BATCHES:
         x = torch.randn(batch, SIZE, requires_grad=input_grad)
-        for layer in layers.values():
+        for name, layer in layers.items():
             for _ in range(5):  # warm-up (and compilation)
-                step_time(layer, x)
+                step_time(layer, x, name == TORCH_OPERATIONS)
         for _ in range(rounds):
             for name, layer in layers.items():
                 layer.zero_grad(set_to_none=True)
-                times.setdefault((name, batch), []).append(step_time(layer, x))
+                seconds = step_time(layer, x, name == TORCH_OPERATIONS)
+                times.setdefault((name, batch), []).append(seconds)
     return {key: statistics.median(values) for key, values in times.items()}
 
 
@@ -286,12 +326,18 @@ def main() -> None:
         "A hidden layer's input needs a gradient; a first layer's does not.",
         "",
     ]
+    default = torch.get_num_threads()
     for compiled, input_grad in settings:
-        mode = "torch.compile" if compiled else "eager"
-        layer = "hidden layer (input needs grad)" if input_grad else "first layer (no input grad)"
-        title = f"{mode}, {layer}"
-        report.append(table(measure(args.rounds, compiled, input_grad), title))
-        print(report[-1], flush=True)
+        for threads in dict.fromkeys((default, 1)):
+            torch.set_num_threads(threads)
+            mode = "torch.compile" if compiled else "eager"
+            layer = (
+                "hidden layer (input needs grad)" if input_grad else "first layer (no input grad)"
+            )
+            title = f"{mode}, {layer}, {threads} thread{'s' if threads > 1 else ''}"
+            report.append(table(measure(args.rounds, compiled, input_grad), title))
+            print(report[-1], flush=True)
+    torch.set_num_threads(default)
     if not args.quick:
         report += [exactness_report(args.rounds), scales_report(args.rounds)]
         write_result("overhead.md", "\n".join(report))

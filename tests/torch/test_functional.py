@@ -37,14 +37,16 @@ def test_gumbel_gradient_matches_autograd_of_the_soft_expectation():
 
 @settings(max_examples=40, deadline=None)
 @given(value_sets, hst.integers(0, 2**31))
-def test_summed_and_bucketized_projections_agree(values, seed):
+def test_summed_bucketized_and_looked_up_projections_agree(values, seed):
     constraint = constrained_vector(values).parametrizations.weight[0]
     latent = torch.randn(257, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     latent = torch.cat([latent * 0.15, constraint.thresholds, constraint.levels])
-    bucketized = F.nearest(latent, constraint.thresholds, constraint.table, None)
+    bucketized = constraint.table[F.reached(latent, constraint.thresholds)]
     if constraint.steps is not None:
-        summed = F.nearest(latent, constraint.thresholds, constraint.table, constraint.steps)
+        summed = F.summed(latent, constraint.thresholds, constraint.table, constraint.steps)
         assert torch.equal(summed, bucketized)
+    looked_up = F.nearest(latent, constraint.thresholds, constraint.table, constraint.steps)
+    assert torch.equal(looked_up, bucketized)  # the compiled kernel, where numba is there
     reference = torch.tensor(values.project(values.from_latent(latent.numpy() / 0.1)))
     far_from_boundaries = (latent[:, None] - constraint.thresholds).abs().min(dim=1).values > 1e-9
     assert torch.equal(bucketized[far_from_boundaries], reference[far_from_boundaries])

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _kernels
 from ._estimators import estimator_grad
 
 
@@ -22,12 +24,25 @@ def nearest(latent: Tensor, thresholds: Tensor, table: Tensor, steps: Tensor | N
     """Exact nearest values of ``latent``; a latent exactly on a threshold goes up.
 
     ``thresholds`` are the sorted decision boundaries on the latent scale and ``table`` the
-    values in the latent's dtype. ``steps`` (the gaps between neighbouring values) may be given
-    when summing them is exact in this dtype: ``table[0] + sum(steps[j] * (latent >= thr[j]))``
-    runs as a few elementwise passes, several times faster on CPU than ``bucketize``.
+    values in the latent's dtype. In eager mode on the CPU one compiled pass
+    (``snapset._kernels``) looks each value up. Elsewhere, ``steps`` (the gaps between
+    neighbouring values) may be given when summing them is exact in this dtype
+    (``summed``): a few elementwise passes, several times faster than ``bucketize``.
     """
+    arrays = kernel_arrays(latent, thresholds, table) if thresholds.numel() <= 16 else None
+    if arrays is not None:
+        out = torch.empty_like(latent)  # contiguous, as latent is
+        flat, cuts, values = arrays
+        if _kernels.nearest(flat, cuts, values, out.view(-1).numpy(), torch.get_num_threads()):
+            return out
     if steps is None or thresholds.numel() > 16:
         return table[reached(latent, thresholds)]
+    return summed(latent, thresholds, table, steps)
+
+
+def summed(latent: Tensor, thresholds: Tensor, table: Tensor, steps: Tensor) -> Tensor:
+    """``table[0] + sum(steps[j] * (latent >= thresholds[j]))``: the nearest values where this
+    sum is exact in the latent's dtype (the caller checks it on the table itself)."""
     # In-place passes over one buffer: fresh allocations cost more than the arithmetic here.
     out = torch.ge(latent, thresholds[0], out=torch.empty_like(latent)).mul_(steps[0])
     if thresholds.numel() > 1:
@@ -35,6 +50,31 @@ def nearest(latent: Tensor, thresholds: Tensor, table: Tensor, steps: Tensor | N
         for j in range(1, thresholds.numel()):
             out.add_(torch.ge(latent, thresholds[j], out=term).mul_(steps[j]))
     return out.add_(table[0])
+
+
+def kernel_arrays(*tensors: Tensor) -> list[np.ndarray] | None:
+    """Flat numpy views of ``tensors`` for the compiled kernels of ``snapset._kernels``:
+    plain contiguous CPU tensors of one dtype, float32 or float64, in eager mode. None where
+    the kernels do not apply: another device or dtype, tensors without storage of their own
+    (``torch.func``'s transforms, subclasses), or under ``torch.compile``, whose inductor fuses
+    torch's own operations into one pass by itself."""
+    first = tensors[0]
+    if (
+        torch.compiler.is_compiling()
+        or first.device.type != "cpu"
+        or first.dtype not in (torch.float32, torch.float64)
+        or any(t.dtype != first.dtype or t.device != first.device for t in tensors)
+        or not all(_plain(t) and t.is_contiguous() for t in tensors)
+    ):
+        return None
+    return [t.detach().view(-1).numpy() for t in tensors]
+
+
+def _plain(tensor: Tensor) -> bool:
+    """A tensor whose data numpy can see: not a subclass, not wrapped by ``torch.func``."""
+    return type(tensor) in (Tensor, torch.nn.Parameter) and not (
+        torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+    )
 
 
 def count_at_least(x: Tensor, boundaries: Tensor, out: Tensor | None = None) -> Tensor:
@@ -162,8 +202,26 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         (latent,) = ctx.saved_tensors
-        grad_latent = estimator_grad(ctx.estimator, latent, grad, ctx.scale, ctx.bound)
-        return grad_latent, None, None, None, None
+        return (
+            latent_grad(ctx.estimator, latent, grad, ctx.scale, ctx.bound),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def latent_grad(estimator: str, latent: Tensor, grad: Tensor, scale: float, bound: float) -> Tensor:
+    """``estimator_grad``, bit for bit: in eager mode on the CPU one compiled pass
+    (``snapset._kernels``) instead of torch's several (not where the gradient itself needs a
+    graph: ``create_graph=True``)."""
+    arrays = None if grad.requires_grad else kernel_arrays(latent, grad)
+    if arrays is not None and estimator in _kernels.ESTIMATOR_KERNELS:
+        out = torch.empty_like(latent)
+        (u, g), threads = arrays, torch.get_num_threads()
+        if _kernels.estimator_grad(estimator, u, g, scale, bound, out.view(-1).numpy(), threads):
+            return out
+    return estimator_grad(estimator, latent, grad, scale, bound)
 
 
 def straight_through(

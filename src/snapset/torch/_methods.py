@@ -483,11 +483,10 @@ class _LatentConstraint(_NonfiniteGradients, Constraint):
         self._buffer("thresholds", tables.thresholds, dtype, device)
         #: Slope of value against latent: the straight-through derivative inside the range.
         self.slope = tables.scale
-        steps: Tensor | None = self.table.diff()
+        steps = self.table.diff()
         # The fast summed projection is used only where it reproduces every value exactly.
-        if not torch.equal(F.nearest(self.levels, self.thresholds, self.table, steps), self.table):
-            steps = None
-        self.register_buffer("steps", steps, persistent=False)
+        exact = torch.equal(F.summed(self.levels, self.thresholds, self.table, steps), self.table)
+        self.register_buffer("steps", steps if exact else None, persistent=False)
 
     def _hard(self, stored: Tensor) -> Tensor:
         return F.nearest(stored, self.thresholds, self.table, self.steps)

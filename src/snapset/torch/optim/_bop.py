@@ -22,6 +22,7 @@ from ..._spec import (
     check_bop_options,
 )
 from .._constrain import constraint_of
+from .._functional import kernel_arrays
 from .._methods import Constraint
 
 __all__ = ["MOMENTUM_RESETS", "THRESHOLD_MODES", "Bop", "Bop2ndOrder", "bop"]
@@ -592,19 +593,10 @@ def _fused_step(
     the torch operations of ``bop`` do to it, bit for bit, split between torch's threads.
     False, having done nothing, where it does not apply (another device or dtype, a compiled
     step, no numba)."""
-    tensors = [param, momentum, grad] + ([second] if second is not None else [])
-    if (
-        torch.compiler.is_compiling()
-        or param.device.type != "cpu"
-        or param.dtype not in (torch.float32, torch.float64)
-        or any(
-            t.dtype != param.dtype or t.device.type != "cpu" or not t.is_contiguous()
-            for t in tensors
-        )
-    ):
+    flat = kernel_arrays(param, momentum, grad, *([second] if second is not None else []))
+    if flat is None:
         return False
     table, midpoints = _numpy_tables(values, param.dtype)
-    flat = [t.detach().view(-1).numpy() for t in tensors]
     moved = flip_step(
         flat[0],
         flat[1],
