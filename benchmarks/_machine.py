@@ -13,3 +13,13 @@ def write_result(name: str, text: str) -> Path:
     path.write_text(text)
     print(f"wrote {path}")
     return path
+
+
+def replace_section(name: str, heading: str, section: str) -> Path:
+    """Write ``section`` into ``benchmarks/results/<name>`` in place of the section that starts
+    with ``heading`` (a ``## `` line), or after the rest where there is none."""
+    path = Path(__file__).parent / "results" / name
+    text = path.read_text() if path.exists() else ""
+    parts = text.split("\n## ")
+    kept = [parts[0]] + [p for p in parts[1:] if not ("## " + p).startswith(heading)]
+    return write_result(name, "\n## ".join(kept).rstrip("\n") + "\n\n" + section)

@@ -25,7 +25,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,7 +32,7 @@ from torch.nn.utils import parametrize
 
 import snapset
 import snapset.torch as st
-from _machine import machine_line, write_result
+from _machine import machine_line, replace_section, write_result
 
 SIZE = 1024
 BATCHES = (1, 32, 256)
@@ -234,15 +233,6 @@ def scales_report(rounds: int) -> str:
     return "\n".join(lines)
 
 
-def replace_section(heading: str, section: str) -> None:
-    """Write ``section`` into results/overhead.md in place of the one under ``heading``."""
-    path = Path(__file__).parent / "results" / "overhead.md"
-    text = path.read_text() if path.exists() else ""
-    parts = text.split("\n## ")
-    kept = [parts[0]] + [p for p in parts[1:] if not ("## " + p).startswith(heading)]
-    write_result("overhead.md", "\n## ".join(kept).rstrip("\n") + "\n\n" + section)
-
-
 def exactness_report(rounds: int) -> str:
     default = torch.get_num_threads()
     columns = {}
@@ -310,7 +300,7 @@ def main() -> None:
         )
         section = report(args.rounds)
         print(section)
-        replace_section(heading, section)
+        replace_section("overhead.md", heading, section)
         return
     settings = [(False, True), (False, False), (True, True), (True, False)]
     if args.quick:

@@ -134,7 +134,6 @@ def reached(x: Tensor, boundaries: Tensor) -> Tensor:
     if not bool(settled.all()):
         return torch.bucketize(x, boundaries, right=True)
     return count.reshape(x.shape)
-    return count
 
 
 def members(x: Tensor, table: Tensor) -> Tensor:
@@ -202,13 +201,8 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         (latent,) = ctx.saved_tensors
-        return (
-            latent_grad(ctx.estimator, latent, grad, ctx.scale, ctx.bound),
-            None,
-            None,
-            None,
-            None,
-        )
+        grad_latent = latent_grad(ctx.estimator, latent, grad, ctx.scale, ctx.bound)
+        return grad_latent, None, None, None, None
 
 
 def latent_grad(estimator: str, latent: Tensor, grad: Tensor, scale: float, bound: float) -> Tensor:
