@@ -7,10 +7,13 @@ Adam at 0.01 with a cosine schedule, 3 seeds. Rows: float; Sign, Binary, Ternary
 [1, -1, 0.5, -0.5] with ``ste`` and ``stochastic``; ``ste`` with ``dither=0.25``; each latent row
 again with BatchNorm's statistics re-estimated after training
 (``snapset.torch.reestimate_batchnorm``); larq's ``ste_sign`` and brevitas' binary and ternary
-weights on the same network and loop (``peers/``, ``--plain``). Writes
-results/plain_network.md (``--quick``: one seed, two epochs, printed only).
+weights on the same network and loop (``peers/``, ``--plain``). A last section trains at
+Adam's rate without a schedule: float, Sign and Ternary ``ste``, then with BatchNorm
+re-estimated and with an average of the weights (``--constant`` runs it alone and replaces
+only that section). Writes results/plain_network.md (``--quick``: one seed, two epochs,
+printed only).
 
-    .venv/bin/python benchmarks/plain_network.py [--quick] [--seeds 3]
+    .venv/bin/python benchmarks/plain_network.py [--quick] [--seeds 3] [--constant]
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import write_result
+from _machine import machine_line, replace_section, write_result
 from accuracy import not_run, peer_rows, save_splits
 from snapset import demo
 
@@ -38,6 +41,31 @@ def rows(data: demo.Split, seeds: list[int], recipe: demo.Recipe, folder: Path) 
     found += demo.snapset_rows(mnist, seeds, reestimated, print, latent, plain=True)
     data_file = save_splits(mnist, folder / "plain.npz")
     return found + peer_rows(data_file, seeds, recipe, plain=True)
+
+
+CONSTANT = "## At a constant rate"
+
+
+def constant_rate(data: demo.Split, seeds: list[int], recipe: demo.Recipe) -> str:
+    """The section of the rows trained at Adam's rate to the end (no schedule): the latents
+    near a threshold then keep crossing it (the oscillation page), and BatchNorm's statistics
+    follow the flips; re-estimating BatchNorm, and averaging the weights, are the remedies."""
+    constant = dataclasses.replace(recipe, schedule="constant")
+    mnist = {"MNIST-1D": data}
+    latent: list[demo.Config] = [("sign", "ste"), ("ternary", "ste")]
+    found = demo.snapset_rows(mnist, seeds, constant, print, [("float", "-"), *latent], True)
+    for remedy in ({"reestimate_batchnorm": True}, {"average": 0.99}):
+        then = dataclasses.replace(constant, **remedy)  # type: ignore[arg-type]
+        found += demo.snapset_rows(mnist, seeds, then, print, latent, plain=True)
+    text = CONSTANT_TEXT.format(r=recipe)
+    return "\n".join([CONSTANT, "", machine_line(), "", text, "", *demo.table(found)])
+
+
+CONSTANT_TEXT = """The same network, data and seeds, with Adam at {r.lr} held constant for
+{r.epochs} epochs (`Recipe(schedule="constant")`). "+ average 0.99": an exponential moving
+average of the float and latent tensors, decay 0.99 a step (torch's `AveragedModel` with
+`get_ema_multi_avg_fn(0.99)`), whose BatchNorm statistics are then re-estimated
+(`Recipe(average=0.99)`)."""
 
 
 def goals(found: list[demo.Row]) -> str:
@@ -61,14 +89,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs: a smoke run")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
+    parser.add_argument("--constant", action="store_true", help="the constant-rate section only")
     args = parser.parse_args()
     seeds = [0] if args.quick else list(range(args.seeds))
     recipe = dataclasses.replace(demo.PLAIN_RECIPE, epochs=2) if args.quick else demo.PLAIN_RECIPE
     with demo.one_thread():  # small models: one thread is as fast, and fair to every peer
+        if args.constant:
+            section = constant_rate(demo.mnist1d(), seeds, recipe)
+            print(section)
+            if not args.quick:
+                replace_section("plain_network.md", CONSTANT, section)
+            return
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
             found = rows(demo.mnist1d(), seeds, recipe, Path(folder))
-        sections = [section for section in (not_run(found), goals(found)) if section]
+        constant = constant_rate(demo.mnist1d(), seeds, recipe)
+        sections = [section for section in (not_run(found), goals(found), constant) if section]
         text = demo.markdown(
             found,
             seeds,

@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from torch.nn.utils.parametrize import is_parametrized
 
 import snapset.torch as st
 from snapset import demo
 from snapset.cli import main
+from snapset.demo._train import SCHEDULES
 
 
 @pytest.mark.slow
@@ -60,3 +62,47 @@ def test_a_recipe_that_reestimates_batchnorm_leaves_the_statistics_of_the_exact_
 def test_a_recipe_refuses_an_unknown_schedule():
     with pytest.raises(ValueError, match="Invalid schedule for a Recipe: linear"):
         demo.Recipe(schedule="linear")
+
+
+def test_a_recipe_that_averages_ends_with_the_average_and_its_own_statistics():
+    d = demo.digits()
+    small = demo.Split("digits", d.x_train[:256], d.y_train[:256], d.x_test, d.y_test)
+    models = [demo.build("digits", "ternary", "ste", seed=0) for _ in range(2)]
+    plain, averaged = (
+        demo.Recipe(epochs=2, schedule="constant", reestimate_batchnorm=True),
+        demo.Recipe(epochs=2, schedule="constant", average=0.9),
+    )
+    runs = [
+        demo.train(model, small, recipe)
+        for model, recipe in zip(models, [plain, averaged], strict=True)
+    ]
+    # the same steps (seeded alike); the average lags the last step, so its latents differ
+    latents = [dict(model.named_parameters()) for model in models]
+    name = next(n for n in latents[0] if n.endswith("weight.original"))
+    assert not torch.equal(latents[0][name], latents[1][name])
+    exact = [m.weight for m in models[1].modules() if is_parametrized(m, "weight")]
+    assert exact and all(set(w.unique().tolist()) <= {-1.0, 0.0, 1.0} for w in exact)
+    trained = [m.running_mean.clone() for m in models[1].modules() if hasattr(m, "running_mean")]
+    st.reestimate_batchnorm(models[1], small.x_train.split(256))  # the average's statistics
+    again = [m.running_mean for m in models[1].modules() if hasattr(m, "running_mean")]
+    assert all(torch.equal(a, b) for a, b in zip(trained, again, strict=True))
+    assert runs[1].accuracy == demo.accuracy(models[1], d.x_test, d.y_test)
+
+
+def test_a_recipe_that_averages_refuses_flip_weights_before_training():
+    model = demo.build("digits", "sign", "flip", seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="an average of flip tensors would leave their set"):
+        demo.train(model, demo.digits(), demo.Recipe(epochs=1, average=0.99))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=r"Invalid average for a Recipe: 1\.0"):
+        demo.Recipe(average=1.0)
+
+
+def test_a_constant_schedule_keeps_the_rate():
+    adam = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    schedule = SCHEDULES["constant"](adam, 0.01, 10)
+    for _ in range(10):
+        adam.step()
+        schedule.step()
+    assert adam.param_groups[0]["lr"] == 0.01

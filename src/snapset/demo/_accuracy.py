@@ -120,8 +120,8 @@ def snapset_rows(
     plain: bool = False,
 ) -> list[Row]:
     """Train every (data set, set, method) of ``configs`` once per seed (``plain``: the plain
-    MNIST-1D CNN, ``build(..., plain=True)``); a recipe that re-estimates BatchNorm says so in
-    the method's cell.
+    MNIST-1D CNN, ``build(..., plain=True)``); what a recipe adds to training (an average,
+    BatchNorm re-estimated) ends the method's cell.
 
     Examples:
         >>> from snapset.demo import digits
@@ -132,7 +132,7 @@ def snapset_rows(
         [('float32', '-'), ('Sign {-1, 1}', 'ste'), ('Sign {-1, 1}', 'flip')]
     """
     rows = []
-    suffix = " + BN re-estimation" if recipe.reestimate_batchnorm else ""
+    suffix = recipe.after_training
     for dataset, split in data.items():
         for set_name, method, *given in configs:
             options = given[0] if given else {}

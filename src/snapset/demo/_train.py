@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim import swa_utils
 
 import snapset.torch as st
 from snapset._spec import BOP2_DEFAULTS
@@ -28,7 +29,11 @@ class Recipe:
     instead, with ``bop_threshold`` and ``bop_gamma`` (also larq's Bop's in
     ``benchmarks/accuracy.py``), its ``gamma`` decaying alike. ``reestimate_batchnorm``: after
     the last epoch, recompute BatchNorm's statistics on the training data with the exact
-    weights ([`reestimate_batchnorm`][snapset.torch.reestimate_batchnorm]).
+    weights ([`reestimate_batchnorm`][snapset.torch.reestimate_batchnorm]). ``average`` > 0:
+    keep an exponential moving average of the float and latent tensors, with that decay a
+    step (torch's ``AveragedModel``), and end with the average and BatchNorm re-estimated for it
+    (what tames oscillation at a constant rate: ``schedule="constant"``; not for flip tensors,
+    whose average would leave the set).
 
     Examples:
         >>> Recipe(epochs=3).batch
@@ -50,6 +55,7 @@ class Recipe:
     bop_gamma: float = 1e-3
     schedule: str = "one-cycle"
     reestimate_batchnorm: bool = False
+    average: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -64,15 +70,29 @@ class Recipe:
             "flip_optimizer": self.flip_optimizer in ("Bop2ndOrder", "Bop"),
             "gamma_floor": 0 <= self.gamma_floor <= 1,
             "schedule": self.schedule in SCHEDULES,
+            "average": 0 <= self.average < 1,
         }
         for name, valid in checks.items():
             if not valid:
                 raise ValueError(f"Invalid {name} for a Recipe: {getattr(self, name)}")
 
+    @property
+    def after_training(self) -> str:
+        """What the recipe adds to plain training, as a row's method cell ends with it.
+
+        Examples:
+            >>> Recipe(average=0.99).after_training
+            ' + average 0.99 + BN re-estimation'
+        """
+        average = f" + average {self.average}" if self.average else ""
+        reestimate = self.reestimate_batchnorm or bool(self.average)
+        return average + (" + BN re-estimation" if reestimate else "")
+
 
 SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, float, int], Any]] = {
     "one-cycle": lambda opt, lr, steps: torch.optim.lr_scheduler.OneCycleLR(opt, lr, steps),
     "cosine": lambda opt, lr, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
+    "constant": lambda opt, lr, steps: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
 }
 """The learning-rate schedules a ``Recipe`` names: each makes one from (Adam, peak, steps)."""
 
@@ -169,6 +189,11 @@ def train(
         True
     """
     groups = st.param_groups(model)
+    if recipe.average and groups.flip:
+        raise ValueError(
+            "Recipe.average averages float and latent tensors; an average of flip tensors "
+            "would leave their set. Train flip tensors with average=0."
+        )
     optimizers: list[torch.optim.Optimizer] = []
     steps_per_epoch = -(-len(data.x_train) // recipe.batch)
     total = recipe.epochs * steps_per_epoch
@@ -187,6 +212,10 @@ def train(
         floor = recipe.gamma_floor
         decay = st.optim.HyperparameterSchedule(bop, rates, lambda t: max(1 - t / total, floor))
         schedules.append(decay)
+    average = None
+    if recipe.average:
+        ema = swa_utils.get_ema_multi_avg_fn(recipe.average)
+        average = swa_utils.AveragedModel(model, multi_avg_fn=ema)
     shuffle = torch.Generator().manual_seed(seed)
     run = Run(accuracy=0.0)
     epochs: Iterator[int] = iter(range(recipe.epochs))
@@ -203,13 +232,19 @@ def train(
                 optimizer.step()
             for schedule in schedules:
                 schedule.step()
+            if average is not None:
+                average.update_parameters(model)
             if tracker is not None:
                 tracker.update()
             total_loss += float(loss.detach()) * len(idx)
         run.epoch_seconds.append(time.perf_counter() - start)
         run.losses.append(total_loss / len(data.x_train))
         run.test_accuracies.append(accuracy(model, data.x_test, data.y_test))
-    if recipe.reestimate_batchnorm:
+    if average is not None:
+        with torch.no_grad():  # float and latent tensors: any finite value is allowed
+            for mine, averaged in zip(model.parameters(), average.module.parameters(), strict=True):
+                mine.copy_(averaged)
+    if recipe.reestimate_batchnorm or average is not None:  # the average's own statistics
         st.reestimate_batchnorm(model, data.x_train.split(256))
         run.test_accuracies[-1:] = [accuracy(model, data.x_test, data.y_test)]
     run.accuracy = (
