@@ -243,3 +243,20 @@ def test_both_fronts_refuse_with_the_same_words() -> None:
                 front.reestimate_batchnorm(model, data, batches=batches_)
             messages.append(str(error.value))
         assert messages[0] == messages[1]
+
+
+def test_an_optimizer_that_averages_ends_fit_with_the_averaged_latents_in_exact_values():
+    # the constant-rate recipe (the oscillation page): Keras' optimizers keep the average
+    # themselves (use_ema), fit writes it into the latents, the values stay members
+    model = conv_bn_model("ste")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 6, 6, 2)).astype("float32"), rng.integers(0, 4, 64)
+    optimizer = keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.9)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    latent = next(v for v in model.trainable_variables if v.path.endswith("kernel_latent"))
+    average = optimizer._model_variables_moving_average[optimizer._get_variable_index(latent)]
+    np.testing.assert_array_equal(np.asarray(latent), np.asarray(average))
+    sk.reestimate_batchnorm(model, [x[:32], x[32:]])
+    for name, weight in sk.exact_weights(model).items():
+        assert set(np.unique(weight).tolist()) <= {-1.0, 0.0, 1.0}, name
