@@ -167,3 +167,15 @@ def test_torch_func_transforms_take_torchs_operations() -> None:
     layer(x).sum().backward()
     for name, param in params.items():
         assert param.grad is not None and torch.equal(grads[name], param.grad)
+
+
+def test_every_storage_the_kernels_touch_stays_resizable() -> None:
+    # FSDP2's fully_shard frees an unsharded parameter by resizing its storage to 0, which
+    # tensor.numpy() would forbid for good
+    layer = st.constrain(torch.nn.Linear(6, 3), "weight", SETS["ternary"])
+    latent = layer.parametrizations.weight.original
+    weight = layer.weight
+    weight.sum().backward()
+    assert latent.grad is not None
+    for tensor in (latent, weight, latent.grad):
+        tensor.untyped_storage().resize_(0)

@@ -10,6 +10,7 @@ dtype), never computed as ``w + (q - w).detach()``, which rounds.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ def nearest(latent: Tensor, thresholds: Tensor, table: Tensor, steps: Tensor | N
     if arrays is not None:
         out = torch.empty_like(latent)  # contiguous, as latent is
         flat, cuts, values = arrays
-        if _kernels.nearest(flat, cuts, values, out.view(-1).numpy(), torch.get_num_threads()):
+        if _kernels.nearest(flat, cuts, values, _memory(out), torch.get_num_threads()):
             return out
     if steps is None or thresholds.numel() > 16:
         return table[reached(latent, thresholds)]
@@ -53,21 +54,41 @@ def summed(latent: Tensor, thresholds: Tensor, table: Tensor, steps: Tensor) -> 
 
 
 def kernel_arrays(*tensors: Tensor) -> list[np.ndarray] | None:
-    """Flat numpy views of ``tensors`` for the compiled kernels of ``snapset._kernels``:
-    plain contiguous CPU tensors of one dtype, float32 or float64, in eager mode. None where
-    the kernels do not apply: another device or dtype, tensors without storage of their own
+    """Flat numpy views of ``tensors`` for the compiled kernels of ``snapset._kernels``
+    (``_memory``: the caller keeps the tensors alive while it uses them): plain contiguous CPU
+    tensors of one dtype, float32 or float64, not empty, in eager mode. None where the kernels
+    do not apply: another device or dtype, tensors without storage of their own
     (``torch.func``'s transforms, subclasses), or under ``torch.compile``, whose inductor fuses
     torch's own operations into one pass by itself."""
     first = tensors[0]
     if (
         torch.compiler.is_compiling()
         or first.device.type != "cpu"
-        or first.dtype not in (torch.float32, torch.float64)
+        or first.dtype not in _C_TYPES
         or any(t.dtype != first.dtype or t.device != first.device for t in tensors)
-        or not all(_plain(t) and t.is_contiguous() for t in tensors)
+        or not all(_plain(t) and t.is_contiguous() and t.numel() > 0 for t in tensors)
     ):
         return None
-    return [t.detach().view(-1).numpy() for t in tensors]
+    return [_memory(t) for t in tensors]
+
+
+# What numpy reads a CPU tensor's memory as, by dtype.
+_C_TYPES: dict[torch.dtype, tuple[type[ctypes.c_float | ctypes.c_double], np.dtype[Any]]] = {
+    torch.float32: (ctypes.c_float, np.dtype(np.float32)),
+    torch.float64: (ctypes.c_double, np.dtype(np.float64)),
+}
+
+
+def _memory(tensor: Tensor) -> np.ndarray:
+    """A flat numpy view of a contiguous CPU tensor's memory, for as long as the tensor lives.
+
+    Not ``tensor.numpy()``: that marks the tensor's storage as never resizable for good, and
+    FSDP2's ``fully_shard`` frees an unsharded parameter by resizing its storage to 0.
+    """
+    ctype, dtype = _C_TYPES[tensor.dtype]
+    memory = (ctype * tensor.numel()).from_address(tensor.data_ptr())
+    view: np.ndarray = np.frombuffer(memoryview(memory), dtype)
+    return view
 
 
 def _plain(tensor: Tensor) -> bool:
@@ -213,7 +234,7 @@ def latent_grad(estimator: str, latent: Tensor, grad: Tensor, scale: float, boun
     if arrays is not None and estimator in _kernels.ESTIMATOR_KERNELS:
         out = torch.empty_like(latent)
         (u, g), threads = arrays, torch.get_num_threads()
-        if _kernels.estimator_grad(estimator, u, g, scale, bound, out.view(-1).numpy(), threads):
+        if _kernels.estimator_grad(estimator, u, g, scale, bound, _memory(out), threads):
             return out
     return estimator_grad(estimator, latent, grad, scale, bound)
 
