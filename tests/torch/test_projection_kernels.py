@@ -179,3 +179,7 @@ def test_every_storage_the_kernels_touch_stays_resizable() -> None:
     assert latent.grad is not None
     for tensor in (latent, weight, latent.grad):
         tensor.untyped_storage().resize_(0)
+    tracked = st.constrain(torch.nn.Linear(6, 3), "weight", SETS["ternary"])
+    tracker = st.FlipTracker(tracked)
+    tracker.update()  # the flip tracker's compiled sweep reads the latent the same way
+    tracked.parametrizations.weight.original.untyped_storage().resize_(0)

@@ -26,6 +26,7 @@ from ._constrain import (
     hardened_values,
     scaled_members,
 )
+from ._functional import kernel_arrays
 from ._methods import Scale
 from .export._file import hardened_set
 
@@ -90,13 +91,8 @@ class _Tracked:
         if coded is None or not self.planes or not compiled():
             return None
         read, boundaries = coded
-        if (
-            boundaries.numel() > 7
-            or type(read) not in (Tensor, nn.Parameter)
-            or read.device.type != "cpu"
-            or read.dtype not in (torch.float32, torch.float64)
-            or not read.is_contiguous()
-        ):
+        arrays = kernel_arrays(read) if boundaries.numel() <= 7 else None
+        if arrays is None:
             return None
         shape = plane_shape(read.numel(), boundaries.numel() + 1)
         planes = self.spare if self.spare is not None else torch.empty(shape, dtype=torch.uint8)
@@ -107,7 +103,7 @@ class _Tracked:
             last = never[0], never[1]
         histogram = torch.empty(boundaries.numel() + 1, dtype=torch.int64)
         counts = recode(
-            read.detach().view(-1).numpy(),
+            arrays[0],
             boundaries.cpu().numpy(),
             previous.numpy(),
             planes.numpy(),
